@@ -1,0 +1,42 @@
+//! The command line (clap derive). Each subcommand's arguments live beside its
+//! implementation in `src/cmd/`; this file only names them.
+use clap::{Parser, Subcommand};
+
+use crate::cmd;
+
+#[derive(Debug, Parser)]
+#[command(name = "grdr", version, about = "Train and evaluate generative and dense retrieval models at scale", long_about = None)]
+pub struct Cli {
+    /// More log output (-v debug, -vv trace); RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    /// Only warnings and errors.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Validate a collection and import it as a dataset directory (Parquet + manifest.json).
+    #[command(subcommand)]
+    Prepare(cmd::prepare::PrepareCommand),
+    /// BM25 retrieval (tantivy) for one split: RUNDIR/run.trec and RUNDIR/metrics.json.
+    Bm25(cmd::bm25::Bm25Args),
+    /// Evaluate a TREC run against qrels; prints one JSON object of metrics.
+    EvalRun(cmd::eval_run::EvalRunArgs),
+    /// Show this installation: versions, libtorch, named artefacts.
+    Info(cmd::info::InfoArgs),
+}
+
+impl Command {
+    pub fn run(&self) -> crate::Result<()> {
+        match self {
+            Command::Prepare(c) => c.run(),
+            Command::Bm25(a) => a.run(),
+            Command::EvalRun(a) => a.run(),
+            Command::Info(a) => a.run(),
+        }
+    }
+}

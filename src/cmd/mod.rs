@@ -1,0 +1,22 @@
+//! One module per subcommand: its clap arguments and the code that carries it out.
+pub mod bm25;
+pub mod eval_run;
+pub mod info;
+pub mod prepare;
+
+/// Prints metrics as a two-column markdown table on stdout (what the README's main command
+/// shows); `metrics.json` holds the same numbers for machines.
+pub fn print_metrics_table(title: &str, metrics: &crate::eval::Metrics) {
+    println!("\n{title}\n");
+    println!("| metric | value |");
+    println!("| --- | --- |");
+    if let serde_json::Value::Object(map) = metrics.to_json() {
+        for (k, v) in map {
+            match v.as_f64() {
+                Some(x) if k != "queries" => println!("| {k} | {x:.4} |"),
+                _ => println!("| {k} | {v} |"),
+            }
+        }
+    }
+    println!();
+}

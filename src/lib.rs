@@ -1,0 +1,19 @@
+//! grdr: distributed training and evaluation of generative (GR) and dense (DR) retrieval
+//! models on libtorch. See docs/ARCHITECTURE.md for the data flow.
+pub mod assets;
+pub mod atomic;
+pub mod cli;
+pub mod cmd;
+pub mod data;
+pub mod dist;
+pub mod error;
+pub mod eval;
+pub mod model;
+pub mod progress;
+pub mod search;
+pub mod train;
+
+pub use error::{Error, Result};
+
+/// The grdr version recorded in manifests and run directories.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
