@@ -54,7 +54,9 @@ print(r.num_rows, ",".join(r.column_names))
     assert!(stdout.contains("nDCG@10"), "the metrics table is printed: {stdout}");
     let run = grdr::eval::read_run(&run_dir.join("run.trec")).unwrap();
     assert_eq!(run.len(), 300);
-    assert!(run.values().all(|docs| docs.len() == 1000));
+    // Top 1000 unless a short query matches fewer docs; never empty on SciFact.
+    assert!(run.values().all(|docs| !docs.is_empty() && docs.len() <= 1000));
+    assert!(run.values().filter(|docs| docs.len() == 1000).count() >= 250);
     let ours: serde_json::Value = serde_json::from_str(&fs::read_to_string(run_dir.join("metrics.json")).unwrap()).unwrap();
 
     let expected: serde_json::Value = serde_json::from_str(&fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/configs/expected/bm25-scifact-test.json")).unwrap()).unwrap();
