@@ -9,6 +9,7 @@ use tantivy::collector::TopDocs;
 use tantivy::query::{BooleanQuery, BoostQuery, Occur, Query, TermQuery};
 use tantivy::schema::{Field, IndexRecordOption, Schema, TextFieldIndexing, TextOptions, FAST};
 use tantivy::tokenizer::{Language, LowerCaser, RemoveLongFilter, SimpleTokenizer, Stemmer, StopWordFilter, TextAnalyzer, TokenStream};
+use tantivy::columnar::Column;
 use tantivy::{Index, IndexReader, Searcher, TantivyDocument, Term};
 
 use crate::data::Doc;
@@ -34,7 +35,6 @@ fn english_analyzer() -> TextAnalyzer {
 pub struct Bm25Index {
     reader: IndexReader,
     body: Field,
-    doc_idx: Field,
     analyzer: TextAnalyzer,
 }
 
@@ -63,7 +63,7 @@ impl Bm25Index {
         writer.commit().map_err(index_err("cannot commit the index"))?;
         bar.finish_and_clear();
         let reader = index.reader().map_err(index_err("cannot open the index"))?;
-        Ok(Bm25Index { reader, body, doc_idx, analyzer: english_analyzer() })
+        Ok(Bm25Index { reader, body, analyzer: english_analyzer() })
     }
 
     /// Bag-of-words query: each analysed term once, boosted by its count in the query
@@ -89,7 +89,16 @@ impl Bm25Index {
         Some(BooleanQuery::new(clauses))
     }
 
-    fn search_with(&self, searcher: &Searcher, text: &str, k: usize) -> Result<Vec<Hit>> {
+    /// The doc_idx column of every segment, opened once per searcher (not once per hit).
+    fn doc_idx_columns(searcher: &Searcher) -> Result<Vec<Column<u64>>> {
+        searcher
+            .segment_readers()
+            .iter()
+            .map(|r| r.fast_fields().u64("doc_idx").map_err(index_err("doc_idx column")))
+            .collect()
+    }
+
+    fn search_with(&self, searcher: &Searcher, columns: &[Column<u64>], text: &str, k: usize) -> Result<Vec<Hit>> {
         let Some(query) = self.query(text) else { return Ok(Vec::new()) };
         if k == 0 {
             return Ok(Vec::new());
@@ -97,8 +106,7 @@ impl Bm25Index {
         let found = searcher.search(&query, &TopDocs::with_limit(k).order_by_score()).map_err(index_err("search failed"))?;
         let mut top = TopK::new(k);
         for (score, addr) in found {
-            let column = searcher.segment_reader(addr.segment_ord).fast_fields().u64("doc_idx").map_err(index_err("doc_idx column"))?;
-            let idx = column.first(addr.doc_id).expect("every indexed doc has a doc_idx");
+            let idx = columns[addr.segment_ord as usize].first(addr.doc_id).expect("every indexed doc has a doc_idx");
             top.push(Hit { score, doc_idx: idx as i64 });
         }
         Ok(top.into_sorted_vec())
@@ -106,12 +114,14 @@ impl Bm25Index {
 
     /// Top-k docs for one query text, in grdr's order (score desc, doc index asc).
     pub fn search(&self, text: &str, k: usize) -> Result<Vec<Hit>> {
-        self.search_with(&self.reader.searcher(), text, k)
+        let searcher = self.reader.searcher();
+        self.search_with(&searcher, &Self::doc_idx_columns(&searcher)?, text, k)
     }
 
     /// Top-k docs for every query, queries spread over the available cores.
     pub fn search_all(&self, texts: &[&str], k: usize) -> Result<Vec<Vec<Hit>>> {
         let searcher = self.reader.searcher();
+        let columns = Self::doc_idx_columns(&searcher)?;
         let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
         let chunk = texts.len().div_ceil(threads).max(1);
         let bar = crate::progress::bar(texts.len() as u64, "bm25 search");
@@ -119,12 +129,12 @@ impl Bm25Index {
             let handles: Vec<_> = texts
                 .chunks(chunk)
                 .map(|part| {
-                    let (searcher, bar) = (&searcher, &bar);
+                    let (searcher, columns, bar) = (&searcher, &columns, &bar);
                     s.spawn(move || {
                         part.iter()
                             .map(|t| {
                                 bar.inc(1);
-                                self.search_with(searcher, t, k)
+                                self.search_with(searcher, columns, t, k)
                             })
                             .collect::<Result<Vec<_>>>()
                     })
@@ -142,11 +152,6 @@ impl Bm25Index {
 
     pub fn num_docs(&self) -> u64 {
         self.reader.searcher().num_docs()
-    }
-
-    #[doc(hidden)]
-    pub fn doc_idx_field(&self) -> Field {
-        self.doc_idx
     }
 }
 
