@@ -9,13 +9,18 @@ use std::path::Path;
 use common::{grdr, stderr};
 
 const CORPUS: &str = concat!(
-    r#"{"_id": "d1", "title": "Alpha", "text": "first doc", "metadata": {}}"#, "\n",
-    r#"{"_id": "d2", "title": "", "text": "second doc"}"#, "\n",
-    r#"{"_id": "d3", "title": "Gamma", "text": "third doc"}"#, "\n",
+    r#"{"_id": "d1", "title": "Alpha", "text": "first doc", "metadata": {}}"#,
+    "\n",
+    r#"{"_id": "d2", "title": "", "text": "second doc"}"#,
+    "\n",
+    r#"{"_id": "d3", "title": "Gamma", "text": "third doc"}"#,
+    "\n",
 );
 const QUERIES: &str = concat!(
-    r#"{"_id": "q1", "text": "first question", "metadata": {"d1": []}}"#, "\n",
-    r#"{"_id": "q2", "text": "second question"}"#, "\n",
+    r#"{"_id": "q1", "text": "first question", "metadata": {"d1": []}}"#,
+    "\n",
+    r#"{"_id": "q2", "text": "second question"}"#,
+    "\n",
 );
 const QRELS: &str = "query-id\tcorpus-id\tscore\r\nq1\td1\t1\r\nq2\td3\t1\r\n";
 
@@ -45,7 +50,8 @@ fn expect_bad_bytes(corpus: &[u8], queries: &[u8], qrels: &[u8], file: &str, pla
     }
     assert_eq!(err.matches("error:").count(), 1, "one error, printed once: {err}");
     assert!(!output.exists(), "no output directory may be left behind");
-    let leftovers: Vec<_> = fs::read_dir(tmp.path().join("out")).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default();
+    let leftovers: Vec<_> =
+        fs::read_dir(tmp.path().join("out")).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default();
     assert!(leftovers.is_empty(), "temp dirs left behind: {leftovers:?}");
 }
 
@@ -119,7 +125,15 @@ fn non_utf8_bytes() {
     let mut corpus = CORPUS.as_bytes().to_vec();
     let at = CORPUS.find("second").unwrap();
     corpus[at] = 0xff;
-    expect_bad_bytes(&corpus, QUERIES.as_bytes(), QRELS.as_bytes(), "corpus.jsonl", "line 2", "(line)", "not valid UTF-8");
+    expect_bad_bytes(
+        &corpus,
+        QUERIES.as_bytes(),
+        QRELS.as_bytes(),
+        "corpus.jsonl",
+        "line 2",
+        "(line)",
+        "not valid UTF-8",
+    );
 }
 
 #[test]
@@ -142,19 +156,27 @@ fn duplicate_query_id() {
 #[test]
 fn qrels_wrong_header() {
     let qrels = QRELS.replace("query-id\tcorpus-id\tscore", "qid\tdocid\tscore");
-    expect_bad(CORPUS, QUERIES, &qrels, "test.tsv", "line 1", "(header)", "expected `query-id<TAB>corpus-id<TAB>score`");
+    expect_bad(
+        CORPUS,
+        QUERIES,
+        &qrels,
+        "test.tsv",
+        "line 1",
+        "header",
+        "expected the BEIR header `query-id<TAB>corpus-id<TAB>score`",
+    );
 }
 
 #[test]
 fn qrels_wrong_column_count() {
     let qrels = QRELS.replace("q2\td3\t1", "q2\td3");
-    expect_bad(CORPUS, QUERIES, &qrels, "test.tsv", "line 3", "(row)", "has 2 tab-separated fields, expected 3");
+    expect_bad(CORPUS, QUERIES, &qrels, "test.tsv", "line 3", "columns", "expected 3 tab-separated fields, found 2");
 }
 
 #[test]
 fn qrels_non_numeric_score() {
     let qrels = QRELS.replace("q2\td3\t1", "q2\td3\thigh");
-    expect_bad(CORPUS, QUERIES, &qrels, "test.tsv", "line 3", "score", "`high` is not an integer");
+    expect_bad(CORPUS, QUERIES, &qrels, "test.tsv", "line 3", "score", "relevance `high` is not an integer");
 }
 
 #[test]
@@ -172,7 +194,7 @@ fn qrels_unknown_query() {
 #[test]
 fn qrels_duplicate_judgement() {
     let qrels = format!("{QRELS}q1\td1\t0\r\n");
-    expect_bad(CORPUS, QUERIES, &qrels, "test.tsv", "line 4", "corpus-id", "duplicate judgement");
+    expect_bad(CORPUS, QUERIES, &qrels, "test.tsv", "line 4", "corpus-id", "judges doc `d1` again (first at line 2)");
 }
 
 #[test]
@@ -225,7 +247,18 @@ fn tsv_collection_wrong_columns_and_trec_qrels_bad_relevance() {
     fs::write(&r, "10 0 0 1\n").unwrap();
     let output = tmp.path().join("ds");
     let qrels_arg = format!("dev={}", r.display());
-    let args = ["prepare", "tsv", "--collection", c.to_str().unwrap(), "--queries", q.to_str().unwrap(), "--qrels", &qrels_arg, "--output", output.to_str().unwrap()];
+    let args = [
+        "prepare",
+        "tsv",
+        "--collection",
+        c.to_str().unwrap(),
+        "--queries",
+        q.to_str().unwrap(),
+        "--qrels",
+        &qrels_arg,
+        "--output",
+        output.to_str().unwrap(),
+    ];
     let out = grdr(&args);
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(3), "{err}");
@@ -236,13 +269,17 @@ fn tsv_collection_wrong_columns_and_trec_qrels_bad_relevance() {
     let out = grdr(&args);
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(3), "{err}");
-    assert!(err.contains("qrels.txt:line 2") && err.contains("`relevance`") && err.contains("`yes` is not an integer"), "{err}");
+    assert!(
+        err.contains("qrels.txt:line 2") && err.contains("`rel`") && err.contains("`yes` is not an integer"),
+        "{err}"
+    );
     assert!(!output.exists());
 
     fs::write(&r, "10 0 0 1\n10 0 1 2\n").unwrap();
     let out = grdr(&args);
     assert!(out.status.success(), "{}", stderr(&out));
-    let m: serde_json::Value = serde_json::from_str(&fs::read_to_string(output.join("manifest.json")).unwrap()).unwrap();
+    let m: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(output.join("manifest.json")).unwrap()).unwrap();
     assert_eq!(m["splits"]["dev"]["qrels"], 2);
     assert_eq!(m["docs"], 2);
 }

@@ -12,8 +12,7 @@ use crate::data::lines::Lines;
 use crate::data::manifest::{self, Manifest, SplitCounts, TokenizerInfo};
 use crate::data::tokenize;
 use crate::error::{Error, Location, Result};
-
-pub const BEIR_QRELS_HEADER: &str = "query-id\tcorpus-id\tscore";
+use crate::eval::trec::{read_qrels_rows, QrelRows};
 
 #[derive(Debug, Clone)]
 pub struct PrepareOptions {
@@ -37,15 +36,9 @@ pub struct Collection {
     pub qrels: Vec<Qrel>,
 }
 
-/// Ids end up in whitespace-separated TREC files, so they must be non-empty single tokens.
+/// Ids end up in whitespace-separated TREC files: non-empty, without whitespace.
 fn check_id(path: &Path, line: usize, field: &str, id: &str) -> Result<()> {
-    if id.is_empty() {
-        return Err(Error::input(path, Location::Line(line), field, "empty id"));
-    }
-    if id.chars().any(char::is_whitespace) {
-        return Err(Error::input(path, Location::Line(line), field, format!("id `{id}` contains whitespace, which TREC run files cannot hold")));
-    }
-    Ok(())
+    crate::eval::trec::check_id(path, line, field, id).map(|_| ())
 }
 
 /// `_id` as BEIR writes it: a string, or an integer taken as its decimal text.
@@ -54,19 +47,32 @@ fn json_id(path: &Path, line: usize, record: &serde_json::Map<String, Value>) ->
         None => return Err(Error::input(path, Location::Line(line), "_id", "missing")),
         Some(Value::String(s)) => s.clone(),
         Some(Value::Number(n)) if n.is_i64() || n.is_u64() => n.to_string(),
-        Some(other) => return Err(Error::input(path, Location::Line(line), "_id", format!("must be a string, found {other}"))),
+        Some(other) => {
+            return Err(Error::input(path, Location::Line(line), "_id", format!("must be a string, found {other}")))
+        }
     };
     check_id(path, line, "_id", &id)?;
     Ok(id)
 }
 
 /// An optional string field (`title`): absent or null is "", anything but a string is refused.
-fn json_str(path: &Path, line: usize, record: &serde_json::Map<String, Value>, field: &str, required: bool) -> Result<String> {
+fn json_str(
+    path: &Path,
+    line: usize,
+    record: &serde_json::Map<String, Value>,
+    field: &str,
+    required: bool,
+) -> Result<String> {
     match record.get(field) {
         None if required => Err(Error::input(path, Location::Line(line), field, "missing")),
         None | Some(Value::Null) => Ok(String::new()),
         Some(Value::String(s)) => Ok(s.clone()),
-        Some(other) => Err(Error::input(path, Location::Line(line), field, format!("must be a string, found {}", type_name(other)))),
+        Some(other) => Err(Error::input(
+            path,
+            Location::Line(line),
+            field,
+            format!("must be a string, found {}", type_name(other)),
+        )),
     }
 }
 
@@ -89,8 +95,18 @@ fn json_record(path: &Path, line: usize, text: &str) -> Result<Option<serde_json
     }
     match serde_json::from_str::<Value>(text) {
         Ok(Value::Object(map)) => Ok(Some(map)),
-        Ok(other) => Err(Error::input(path, Location::Line(line), "(record)", format!("expected a JSON object, found {}", type_name(&other)))),
-        Err(e) => Err(Error::input(path, Location::Line(line), "(record)", format!("malformed JSON at column {}: {e}", e.column()))),
+        Ok(other) => Err(Error::input(
+            path,
+            Location::Line(line),
+            "(record)",
+            format!("expected a JSON object, found {}", type_name(&other)),
+        )),
+        Err(e) => Err(Error::input(
+            path,
+            Location::Line(line),
+            "(record)",
+            format!("malformed JSON at column {}: {e}", e.column()),
+        )),
     }
 }
 
@@ -106,7 +122,12 @@ impl IdSet {
 
     fn insert(&mut self, path: &Path, line: usize, field: &str, id: &str) -> Result<()> {
         if let Some(first) = self.seen.insert(id.to_string(), line) {
-            return Err(Error::input(path, Location::Line(line), field, format!("duplicate id `{id}` (first seen on line {first})")));
+            return Err(Error::input(
+                path,
+                Location::Line(line),
+                field,
+                format!("duplicate id `{id}` (first seen on line {first})"),
+            ));
         }
         Ok(())
     }
@@ -171,64 +192,33 @@ pub fn read_beir_queries(path: &Path) -> Result<Vec<Query>> {
     Ok(queries)
 }
 
-/// One judgement as read, with its line for later errors (unknown ids).
-pub struct QrelLine {
-    pub line: usize,
-    pub query_id: String,
-    pub doc_id: String,
-    pub relevance: i32,
-}
-
-/// Reads qrels in BEIR TSV (header `query-id<TAB>corpus-id<TAB>score`) or TREC format
-/// (`qid iter docid rel`, no header), told apart by the first line. Refuses duplicates.
-pub fn read_qrels_lines(path: &Path) -> Result<Vec<QrelLine>> {
-    let mut lines = Lines::open(path, "qrels")?;
-    let mut out = Vec::new();
-    let mut seen: HashMap<(String, String), usize> = HashMap::new();
-    let mut beir = None;
-    while let Some((line, text)) = lines.next_line()? {
-        // TREC qrels have four fields on every line; anything else must be BEIR with its header.
-        let is_beir = *beir.get_or_insert_with(|| text.split_whitespace().count() != 4);
-        if line == 1 && is_beir {
-            if text != BEIR_QRELS_HEADER {
-                return Err(Error::input(path, Location::Line(1), "(header)", format!("is `{}`, expected `query-id<TAB>corpus-id<TAB>score`", text.escape_debug())));
-            }
-            continue;
-        }
-        if text.trim().is_empty() {
-            continue;
-        }
-        let fields: Vec<&str> = if is_beir { text.split('\t').collect() } else { text.split_whitespace().collect() };
-        let (q, d, score) = match (is_beir, fields.as_slice()) {
-            (true, [q, d, s]) => (*q, *d, *s),
-            (false, [q, _iter, d, s]) => (*q, *d, *s),
-            (true, _) => return Err(Error::input(path, Location::Line(line), "(row)", format!("has {} tab-separated fields, expected 3: query-id, corpus-id, score", fields.len()))),
-            (false, _) => return Err(Error::input(path, Location::Line(line), "(row)", format!("has {} fields, expected 4: query-id iteration doc-id relevance", fields.len()))),
-        };
-        let (qf, df, sf) = if is_beir { ("query-id", "corpus-id", "score") } else { ("query-id", "doc-id", "relevance") };
-        check_id(path, line, qf, q)?;
-        check_id(path, line, df, d)?;
-        let relevance: i32 = score.trim().parse().map_err(|_| Error::input(path, Location::Line(line), sf, format!("`{score}` is not an integer")))?;
-        if let Some(first) = seen.insert((q.to_string(), d.to_string()), line) {
-            return Err(Error::input(path, Location::Line(line), df, format!("duplicate judgement of doc `{d}` for query `{q}` (first on line {first})")));
-        }
-        out.push(QrelLine { line, query_id: q.to_string(), doc_id: d.to_string(), relevance });
-    }
-    if out.is_empty() {
-        return Err(Error::input(path, Location::File, "qrels", "no judgements"));
-    }
-    Ok(out)
-}
-
 /// Checks that every judged id exists and tags the judgements with their split.
-fn resolve_qrels(path: &Path, split: &str, rows: Vec<QrelLine>, docs: &HashSet<&str>, queries: &HashSet<&str>, qfield: &str, dfield: &str) -> Result<Vec<Qrel>> {
-    rows.into_iter()
+fn resolve_qrels(
+    path: &Path,
+    split: &str,
+    read: QrelRows,
+    docs: &HashSet<&str>,
+    queries: &HashSet<&str>,
+) -> Result<Vec<Qrel>> {
+    let [qfield, dfield, _] = read.field_names;
+    read.rows
+        .into_iter()
         .map(|r| {
             if !queries.contains(r.query_id.as_str()) {
-                return Err(Error::input(path, Location::Line(r.line), qfield, format!("unknown query `{}` (not in the queries file)", r.query_id)));
+                return Err(Error::input(
+                    path,
+                    Location::Line(r.line),
+                    qfield,
+                    format!("unknown query `{}` (not in the queries file)", r.query_id),
+                ));
             }
             if !docs.contains(r.doc_id.as_str()) {
-                return Err(Error::input(path, Location::Line(r.line), dfield, format!("unknown document `{}` (not in the corpus)", r.doc_id)));
+                return Err(Error::input(
+                    path,
+                    Location::Line(r.line),
+                    dfield,
+                    format!("unknown document `{}` (not in the corpus)", r.doc_id),
+                ));
             }
             Ok(Qrel { query_id: r.query_id, doc_id: r.doc_id, relevance: r.relevance, split: split.to_string() })
         })
@@ -238,7 +228,12 @@ fn resolve_qrels(path: &Path, split: &str, rows: Vec<QrelLine>, docs: &HashSet<&
 fn split_name(path: &Path) -> Result<String> {
     let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
     if name.is_empty() || name.chars().any(|c| !(c.is_ascii_alphanumeric() || c == '-' || c == '_')) {
-        return Err(Error::input(path, Location::File, "split", format!("`{name}` is not a usable split name (letters, digits, - and _)")));
+        return Err(Error::input(
+            path,
+            Location::File,
+            "split",
+            format!("`{name}` is not a usable split name (letters, digits, - and _)"),
+        ));
     }
     Ok(name)
 }
@@ -249,13 +244,21 @@ pub fn read_beir(input: &Path) -> Result<Collection> {
         return Err(Error::input(input, Location::File, "--input", "does not exist"));
     }
     if !input.is_dir() {
-        return Err(Error::input(input, Location::File, "--input", "is a file, expected a BEIR directory (corpus.jsonl, queries.jsonl, qrels/)"));
+        return Err(Error::input(
+            input,
+            Location::File,
+            "--input",
+            "is a file, expected a BEIR directory (corpus.jsonl, queries.jsonl, qrels/)",
+        ));
     }
     let docs = read_beir_corpus(&input.join("corpus.jsonl"))?;
     let queries = read_beir_queries(&input.join("queries.jsonl"))?;
     let qrels_dir = input.join("qrels");
     let mut files: Vec<PathBuf> = match std::fs::read_dir(&qrels_dir) {
-        Ok(entries) => entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|x| x == "tsv")).collect(),
+        Ok(entries) => entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "tsv"))
+            .collect(),
         Err(e) => return Err(Error::io(&qrels_dir, "cannot read the qrels directory", e)),
     };
     files.sort();
@@ -263,17 +266,16 @@ pub fn read_beir(input: &Path) -> Result<Collection> {
         return Err(Error::input(&qrels_dir, Location::File, "qrels", "no <split>.tsv files"));
     }
     let splits: Vec<(String, PathBuf)> = files.into_iter().map(|p| Ok((split_name(&p)?, p))).collect::<Result<_>>()?;
-    let qrels = read_splits(&splits, &docs, &queries, "query-id", "corpus-id")?;
+    let qrels = read_splits(&splits, &docs, &queries)?;
     Ok(Collection { docs, queries, qrels })
 }
 
-fn read_splits(splits: &[(String, PathBuf)], docs: &[Doc], queries: &[Query], qfield: &str, dfield: &str) -> Result<Vec<Qrel>> {
+fn read_splits(splits: &[(String, PathBuf)], docs: &[Doc], queries: &[Query]) -> Result<Vec<Qrel>> {
     let doc_ids: HashSet<&str> = docs.iter().map(|d| d.doc_id.as_str()).collect();
     let query_ids: HashSet<&str> = queries.iter().map(|q| q.query_id.as_str()).collect();
     let mut qrels = Vec::new();
     for (split, path) in splits {
-        let rows = read_qrels_lines(path)?;
-        qrels.extend(resolve_qrels(path, split, rows, &doc_ids, &query_ids, qfield, dfield)?);
+        qrels.extend(resolve_qrels(path, split, read_qrels_rows(path)?, &doc_ids, &query_ids)?);
     }
     Ok(qrels)
 }
@@ -293,7 +295,12 @@ fn read_tsv_records(path: &Path, what: &str, with_title: bool) -> Result<Vec<(St
             (true, [id, title, body]) => (*id, *title, *body),
             _ => {
                 let expected = if with_title { "2 or 3 (id, [title,] text)" } else { "2 (id, text)" };
-                return Err(Error::input(path, Location::Line(line), "(row)", format!("has {} tab-separated fields, expected {expected}", fields.len())));
+                return Err(Error::input(
+                    path,
+                    Location::Line(line),
+                    "(row)",
+                    format!("has {} tab-separated fields, expected {expected}", fields.len()),
+                ));
             }
         };
         check_id(path, line, "id", id)?;
@@ -325,12 +332,18 @@ pub fn read_tsv(collection: &Path, queries: &Path, qrels: &[(String, PathBuf)]) 
     if qrels.is_empty() {
         return Err(Error::usage("--qrels", "at least one SPLIT=FILE is needed"));
     }
-    let qrels = read_splits(qrels, &docs, &queries, "query-id", "doc-id")?;
+    let qrels = read_splits(qrels, &docs, &queries)?;
     Ok(Collection { docs, queries, qrels })
 }
 
 /// Writes a validated collection as a dataset directory, atomically.
-pub fn write_dataset(c: &Collection, output: &Path, opts: &PrepareOptions, source_kind: &str, source_path: &Path) -> Result<Manifest> {
+pub fn write_dataset(
+    c: &Collection,
+    output: &Path,
+    opts: &PrepareOptions,
+    source_kind: &str,
+    source_path: &Path,
+) -> Result<Manifest> {
     if opts.row_group_rows == 0 {
         return Err(Error::usage("--row-group-rows", "must be at least 1"));
     }
@@ -346,7 +359,12 @@ pub fn write_dataset(c: &Collection, output: &Path, opts: &PrepareOptions, sourc
             let q_refs: Vec<&str> = c.queries.iter().map(|q| q.text.as_str()).collect();
             let dt = tokenize::encode_all(&tok, &file, &doc_refs, "tokenize docs")?;
             let qt = tokenize::encode_all(&tok, &file, &q_refs, "tokenize queries")?;
-            let info = TokenizerInfo { name: name.clone(), sha256: manifest::sha256_file(&file)?, vocab_size: tok.get_vocab_size(true), add_special_tokens: false };
+            let info = TokenizerInfo {
+                name: name.clone(),
+                sha256: manifest::sha256_file(&file)?,
+                vocab_size: tok.get_vocab_size(true),
+                add_special_tokens: false,
+            };
             (Some(dt), Some(qt), Some(info))
         }
     };

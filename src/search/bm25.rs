@@ -8,13 +8,14 @@ use std::collections::BTreeMap;
 use tantivy::collector::TopDocs;
 use tantivy::query::{BooleanQuery, BoostQuery, Occur, Query, TermQuery};
 use tantivy::schema::{Field, IndexRecordOption, Schema, TextFieldIndexing, TextOptions, FAST};
-use tantivy::tokenizer::{Language, LowerCaser, RemoveLongFilter, SimpleTokenizer, Stemmer, StopWordFilter, TextAnalyzer, TokenStream};
-use tantivy::columnar::Column;
-use tantivy::{Index, IndexReader, Searcher, TantivyDocument, Term};
+use tantivy::tokenizer::{
+    Language, LowerCaser, RemoveLongFilter, SimpleTokenizer, Stemmer, StopWordFilter, TextAnalyzer, TokenStream,
+};
+use tantivy::{DocId, Index, IndexReader, Score, Searcher, SegmentReader, TantivyDocument, Term};
 
 use crate::data::Doc;
 use crate::error::{Error, Result};
-use crate::search::topk::{Hit, TopK};
+use crate::search::topk::Hit;
 
 const ANALYZER: &str = "grdr_en";
 
@@ -31,6 +32,17 @@ fn english_analyzer() -> TextAnalyzer {
         .build()
 }
 
+/// Orders like [`Hit`]: the score's bits in the high half (BM25 scores are >= 0, where f32
+/// bit patterns order like the values), `u32::MAX - doc_idx` in the low half.
+fn rank_key(score: Score, doc_idx: u64) -> u64 {
+    debug_assert!(score >= 0.0 && doc_idx <= u32::MAX as u64);
+    ((score.max(0.0).to_bits() as u64) << 32) | (u32::MAX as u64 - doc_idx)
+}
+
+fn hit_of_key(key: u64) -> Hit {
+    Hit { score: f32::from_bits((key >> 32) as u32), doc_idx: (u32::MAX as u64 - (key & u32::MAX as u64)) as i64 }
+}
+
 /// An in-memory BM25 index over a corpus, searchable from many threads.
 pub struct Bm25Index {
     reader: IndexReader,
@@ -42,14 +54,20 @@ impl Bm25Index {
     /// Indexes `docs` (their `doc_idx` is stored as a fast field, so hits map back exactly).
     pub fn build(docs: &[Doc]) -> Result<Self> {
         let mut schema = Schema::builder();
-        let indexing = TextFieldIndexing::default().set_tokenizer(ANALYZER).set_index_option(IndexRecordOption::WithFreqs);
+        let indexing =
+            TextFieldIndexing::default().set_tokenizer(ANALYZER).set_index_option(IndexRecordOption::WithFreqs);
         let body = schema.add_text_field("body", TextOptions::default().set_indexing_options(indexing));
         let doc_idx = schema.add_u64_field("doc_idx", FAST);
         let index = Index::create_in_ram(schema.build());
         index.tokenizers().register(ANALYZER, english_analyzer());
 
+        if docs.len() > u32::MAX as usize {
+            return Err(Error::usage("--data", "BM25 indexes at most 2^32 documents"));
+        }
         let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(8);
-        let mut writer = index.writer_with_num_threads::<TantivyDocument>(threads, 64_000_000 * threads).map_err(index_err("cannot start the index writer"))?;
+        let mut writer = index
+            .writer_with_num_threads::<TantivyDocument>(threads, 64_000_000 * threads)
+            .map_err(index_err("cannot start the index writer"))?;
         let bar = crate::progress::bar(docs.len() as u64, "bm25 index");
         for (i, d) in docs.iter().enumerate() {
             let mut doc = TantivyDocument::default();
@@ -81,7 +99,8 @@ impl Bm25Index {
         let clauses: Vec<(Occur, Box<dyn Query>)> = counts
             .into_iter()
             .map(|(t, n)| {
-                let q: Box<dyn Query> = Box::new(TermQuery::new(Term::from_field_text(self.body, &t), IndexRecordOption::WithFreqs));
+                let q: Box<dyn Query> =
+                    Box::new(TermQuery::new(Term::from_field_text(self.body, &t), IndexRecordOption::WithFreqs));
                 let q: Box<dyn Query> = if n == 1.0 { q } else { Box::new(BoostQuery::new(q, n)) };
                 (Occur::Should, q)
             })
@@ -89,39 +108,31 @@ impl Bm25Index {
         Some(BooleanQuery::new(clauses))
     }
 
-    /// The doc_idx column of every segment, opened once per searcher (not once per hit).
-    fn doc_idx_columns(searcher: &Searcher) -> Result<Vec<Column<u64>>> {
-        searcher
-            .segment_readers()
-            .iter()
-            .map(|r| r.fast_fields().u64("doc_idx").map_err(index_err("doc_idx column")))
-            .collect()
-    }
-
-    fn search_with(&self, searcher: &Searcher, columns: &[Column<u64>], text: &str, k: usize) -> Result<Vec<Hit>> {
+    fn search_with(&self, searcher: &Searcher, text: &str, k: usize) -> Result<Vec<Hit>> {
         let Some(query) = self.query(text) else { return Ok(Vec::new()) };
         if k == 0 {
             return Ok(Vec::new());
         }
-        let found = searcher.search(&query, &TopDocs::with_limit(k).order_by_score()).map_err(index_err("search failed"))?;
-        let mut top = TopK::new(k);
-        for (score, addr) in found {
-            let idx = columns[addr.segment_ord as usize].first(addr.doc_id).expect("every indexed doc has a doc_idx");
-            top.push(Hit { score, doc_idx: idx as i64 });
-        }
-        Ok(top.into_sorted_vec())
+        // The collector ranks by one u64 key = (score, reversed doc_idx), so ties at the k-th
+        // place are cut in grdr's order (doc index ascending) whatever the segment layout
+        // that a multi-threaded index writer happened to produce.
+        let collector = TopDocs::with_limit(k).tweak_score(|segment: &SegmentReader| {
+            let doc_idx =
+                segment.fast_fields().u64("doc_idx").expect("doc_idx is a u64 fast field").first_or_default_col(0);
+            move |doc: DocId, score: Score| rank_key(score, doc_idx.get_val(doc))
+        });
+        let found = searcher.search(&query, &collector).map_err(index_err("search failed"))?;
+        Ok(found.into_iter().map(|(key, _)| hit_of_key(key)).collect())
     }
 
     /// Top-k docs for one query text, in grdr's order (score desc, doc index asc).
     pub fn search(&self, text: &str, k: usize) -> Result<Vec<Hit>> {
-        let searcher = self.reader.searcher();
-        self.search_with(&searcher, &Self::doc_idx_columns(&searcher)?, text, k)
+        self.search_with(&self.reader.searcher(), text, k)
     }
 
     /// Top-k docs for every query, queries spread over the available cores.
     pub fn search_all(&self, texts: &[&str], k: usize) -> Result<Vec<Vec<Hit>>> {
         let searcher = self.reader.searcher();
-        let columns = Self::doc_idx_columns(&searcher)?;
         let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
         let chunk = texts.len().div_ceil(threads).max(1);
         let bar = crate::progress::bar(texts.len() as u64, "bm25 search");
@@ -129,12 +140,12 @@ impl Bm25Index {
             let handles: Vec<_> = texts
                 .chunks(chunk)
                 .map(|part| {
-                    let (searcher, columns, bar) = (&searcher, &columns, &bar);
+                    let (searcher, bar) = (&searcher, &bar);
                     s.spawn(move || {
                         part.iter()
                             .map(|t| {
                                 bar.inc(1);
-                                self.search_with(searcher, columns, t, k)
+                                self.search_with(searcher, t, k)
                             })
                             .collect::<Result<Vec<_>>>()
                     })
@@ -181,8 +192,20 @@ mod tests {
     }
 
     #[test]
+    fn rank_key_orders_like_hits() {
+        let hits = [Hit { score: 2.5, doc_idx: 7 }, Hit { score: 2.5, doc_idx: 3 }, Hit { score: 0.0, doc_idx: 0 }];
+        for a in hits {
+            assert_eq!(hit_of_key(rank_key(a.score, a.doc_idx as u64)), a);
+            for b in hits {
+                assert_eq!(rank_key(a.score, a.doc_idx as u64).cmp(&rank_key(b.score, b.doc_idx as u64)), a.cmp(&b));
+            }
+        }
+    }
+
+    #[test]
     fn equal_scores_rank_by_doc_index() {
-        let docs: Vec<Doc> = (0..5).map(|i| doc(i, "same words here")).collect();
+        // Enough docs for the multi-threaded writer to spread them over several segments.
+        let docs: Vec<Doc> = (0..5000).map(|i| doc(i, "same words here")).collect();
         let index = Bm25Index::build(&docs).unwrap();
         let hits = index.search("words", 3).unwrap();
         assert_eq!(hits.iter().map(|h| h.doc_idx).collect::<Vec<_>>(), vec![0, 1, 2]);
