@@ -22,12 +22,10 @@ fn registry_path() -> PathBuf {
 /// All named artefacts known on this machine.
 pub fn registry() -> Result<BTreeMap<String, PathBuf>> {
     let path = registry_path();
-    let text = std::fs::read_to_string(&path).map_err(|e| {
-        Error::io(&path, "no artefact registry; run launcher/setup first", e)
-    })?;
-    serde_json::from_str(&text).map_err(|e| {
-        Error::input(&path, crate::error::Location::Line(e.line()), "assets", e.to_string())
-    })
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| Error::io(&path, "no artefact registry; run launcher/setup first", e))?;
+    serde_json::from_str(&text)
+        .map_err(|e| Error::input(&path, crate::error::Location::Line(e.line()), "assets", e.to_string()))
 }
 
 /// Resolves a name from the registry, or an existing path as itself.
@@ -54,10 +52,7 @@ pub fn resolve(name_or_path: &str) -> Result<PathBuf> {
 pub fn reference_python() -> Result<PathBuf> {
     let py = resolve("python")?;
     if !py.exists() {
-        return Err(Error::usage(
-            "python",
-            format!("{} missing: run `launcher/setup --reference`", py.display()),
-        ));
+        return Err(Error::usage("python", format!("{} missing: run `launcher/setup --reference`", py.display())));
     }
     Ok(py)
 }

@@ -50,16 +50,28 @@ print(r.num_rows, ",".join(r.column_names))
 
     // BM25: a full run file and metrics equal to the regression table and to pytrec_eval.
     let run_dir = tmp.path().join("bm25");
-    let stdout = grdr_ok(&["bm25", "--data", ds_dir.to_str().unwrap(), "--split", "test", "--output", run_dir.to_str().unwrap()]);
+    let stdout = grdr_ok(&[
+        "bm25",
+        "--data",
+        ds_dir.to_str().unwrap(),
+        "--split",
+        "test",
+        "--output",
+        run_dir.to_str().unwrap(),
+    ]);
     assert!(stdout.contains("nDCG@10"), "the metrics table is printed: {stdout}");
     let run = grdr::eval::read_run(&run_dir.join("run.trec")).unwrap();
     assert_eq!(run.len(), 300);
     // Top 1000 unless a short query matches fewer docs; never empty on SciFact.
     assert!(run.values().all(|docs| !docs.is_empty() && docs.len() <= 1000));
     assert!(run.values().filter(|docs| docs.len() == 1000).count() >= 250);
-    let ours: serde_json::Value = serde_json::from_str(&fs::read_to_string(run_dir.join("metrics.json")).unwrap()).unwrap();
+    let ours: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(run_dir.join("metrics.json")).unwrap()).unwrap();
 
-    let expected: serde_json::Value = serde_json::from_str(&fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/configs/expected/bm25-scifact-test.json")).unwrap()).unwrap();
+    let expected: serde_json::Value = serde_json::from_str(
+        &fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/configs/expected/bm25-scifact-test.json")).unwrap(),
+    )
+    .unwrap();
     for (key, want) in expected["metrics"].as_object().unwrap() {
         let got = ours[key].as_f64().unwrap();
         assert!((got - want.as_f64().unwrap()).abs() < 1e-4, "{key}: {got} vs regression table {want}");
@@ -68,7 +80,11 @@ print(r.num_rows, ",".join(r.column_names))
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/pytrec_reference.py");
     let qrels = common::scifact_dir().join("qrels/test.tsv");
     let code = format!("import runpy, sys; sys.argv = ['pytrec_reference.py'] + sys.argv[1:]; runpy.run_path({script:?}, run_name='__main__')");
-    let reference: serde_json::Value = serde_json::from_str(&reference_python(&code, &["--qrels", qrels.to_str().unwrap(), "--run", run_dir.join("run.trec").to_str().unwrap()])).unwrap();
+    let reference: serde_json::Value = serde_json::from_str(&reference_python(
+        &code,
+        &["--qrels", qrels.to_str().unwrap(), "--run", run_dir.join("run.trec").to_str().unwrap()],
+    ))
+    .unwrap();
     for (key, want) in reference["mean"].as_object().unwrap() {
         let got = ours[key].as_f64().unwrap_or_else(|| panic!("{key} missing from metrics.json"));
         assert!((got - want.as_f64().unwrap()).abs() <= 1e-6, "{key}: ours {got}, pytrec_eval {want}");

@@ -63,7 +63,10 @@ impl Bm25Args {
             if hits.is_empty() {
                 tracing::warn!(query = %q.query_id, "no term of the query is in the index: no results");
             }
-            run.insert(q.query_id.clone(), hits.iter().map(|h| (docs[h.doc_idx as usize].doc_id.clone(), h.score as f64)).collect());
+            run.insert(
+                q.query_id.clone(),
+                hits.iter().map(|h| (docs[h.doc_idx as usize].doc_id.clone(), h.score as f64)).collect(),
+            );
         }
         let metrics = crate::eval::metrics::evaluate(&split_qrels(&ds, &self.split)?, &run);
 
@@ -79,7 +82,10 @@ impl Bm25Args {
             ("queries", json!(queries.len())),
             ("index_seconds", json!(index_secs)),
             ("search_seconds", json!(search_secs)),
-            ("bm25", json!({"k1": 1.2, "b": 0.75, "analyzer": "lowercase + English stop words + Snowball English stemmer", "document": "title + text"})),
+            (
+                "bm25",
+                json!({"k1": 1.2, "b": 0.75, "analyzer": "lowercase + English stop words + Snowball English stemmer", "document": "title + text"}),
+            ),
         ]);
         write_json(&out.path().join("run.json"), &info)?;
         let dest = out.commit()?;

@@ -25,7 +25,11 @@ pub struct CommonArgs {
 
 impl CommonArgs {
     fn options(&self) -> PrepareOptions {
-        PrepareOptions { tokenizer: self.tokenizer.clone(), row_group_rows: self.row_group_rows, overwrite: self.overwrite }
+        PrepareOptions {
+            tokenizer: self.tokenizer.clone(),
+            row_group_rows: self.row_group_rows,
+            overwrite: self.overwrite,
+        }
     }
 }
 
@@ -76,8 +80,15 @@ impl PrepareCommand {
                 (import::write_dataset(&c, &common.output, &common.options(), "tsv", collection)?, &common.output)
             }
         };
-        let splits: Vec<String> = manifest.splits.iter().map(|(s, c)| format!("{s}: {} queries / {} qrels", c.queries, c.qrels)).collect();
-        tracing::info!("wrote {}: {} docs, {} queries ({})", output.display(), manifest.docs, manifest.queries, splits.join(", "));
+        let splits: Vec<String> =
+            manifest.splits.iter().map(|(s, c)| format!("{s}: {} queries / {} qrels", c.queries, c.qrels)).collect();
+        tracing::info!(
+            "wrote {}: {} docs, {} queries ({})",
+            output.display(),
+            manifest.docs,
+            manifest.queries,
+            splits.join(", ")
+        );
         Ok(())
     }
 }

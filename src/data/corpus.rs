@@ -137,7 +137,9 @@ fn write_parquet(path: &Path, schema: Schema, rows_per_group: usize, batches: Ve
 pub fn write_docs(path: &Path, docs: &[Doc], tokens: Option<&[Vec<u32>]>, rows_per_group: usize) -> Result<()> {
     let schema = docs_schema(tokens.is_some());
     let mut batches = Vec::new();
-    for (start, chunk) in (0..docs.len()).step_by(rows_per_group.max(1)).map(|s| (s, &docs[s..(s + rows_per_group).min(docs.len())])) {
+    for (start, chunk) in
+        (0..docs.len()).step_by(rows_per_group.max(1)).map(|s| (s, &docs[s..(s + rows_per_group).min(docs.len())]))
+    {
         let mut cols: Vec<ArrayRef> = vec![
             Arc::new(Int64Array::from_iter_values(chunk.iter().map(|d| d.doc_idx))),
             strings(chunk.iter().map(|d| d.doc_id.as_str())),
@@ -147,7 +149,8 @@ pub fn write_docs(path: &Path, docs: &[Doc], tokens: Option<&[Vec<u32>]>, rows_p
         if let Some(t) = tokens {
             cols.push(list_of_ids(&t[start..start + chunk.len()]));
         }
-        batches.push(RecordBatch::try_new(Arc::new(schema.clone()), cols).map_err(|e| Error::parquet(path, "batch", e))?);
+        batches
+            .push(RecordBatch::try_new(Arc::new(schema.clone()), cols).map_err(|e| Error::parquet(path, "batch", e))?);
     }
     write_parquet(path, schema, rows_per_group, batches)
 }
@@ -165,7 +168,8 @@ pub fn write_queries(path: &Path, queries: &[Query], tokens: Option<&[Vec<u32>]>
         if let Some(t) = tokens {
             cols.push(list_of_ids(&t[start..start + chunk.len()]));
         }
-        batches.push(RecordBatch::try_new(Arc::new(schema.clone()), cols).map_err(|e| Error::parquet(path, "batch", e))?);
+        batches
+            .push(RecordBatch::try_new(Arc::new(schema.clone()), cols).map_err(|e| Error::parquet(path, "batch", e))?);
     }
     write_parquet(path, schema, rows_per_group, batches)
 }
@@ -185,13 +189,19 @@ pub fn write_qrels(path: &Path, qrels: &[Qrel]) -> Result<()> {
 /// Reads every batch of a Parquet file, checking that it has the expected columns.
 fn read_batches(path: &Path, expected: &Schema) -> Result<Vec<RecordBatch>> {
     let file = File::open(path).map_err(|e| Error::io(path, "cannot open", e))?;
-    let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| Error::parquet(path, "not a readable Parquet file", e))?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file)
+        .map_err(|e| Error::parquet(path, "not a readable Parquet file", e))?;
     let schema = builder.schema().clone();
     for field in expected.fields() {
         match schema.field_with_name(field.name()) {
             Ok(f) if f.data_type() == field.data_type() => {}
             Ok(f) => {
-                return Err(Error::input(path, Location::File, field.name(), format!("has type {}, expected {}", f.data_type(), field.data_type())))
+                return Err(Error::input(
+                    path,
+                    Location::File,
+                    field.name(),
+                    format!("has type {}, expected {}", f.data_type(), field.data_type()),
+                ))
             }
             Err(_) => return Err(Error::input(path, Location::File, field.name(), "column missing")),
         }
@@ -229,9 +239,19 @@ fn read_docs(path: &Path) -> Result<Vec<Doc>> {
         for i in 0..batch.num_rows() {
             let row = docs.len();
             if idx.value(i) != row as i64 {
-                return Err(Error::input(path, Location::Row(row), "doc_idx", format!("is {}, expected the dense index {row}", idx.value(i))));
+                return Err(Error::input(
+                    path,
+                    Location::Row(row),
+                    "doc_idx",
+                    format!("is {}, expected the dense index {row}", idx.value(i)),
+                ));
             }
-            docs.push(Doc { doc_idx: idx.value(i), doc_id: id.value(i).to_string(), title: title.value(i).to_string(), text: text.value(i).to_string() });
+            docs.push(Doc {
+                doc_idx: idx.value(i),
+                doc_id: id.value(i).to_string(),
+                title: title.value(i).to_string(),
+                text: text.value(i).to_string(),
+            });
         }
     }
     Ok(docs)
@@ -249,9 +269,18 @@ fn read_queries(path: &Path) -> Result<Vec<Query>> {
         for i in 0..batch.num_rows() {
             let row = queries.len();
             if idx.value(i) != row as i64 {
-                return Err(Error::input(path, Location::Row(row), "query_idx", format!("is {}, expected the dense index {row}", idx.value(i))));
+                return Err(Error::input(
+                    path,
+                    Location::Row(row),
+                    "query_idx",
+                    format!("is {}, expected the dense index {row}", idx.value(i)),
+                ));
             }
-            queries.push(Query { query_idx: idx.value(i), query_id: id.value(i).to_string(), text: text.value(i).to_string() });
+            queries.push(Query {
+                query_idx: idx.value(i),
+                query_id: id.value(i).to_string(),
+                text: text.value(i).to_string(),
+            });
         }
     }
     Ok(queries)
@@ -268,7 +297,12 @@ fn read_qrels(path: &Path) -> Result<Vec<Qrel>> {
             no_nulls(path, a, name, qrels.len())?;
         }
         for i in 0..batch.num_rows() {
-            qrels.push(Qrel { query_id: q.value(i).to_string(), doc_id: d.value(i).to_string(), relevance: r.value(i), split: s.value(i).to_string() });
+            qrels.push(Qrel {
+                query_id: q.value(i).to_string(),
+                doc_id: d.value(i).to_string(),
+                relevance: r.value(i),
+                split: s.value(i).to_string(),
+            });
         }
     }
     Ok(qrels)
@@ -282,7 +316,10 @@ pub fn read_input_ids(path: &Path) -> Result<Vec<Vec<u32>>> {
         let list = column::<ListArray>(path, &batch, "input_ids")?;
         for i in 0..list.len() {
             let values = list.value(i);
-            let ids = values.as_any().downcast_ref::<Int32Array>().ok_or_else(|| Error::input(path, Location::Row(out.len()), "input_ids", "not int32"))?;
+            let ids = values
+                .as_any()
+                .downcast_ref::<Int32Array>()
+                .ok_or_else(|| Error::input(path, Location::Row(out.len()), "input_ids", "not int32"))?;
             out.push(ids.values().iter().map(|&v| v as u32).collect());
         }
     }
@@ -299,7 +336,10 @@ pub struct Dataset {
 impl Dataset {
     pub fn open(dir: &Path) -> Result<Self> {
         if !dir.is_dir() {
-            return Err(Error::usage("--data", format!("{} is not a dataset directory (make one with `grdr prepare`)", dir.display())));
+            return Err(Error::usage(
+                "--data",
+                format!("{} is not a dataset directory (make one with `grdr prepare`)", dir.display()),
+            ));
         }
         let manifest = Manifest::read(&dir.join(crate::data::manifest::MANIFEST_FILE))?;
         Ok(Dataset { dir: dir.to_path_buf(), manifest })
@@ -336,13 +376,17 @@ impl Dataset {
             Ok(())
         } else {
             let known: Vec<_> = self.manifest.splits.keys().cloned().collect();
-            Err(Error::usage("--split", format!("no split `{split}` in {} (has: {})", self.dir.display(), known.join(", "))))
+            Err(Error::usage(
+                "--split",
+                format!("no split `{split}` in {} (has: {})", self.dir.display(), known.join(", ")),
+            ))
         }
     }
 
     /// The queries judged in `split`, in query_idx order.
     pub fn split_queries(&self, split: &str) -> Result<Vec<Query>> {
-        let judged: std::collections::HashSet<String> = self.qrels(Some(split))?.into_iter().map(|q| q.query_id).collect();
+        let judged: std::collections::HashSet<String> =
+            self.qrels(Some(split))?.into_iter().map(|q| q.query_id).collect();
         Ok(self.queries()?.into_iter().filter(|q| judged.contains(&q.query_id)).collect())
     }
 }

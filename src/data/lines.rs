@@ -26,7 +26,14 @@ impl Lines {
             return Err(Error::input(path, Location::File, what, "file is empty"));
         }
         let file = File::open(path).map_err(|e| Error::io(path, format!("cannot open the {what}"), e))?;
-        Ok(Lines { path: path.to_path_buf(), reader: BufReader::with_capacity(1 << 20, file), buf: Vec::new(), line_no: 0, bytes_read: 0, len: meta.len() })
+        Ok(Lines {
+            path: path.to_path_buf(),
+            reader: BufReader::with_capacity(1 << 20, file),
+            buf: Vec::new(),
+            line_no: 0,
+            bytes_read: 0,
+            len: meta.len(),
+        })
     }
 
     /// Bytes consumed so far and the file size, for progress bars.

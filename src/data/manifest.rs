@@ -60,9 +60,15 @@ pub struct Manifest {
 impl Manifest {
     pub fn read(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, "cannot read the dataset manifest", e))?;
-        let m: Manifest = serde_json::from_str(&text).map_err(|e| Error::input(path, Location::Line(e.line()), "manifest", e.to_string()))?;
+        let m: Manifest = serde_json::from_str(&text)
+            .map_err(|e| Error::input(path, Location::Line(e.line()), "manifest", e.to_string()))?;
         if m.format != FORMAT {
-            return Err(Error::input(path, Location::File, "format", format!("is `{}`, this grdr reads `{FORMAT}`", m.format)));
+            return Err(Error::input(
+                path,
+                Location::File,
+                "format",
+                format!("is `{}`, this grdr reads `{FORMAT}`", m.format),
+            ));
         }
         Ok(m)
     }
@@ -73,7 +79,12 @@ impl Manifest {
             let path = dir.join(name);
             let sha = sha256_file(&path)?;
             if sha != entry.sha256 {
-                return Err(Error::input(&path, Location::File, "sha256", format!("is {sha}, the manifest says {}: the file changed after `grdr prepare`", entry.sha256)));
+                return Err(Error::input(
+                    &path,
+                    Location::File,
+                    "sha256",
+                    format!("is {sha}, the manifest says {}: the file changed after `grdr prepare`", entry.sha256),
+                ));
             }
         }
         Ok(())
@@ -97,7 +108,8 @@ pub fn sha256_file(path: &Path) -> Result<String> {
 /// Checksum, size and row-group layout of a Parquet file just written.
 pub fn describe_parquet(path: &Path) -> Result<FileEntry> {
     let file = std::fs::File::open(path).map_err(|e| Error::io(path, "cannot open", e))?;
-    let reader = parquet::file::serialized_reader::SerializedFileReader::new(file).map_err(|e| Error::parquet(path, "cannot read metadata", e))?;
+    let reader = parquet::file::serialized_reader::SerializedFileReader::new(file)
+        .map_err(|e| Error::parquet(path, "cannot read metadata", e))?;
     use parquet::file::reader::FileReader;
     let meta = reader.metadata();
     Ok(FileEntry {

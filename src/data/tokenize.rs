@@ -12,9 +12,11 @@ use crate::error::{Error, Result};
 pub fn load(name_or_path: &str) -> Result<(Tokenizer, PathBuf)> {
     let resolved = crate::assets::resolve(name_or_path)?;
     let file = if resolved.is_dir() { resolved.join("tokenizer.json") } else { resolved };
-    let mut tok = Tokenizer::from_file(&file).map_err(|e| Error::Tokenizer { name: file.display().to_string(), message: e.to_string() })?;
+    let mut tok = Tokenizer::from_file(&file)
+        .map_err(|e| Error::Tokenizer { name: file.display().to_string(), message: e.to_string() })?;
     tok.with_padding(None);
-    tok.with_truncation(None).map_err(|e| Error::Tokenizer { name: file.display().to_string(), message: e.to_string() })?;
+    tok.with_truncation(None)
+        .map_err(|e| Error::Tokenizer { name: file.display().to_string(), message: e.to_string() })?;
     Ok((tok, file))
 }
 
