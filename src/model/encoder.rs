@@ -1,0 +1,94 @@
+//! Encoders behind one type, and the pooling shared by the dense heads.
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use tch::{nn, Tensor};
+
+use super::bert::BertModel;
+use super::hf::{self, LoadOptions, LoadReport};
+use super::t5_model::T5EncoderModel;
+use super::Encoder;
+use crate::error::{Error, Result};
+
+/// How token states become one vector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Pooling {
+    /// Masked mean over real tokens (sentence-transformers, GTR, Contriever).
+    Mean,
+    /// The first token ([CLS] for BERT/DPR).
+    First,
+}
+
+impl std::str::FromStr for Pooling {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "mean" => Ok(Pooling::Mean),
+            "first" | "cls" => Ok(Pooling::First),
+            _ => Err(Error::usage("pooling", format!("`{s}`: expected mean or first"))),
+        }
+    }
+}
+
+/// `hidden` (B, L, D), `mask` (B, L) → (B, D). The mean divides by the token count clamped at
+/// 1e-9, as sentence-transformers' `Pooling` does, so an all-padding row gives zeros.
+pub fn pool(hidden: &Tensor, mask: &Tensor, pooling: Pooling) -> Tensor {
+    match pooling {
+        Pooling::First => hidden.select(1, 0),
+        Pooling::Mean => {
+            let m = mask.to_kind(hidden.kind()).unsqueeze(-1); // (B, L, 1)
+            let sum = (hidden * &m).sum_dim_intlist(1, false, hidden.kind());
+            sum / m.sum_dim_intlist(1, false, hidden.kind()).clamp_min(1e-9)
+        }
+    }
+}
+
+/// L2 normalisation along the last dimension (eps 1e-12 like `F.normalize`).
+pub fn l2_normalize(xs: &Tensor) -> Tensor {
+    let norm = xs.norm_scalaropt_dim(2, [-1i64].as_slice(), true).clamp_min(1e-12);
+    xs / norm
+}
+
+/// Any encoder grdr can load from an HF directory, chosen by `model_type`.
+pub enum TextEncoderModel {
+    Bert(BertModel),
+    /// A `T5EncoderModel`, or the encoder half of a seq2seq checkpoint.
+    T5(T5EncoderModel),
+}
+
+impl TextEncoderModel {
+    /// Loads `dir` by its `config.json` `model_type` (bert-family or t5).
+    pub fn load(dir: &Path, opts: LoadOptions) -> Result<(nn::VarStore, Self, LoadReport)> {
+        let ty = hf::model_type(dir)?;
+        match ty.as_str() {
+            "bert" => {
+                let l = hf::load::<BertModel>(dir, opts)?;
+                Ok((l.vs, TextEncoderModel::Bert(l.model), l.report))
+            }
+            "t5" | "mt5" => {
+                let l = hf::load::<T5EncoderModel>(dir, opts)?;
+                Ok((l.vs, TextEncoderModel::T5(l.model), l.report))
+            }
+            other => Err(Error::usage(
+                dir.display().to_string(),
+                format!("model_type `{other}` is not supported as an encoder (bert, t5)"),
+            )),
+        }
+    }
+}
+
+impl Encoder for TextEncoderModel {
+    fn encode(&self, input_ids: &Tensor, attention_mask: &Tensor, train: bool) -> Tensor {
+        match self {
+            TextEncoderModel::Bert(m) => m.encode(input_ids, attention_mask, train),
+            TextEncoderModel::T5(m) => m.encode(input_ids, attention_mask, train),
+        }
+    }
+    fn hidden_size(&self) -> i64 {
+        match self {
+            TextEncoderModel::Bert(m) => m.hidden_size(),
+            TextEncoderModel::T5(m) => m.hidden_size(),
+        }
+    }
+}

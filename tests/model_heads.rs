@@ -1,0 +1,193 @@
+//! Retrieval heads against brute force: pooling, dual-encoder projection and scores, ColBERT
+//! query augmentation and both alignment directions, GR docid vocabularies, vocabulary
+//! resizing and sequence log-likelihood scoring.
+use std::path::PathBuf;
+
+use grdr::model::colbert::{late_interaction, late_interaction_pairs, Alignment, ColbertConfig, ColbertHead};
+use grdr::model::dual::{DualConfig, DualHead};
+use grdr::model::encoder::{pool, Pooling};
+use grdr::model::generative::{resize_token_embeddings, score_docids, token_nll, DocidVocab};
+use grdr::model::hf::{self, LoadOptions};
+use grdr::model::T5ForConditionalGeneration;
+use tch::{nn, Device, Kind, Tensor};
+
+const CPU: (Kind, Device) = (Kind::Float, Device::Cpu);
+
+fn close(a: &Tensor, b: &Tensor, tol: f64) -> bool {
+    (a.to_kind(Kind::Double) - b.to_kind(Kind::Double)).abs().max().double_value(&[]) <= tol
+}
+
+fn v(t: &Tensor) -> Vec<f64> {
+    Vec::<f64>::try_from(t.to_kind(Kind::Double).flatten(0, -1)).unwrap()
+}
+
+#[test]
+fn pooling_respects_the_mask() {
+    let h = Tensor::arange(2 * 3 * 2, CPU).view([2, 3, 2]);
+    let mask = Tensor::from_slice(&[1i64, 1, 0, 1, 0, 0]).view([2, 3]);
+    assert_eq!(v(&pool(&h, &mask, Pooling::Mean)), vec![1.0, 2.0, 6.0, 7.0]);
+    assert_eq!(v(&pool(&h, &mask, Pooling::First)), vec![0.0, 1.0, 6.0, 7.0]);
+}
+
+#[test]
+fn dual_head_projects_normalises_and_scales() {
+    let vs = nn::VarStore::new(Device::Cpu);
+    let head = DualHead::new(&vs.root(), 8, DualConfig { dim: Some(4), temperature: 0.5, ..Default::default() });
+    assert!(vs.variables().contains_key("projection.weight"));
+    let h = Tensor::randn([3, 5, 8], CPU);
+    let e = tch::no_grad(|| head.embed(&h, &Tensor::ones([3, 5], (Kind::Int64, Device::Cpu))));
+    assert_eq!(e.size(), vec![3, 4]);
+    assert!(close(&e.norm_scalaropt_dim(2, [-1i64].as_slice(), false), &Tensor::ones([3], CPU), 1e-6));
+    let s = head.scores(&e, &e);
+    assert!(close(&s.diagonal(0, 0, 1), &Tensor::full([3], 2.0, CPU), 1e-5));
+    assert!(close(&head.pair_scores(&e, &e), &s.diagonal(0, 0, 1), 1e-6));
+}
+
+#[test]
+fn colbert_query_augmentation_pads_with_attended_tokens() {
+    let vs = nn::VarStore::new(Device::Cpu);
+    let head =
+        ColbertHead::new(&vs.root(), 8, ColbertConfig { query_len: 5, query_augment_token: 103, ..Default::default() });
+    let ids = Tensor::from_slice(&[7i64, 8, 9, 7, 0, 0]).view([2, 3]);
+    let mask = Tensor::from_slice(&[1i64, 1, 1, 1, 0, 0]).view([2, 3]);
+    let (a, m) = head.augment_query(&ids, &mask);
+    assert_eq!(Vec::<i64>::try_from(a.flatten(0, -1)).unwrap(), vec![7, 8, 9, 103, 103, 7, 103, 103, 103, 103]);
+    assert_eq!(m.sum(Kind::Int64).int64_value(&[]), 10);
+    let h = Tensor::randn([2, 4, 8], CPU);
+    let tv = tch::no_grad(|| head.token_vectors(&h, &Tensor::from_slice(&[1i64, 1, 1, 0, 1, 1, 0, 0]).view([2, 4])));
+    assert_eq!(tv.size(), vec![2, 4, 128]);
+    assert_eq!(tv.get(1).get(3).abs().sum(Kind::Float).double_value(&[]), 0.0);
+}
+
+/// Brute-force scores of one (query, document) pair from explicit loops.
+fn brute(q: &[Vec<f64>], d: &[Vec<f64>], align: Alignment) -> f64 {
+    let dot = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f64>();
+    match align {
+        Alignment::QueryToDoc => q.iter().map(|qj| d.iter().map(|di| dot(qj, di)).fold(f64::MIN, f64::max)).sum(),
+        Alignment::DocToQueryMax => d.iter().map(|di| q.iter().map(|qj| dot(qj, di)).fold(f64::MIN, f64::max)).sum(),
+        Alignment::DocToQuerySoft => d
+            .iter()
+            .map(|di| {
+                let s: Vec<f64> = q.iter().map(|qj| dot(qj, di)).collect();
+                let m = s.iter().cloned().fold(f64::MIN, f64::max);
+                let z: f64 = s.iter().map(|x| (x - m).exp()).sum();
+                s.iter().map(|x| x * (x - m).exp() / z).sum::<f64>()
+            })
+            .sum(),
+    }
+}
+
+fn rows(t: &Tensor, n: i64) -> Vec<Vec<f64>> {
+    (0..n).map(|i| v(&t.get(i))).collect()
+}
+
+#[test]
+fn late_interaction_equals_brute_force_in_both_directions() {
+    tch::manual_seed(3);
+    let q = Tensor::randn([3, 4, 6], CPU);
+    let d = Tensor::randn([5, 7, 6], CPU);
+    let q_len = [4i64, 2, 3];
+    let d_len = [7i64, 1, 5, 3, 6];
+    let mk = |lens: &[i64], l: i64| {
+        let m: Vec<i64> = lens.iter().flat_map(|&n| (0..l).map(move |i| (i < n) as i64)).collect();
+        Tensor::from_slice(&m).view([lens.len() as i64, l])
+    };
+    let (qm, dm) = (mk(&q_len, 4), mk(&d_len, 7));
+    for align in [Alignment::QueryToDoc, Alignment::DocToQuerySoft, Alignment::DocToQueryMax] {
+        let all = late_interaction(&q, &qm, &d, &dm, align);
+        assert_eq!(all.size(), vec![3, 5]);
+        for b in 0..3 {
+            for n in 0..5 {
+                let want = brute(&rows(&q.get(b), q_len[b as usize]), &rows(&d.get(n), d_len[n as usize]), align);
+                let got = all.double_value(&[b, n]);
+                assert!((got - want).abs() < 1e-4, "{align:?} q{b} d{n}: {got} vs {want}");
+            }
+        }
+        // Aligned pairs equal the diagonal of the all-pairs matrix.
+        let idx = Tensor::from_slice(&[0i64, 1, 2]);
+        let pairs = late_interaction_pairs(&q, &qm, &d.index_select(0, &idx), &dm.index_select(0, &idx), align);
+        assert!(close(&pairs, &all.narrow(1, 0, 3).diagonal(0, 0, 1), 1e-5), "{align:?}");
+    }
+}
+
+#[test]
+fn docid_vocabularies_map_docids_to_tokens() {
+    let atomic = DocidVocab::Atomic { base: 100, n_docs: 3 };
+    assert_eq!(atomic.atomic_tokens(2, 1).unwrap(), vec![102, 1]);
+    assert!(atomic.atomic_tokens(3, 1).is_err());
+    assert_eq!(atomic.token_names(), vec!["<d0>", "<d1>", "<d2>"]);
+    let sem = DocidVocab::Semantic { base: 100, sizes: vec![4, 4, 10] };
+    assert_eq!(sem.n_new_tokens(), 18);
+    assert_eq!(sem.semantic_tokens(&[3, 0, 9], 1).unwrap(), vec![103, 104, 117, 1]);
+    assert!(sem.semantic_tokens(&[4], 1).is_err());
+    assert_eq!(sem.token_names()[4], "<s1_0>");
+    assert_eq!(DocidVocab::Text.n_new_tokens(), 0);
+}
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/parity").join(name)
+}
+
+/// Growing the vocabulary keeps every old logit (the new rows only add columns) and the new
+/// parameters are trainable; sequence scores equal −NLL of teacher forcing.
+#[test]
+fn resize_keeps_old_logits_and_scores_equal_teacher_forcing() {
+    for name in ["t5_v10", "t5_v11"] {
+        let mut l = hf::load::<T5ForConditionalGeneration>(&fixture(name), LoadOptions::default()).unwrap();
+        let io: std::collections::HashMap<String, Tensor> =
+            grdr::model::safetensors::read_all(&fixture(name).join("io.safetensors")).unwrap().into_iter().collect();
+        let (ids, mask, dec) = (&io["input_ids"], &io["attention_mask"], &io["decoder_input_ids"]);
+        let before = tch::no_grad(|| l.model.forward(ids, mask, dec, false, false).logits);
+        let v = l.model.config.vocab_size;
+        resize_token_embeddings(&mut l.model, &l.vs, v + 7, v).unwrap();
+        let after = tch::no_grad(|| l.model.forward(ids, mask, dec, false, false).logits);
+        assert_eq!(after.size()[2], v + 7);
+        assert!(close(&after.narrow(2, 0, v), &before, 1e-6), "{name}");
+        assert_eq!(l.vs.variables()["shared.weight"].size(), vec![v + 7, 32]);
+        let trainable: i64 = l.vs.trainable_variables().iter().map(|t| t.numel() as i64).sum();
+        let all: i64 = l.vs.variables().values().map(|t| t.numel() as i64).sum();
+        assert_eq!(trainable, all, "{name}: resized weights must stay trainable");
+
+        // Two candidate docids per query (using a new token), scored by log-likelihood.
+        let cands: Vec<Vec<Vec<i64>>> = (0..3).map(|b| vec![vec![v + b, 1], vec![5, 6 + b, 1]]).collect();
+        let scores = score_docids(&l.model, ids, mask, &cands);
+        for (b, cs) in cands.iter().enumerate() {
+            for (c, cand) in cs.iter().enumerate() {
+                let labels = Tensor::from_slice(cand).unsqueeze(0);
+                let idx = Tensor::from_slice(&[b as i64]);
+                let (q, m) = (ids.index_select(0, &idx), mask.index_select(0, &idx));
+                let logits =
+                    tch::no_grad(|| l.model.forward(&q, &m, &l.model.shift_right(&labels), false, false).logits);
+                let (nll, _) = token_nll(&logits, &labels);
+                assert!((scores[b][c] as f64 + nll.double_value(&[])).abs() < 1e-4, "{name} q{b} c{c}");
+            }
+        }
+    }
+}
+
+/// Atomic docid tokens take the ids after the real T5 tokenizer's 32,100 tokens, in the model
+/// and in the tokenizer, which then encodes a docid string to exactly its token.
+#[test]
+fn docid_tokens_extend_model_and_tokenizer() {
+    let Ok(dir) = grdr::assets::resolve("t5-tokenizer") else {
+        eprintln!("SKIP: no t5-tokenizer artefact");
+        return;
+    };
+    let mut tok = tokenizers::Tokenizer::from_file(dir.join("tokenizer.json")).unwrap();
+    let base = tok.get_vocab_size(true) as i64;
+    assert_eq!(base, 32100);
+    let mut l = hf::load::<T5ForConditionalGeneration>(&fixture("t5_v11"), LoadOptions::default()).unwrap();
+    let vocab = DocidVocab::Atomic { base, n_docs: 5 };
+    grdr::model::generative::install_docid_tokens(&mut l.model, &l.vs, &vocab, Some(&mut tok)).unwrap();
+    assert_eq!(l.model.config.vocab_size, base + 5);
+    assert_eq!(tok.token_to_id("<d3>"), Some(32103));
+    let enc = tok.encode("<d3>", true).unwrap();
+    let want: Vec<u32> = vocab.atomic_tokens(3, 1).unwrap().iter().map(|&i| i as u32).collect();
+    assert_eq!(enc.get_ids(), want.as_slice());
+    let tmp = tempfile::tempdir().unwrap();
+    hf::export_with_tokenizer(&l.model, &l.vs, &tok, &tmp.path().join("gr"), &[]).unwrap();
+    let back = tokenizers::Tokenizer::from_file(tmp.path().join("gr/tokenizer.json")).unwrap();
+    assert_eq!(back.token_to_id("<d4>"), Some(32104));
+    let m = hf::load::<T5ForConditionalGeneration>(&tmp.path().join("gr"), LoadOptions::default()).unwrap();
+    assert_eq!(m.model.config.vocab_size, base + 5);
+}
