@@ -1,0 +1,139 @@
+//! Training losses as pure functions of tensors. They know nothing of ranks: the trainer
+//! hands them the global batch assembled by `dist::gather` (DR, MVDR) or a local sum it
+//! normalises by the global token count (GR); see `dist/gather.rs` for why that makes N
+//! ranks compute exactly the one-process loss.
+//!
+//! Contrastive layout: documents come in groups of `group` rows per query — the positive
+//! first, then `group - 1` hard negatives — so query `i`'s positive is document row
+//! `i·group`. Every other row of the batch (other queries' positives and hard negatives,
+//! on every rank after a gather) is an in-batch negative.
+use tch::{Kind, Tensor};
+
+/// Row of each query's positive document: `(Q,)` i64 = `[0, group, 2·group, …]`.
+pub fn positive_rows(num_queries: i64, group: i64, device: tch::Device) -> Tensor {
+    Tensor::arange(num_queries, (Kind::Int64, device)) * group
+}
+
+/// Cross-entropy of `scores / temperature` against `labels`, averaged over queries.
+/// `scores (Q, N)`, `labels (Q,)` i64. Computed in f32 at least (bf16 scores upcast).
+pub fn info_nce_from_scores(scores: &Tensor, labels: &Tensor, temperature: f64) -> Tensor {
+    let logits = upcast(scores) / temperature; // (Q, N)
+    logits.log_softmax(-1, Kind::Float).nll_loss(labels)
+}
+
+/// Single-vector InfoNCE: dot-product scores of every query against every document row
+/// (positives, hard negatives, in-batch and cross-rank negatives alike).
+/// `q (Q, D)`, `d (Q·group, D)`.
+pub fn info_nce(q: &Tensor, d: &Tensor, group: i64, temperature: f64) -> Tensor {
+    let scores = q.matmul(&d.tr()); // (Q, Q·group)
+    let labels = positive_rows(q.size()[0], group, q.device());
+    info_nce_from_scores(&scores, &labels, temperature)
+}
+
+/// ColBERT late interaction: for each query token the best-matching document token's
+/// dot product, summed over the query's real tokens.
+/// `q (Q, Lq, D)`, `q_mask (Q, Lq)`, `d (N, Ld, D)`, `d_mask (N, Ld)` → `(Q, N)`.
+/// Padding (mask 0) never wins a max and never counts in the sum, so the scores do not
+/// depend on how far a batch was padded. Every document needs one real token.
+pub fn maxsim(q: &Tensor, q_mask: &Tensor, d: &Tensor, d_mask: &Tensor) -> Tensor {
+    let (nq, lq, dim) = q.size3().expect("q is (Q, Lq, D)");
+    let (nd, ld, _) = d.size3().expect("d is (N, Ld, D)");
+    let sim = q.reshape([nq * lq, dim]).matmul(&d.reshape([nd * ld, dim]).tr()); // (Q·Lq, N·Ld)
+    let sim = sim.reshape([nq, lq, nd, ld]);
+    let d_pad = d_mask.logical_not().reshape([1, 1, nd, ld]);
+    let best = sim.masked_fill(&d_pad, f64::NEG_INFINITY).amax([3].as_slice(), false); // (Q, Lq, N)
+    let q_real = q_mask.to_kind(best.kind()).unsqueeze(-1); // (Q, Lq, 1)
+                                                            // where() rather than a product: a padded query token's row must contribute 0, not NaN.
+    best.where_self(&q_real.gt(0.0), &best.zeros_like()).sum_dim_intlist([1].as_slice(), false, best.kind())
+}
+
+/// ColBERT contrastive loss: InfoNCE over MaxSim scores (layout as [`info_nce`]).
+pub fn colbert_info_nce(
+    q: &Tensor,
+    q_mask: &Tensor,
+    d: &Tensor,
+    d_mask: &Tensor,
+    group: i64,
+    temperature: f64,
+) -> Tensor {
+    let scores = maxsim(q, q_mask, d, d_mask);
+    let labels = positive_rows(q.size()[0], group, q.device());
+    info_nce_from_scores(&scores, &labels, temperature)
+}
+
+/// Summed token negative log-likelihood of `targets` under `logits`, over positions
+/// where `mask` is set. `logits (B, T, V)`, `targets (B, T)` i64 (any value at masked
+/// positions), `mask (B, T)` bool or 0/1. Returns a 0-dim f32 sum: divide by the token
+/// count of the whole (global, accumulated) batch — see `dist::gather::global_mean_share`.
+pub fn token_nll_sum(logits: &Tensor, targets: &Tensor, mask: &Tensor) -> Tensor {
+    let logp = upcast(logits).log_softmax(-1, Kind::Float); // (B, T, V)
+    let picked = logp.gather(-1, &targets.clamp_min(0).unsqueeze(-1), false).squeeze_dim(-1); // (B, T)
+    let real = mask.to_kind(Kind::Bool);
+    -picked.where_self(&real, &picked.zeros_like()).sum(Kind::Float)
+}
+
+/// Number of real (masked-in) target tokens: the local term of the global token count.
+pub fn token_count(mask: &Tensor) -> i64 {
+    mask.to_kind(Kind::Int64).sum(Kind::Int64).int64_value(&[])
+}
+
+fn upcast(t: &Tensor) -> Tensor {
+    match t.kind() {
+        Kind::BFloat16 | Kind::Half => t.to_kind(Kind::Float),
+        _ => t.shallow_clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::Device;
+
+    #[test]
+    fn info_nce_matches_a_hand_computed_softmax() {
+        let q = Tensor::from_slice(&[1.0f32, 0.0, 0.0, 1.0]).reshape([2, 2]);
+        let d = Tensor::from_slice(&[1.0f32, 0.0, 0.0, 1.0]).reshape([2, 2]);
+        let loss = info_nce(&q, &d, 1, 0.5).double_value(&[]);
+        // Each query: scores (2, 0) → -log(e² / (e² + 1)).
+        let want = -(2f64.exp() / (2f64.exp() + 1.0)).ln();
+        assert!((loss - want).abs() < 1e-6, "{loss} vs {want}");
+    }
+
+    #[test]
+    fn maxsim_ignores_padding() {
+        tch::manual_seed(1);
+        let q = Tensor::randn([2, 3, 4], (Kind::Float, Device::Cpu));
+        let d = Tensor::randn([3, 5, 4], (Kind::Float, Device::Cpu));
+        let q_mask = Tensor::from_slice(&[1i64, 1, 0, 1, 1, 1]).reshape([2, 3]).to_kind(Kind::Bool);
+        let d_mask =
+            Tensor::from_slice(&[1i64, 1, 1, 0, 0, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0]).reshape([3, 5]).to_kind(Kind::Bool);
+        let s = maxsim(&q, &q_mask, &d, &d_mask);
+        // Pad further with garbage: same scores.
+        let q2 = Tensor::cat(&[q.shallow_clone(), Tensor::full([2, 2, 4], 9.0, (Kind::Float, Device::Cpu))], 1);
+        let d2 = Tensor::cat(&[d.shallow_clone(), Tensor::full([3, 3, 4], 9.0, (Kind::Float, Device::Cpu))], 1);
+        let qm2 = Tensor::cat(&[q_mask.shallow_clone(), Tensor::zeros([2, 2], (Kind::Bool, Device::Cpu))], 1);
+        let dm2 = Tensor::cat(&[d_mask.shallow_clone(), Tensor::zeros([3, 3], (Kind::Bool, Device::Cpu))], 1);
+        let s2 = maxsim(&q2, &qm2, &d2, &dm2);
+        assert!(s.allclose(&s2, 1e-6, 1e-6, false));
+        // Brute force for query 0 / doc 2 (doc tokens 0..1 real, query tokens 0,1 real).
+        let mut want = 0f64;
+        for i in 0..2 {
+            let mut best = f64::NEG_INFINITY;
+            for j in 0..1 {
+                best = best.max(q.get(0).get(i).dot(&d.get(2).get(j)).double_value(&[]));
+            }
+            want += best;
+        }
+        assert!((s.double_value(&[0, 2]) - want).abs() < 1e-5);
+    }
+
+    #[test]
+    fn token_nll_sums_only_real_tokens() {
+        let logits = Tensor::zeros([1, 3, 4], (Kind::Float, Device::Cpu));
+        let targets = Tensor::from_slice(&[1i64, 2, -100]).reshape([1, 3]);
+        let mask = Tensor::from_slice(&[true, true, false]).reshape([1, 3]);
+        let s = token_nll_sum(&logits, &targets, &mask).double_value(&[]);
+        assert!((s - 2.0 * 4f64.ln()).abs() < 1e-6);
+        assert_eq!(token_count(&mask), 2);
+    }
+}
