@@ -1,0 +1,147 @@
+//! `grdr docids`: build and validate a docid file for generative retrieval (schemes in
+//! `data/docid.rs`).
+use std::path::{Path, PathBuf};
+
+use arrow_array::{Array, FixedSizeListArray, Float32Array, Int64Array};
+use clap::Args;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use tch::Tensor;
+
+use crate::data::docid::{self, DocidTable, Scheme};
+use crate::data::Dataset;
+use crate::error::{Error, Location, Result};
+
+#[derive(Debug, Args)]
+pub struct DocidsArgs {
+    /// A dataset directory made by `grdr prepare`.
+    #[arg(long)]
+    pub data: PathBuf,
+    #[arg(long, value_enum)]
+    pub scheme: Scheme,
+    /// The docid file to write (Parquet).
+    #[arg(long)]
+    pub output: PathBuf,
+    /// title/ngram: the tokenizer of the GR model (artefact name, directory or file).
+    #[arg(long, default_value = "t5-tokenizer")]
+    pub tokenizer: String,
+    /// semantic: document embeddings from `grdr encode --what docs` (Parquet).
+    #[arg(long)]
+    pub embeddings: Option<PathBuf>,
+    /// semantic: clusters per level (DSI: 10).
+    #[arg(long, default_value_t = 10)]
+    pub k: usize,
+    /// semantic: clusters of at most this many documents are leaves (DSI: 100).
+    #[arg(long, default_value_t = 100)]
+    pub leaf_size: usize,
+    /// title: at most this many tokens per title.
+    #[arg(long, default_value_t = 32)]
+    pub max_tokens: usize,
+    /// ngram: spans per document and tokens per span (SEAL, Wu et al.: 10).
+    #[arg(long, default_value_t = 10)]
+    pub ngrams_per_doc: usize,
+    #[arg(long, default_value_t = 10)]
+    pub ngram_len: usize,
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+}
+
+impl DocidsArgs {
+    pub fn run(&self) -> Result<()> {
+        let ds = Dataset::open(&self.data)?;
+        let docs = ds.docs()?;
+        let ids: Vec<String> = docs.iter().map(|d| d.doc_id.clone()).collect();
+        let t0 = std::time::Instant::now();
+        let table = match self.scheme {
+            Scheme::Atomic => docid::atomic(&ids),
+            Scheme::Semantic => {
+                let path = self.embeddings.as_ref().ok_or_else(|| {
+                    Error::usage("--embeddings", "required for semantic ids (make them with `grdr encode --what docs`)")
+                })?;
+                let emb = read_embeddings(path, docs.len())?;
+                docid::semantic(&ids, &emb, self.k, self.leaf_size, self.seed, &path.display().to_string())
+            }
+            Scheme::Title | Scheme::Ngram => {
+                let (tok, file) = crate::data::tokenize::load(&self.tokenizer)?;
+                let encode = |s: &str| -> Result<Vec<i64>> {
+                    let e = tok
+                        .encode(s, false)
+                        .map_err(|e| Error::Tokenizer { name: file.display().to_string(), message: e.to_string() })?;
+                    Ok(e.get_ids().iter().map(|&i| i as i64).collect())
+                };
+                if self.scheme == Scheme::Title {
+                    let titles: Vec<String> = docs.iter().map(|d| d.title.clone()).collect();
+                    docid::title(&ids, &titles, &encode, self.max_tokens, &self.tokenizer)?
+                } else {
+                    let toks: Vec<Vec<i64>> = docs.iter().map(|d| encode(&d.full_text())).collect::<Result<_>>()?;
+                    docid::ngram(&ids, &toks, self.ngrams_per_doc, self.ngram_len, self.seed, &self.tokenizer)
+                }
+            }
+        };
+        table.validate(&self.output)?;
+        table.write(&self.output)?;
+        let depth = table.rows.iter().map(|r| r.tokens.len()).max().unwrap_or(0);
+        tracing::info!(
+            "{:?} docids: {} rows for {} docs (longest {depth} tokens{}) in {:.1}s → {}",
+            self.scheme,
+            table.rows.len(),
+            table.meta.n_docs,
+            if table.meta.level_sizes.is_empty() {
+                String::new()
+            } else {
+                format!(", level sizes {:?}", table.meta.level_sizes)
+            },
+            t0.elapsed().as_secs_f64(),
+            self.output.display()
+        );
+        Ok(())
+    }
+}
+
+/// `grdr encode` output → (N, D) f32 in doc_idx order (every doc exactly once).
+pub fn read_embeddings(path: &Path, n_docs: usize) -> Result<Tensor> {
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, "cannot open embeddings", e))?;
+    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+        .and_then(|b| b.build())
+        .map_err(|e| Error::parquet(path, "not a Parquet file", e))?;
+    let mut rows: Vec<Option<Vec<f32>>> = vec![None; n_docs];
+    for batch in reader {
+        let batch = batch.map_err(|e| Error::parquet(path, "cannot read", e))?;
+        let bad = |f: &str, m: &str| Error::input(path, Location::File, f, m);
+        let idx = batch
+            .column_by_name("idx")
+            .and_then(|c| c.as_any().downcast_ref::<Int64Array>().cloned())
+            .ok_or_else(|| bad("idx", "missing or not int64"))?;
+        let emb = batch
+            .column_by_name("embedding")
+            .and_then(|c| c.as_any().downcast_ref::<FixedSizeListArray>().cloned())
+            .ok_or_else(|| bad("embedding", "missing or not a fixed-size list"))?;
+        for i in 0..batch.num_rows() {
+            let d = idx.value(i);
+            if d < 0 || d as usize >= n_docs {
+                return Err(Error::input(
+                    path,
+                    Location::Row(i),
+                    "idx",
+                    format!("{d} is not a doc index of the dataset"),
+                ));
+            }
+            let v = emb.value(i);
+            let v = v.as_any().downcast_ref::<Float32Array>().ok_or_else(|| bad("embedding", "not float32"))?;
+            rows[d as usize] = Some(v.values().to_vec());
+        }
+    }
+    let dim = rows.iter().flatten().next().map(|r| r.len()).unwrap_or(0);
+    let mut flat = Vec::with_capacity(n_docs * dim);
+    for (d, r) in rows.into_iter().enumerate() {
+        let r = r.ok_or_else(|| {
+            Error::input(path, Location::File, "idx", format!("document {d} has no embedding (encode --what docs)"))
+        })?;
+        flat.extend(r);
+    }
+    Ok(Tensor::from_slice(&flat).view([n_docs as i64, dim as i64]))
+}
+
+/// Reads a docid file (validated), for other commands.
+pub fn read(path: &Path) -> Result<DocidTable> {
+    DocidTable::read(path)
+}

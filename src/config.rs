@@ -1,0 +1,535 @@
+//! The run configuration of `grdr train`: one TOML section per component, so each
+//! component is handed only its own section (torchtitan's lesson: a monolithic config
+//! leaks everywhere).
+//!
+//! ```toml
+//! [data]    dataset, lengths, negatives, GR example mix     → data::examples, data::batch
+//! [model]   what to train and from which weights             → train::task
+//! [docids]  the docid file of a GR run                       → data::docid
+//! [train]   optimiser, schedule, steps, seed, checkpoints    → train::{optim, schedule, trainer}
+//! [dist]    collectives backend, DDP buckets                 → dist
+//! [eval]    evaluation at the end of the run                 → train::evaluate
+//! [log]     log interval, progress bar                       → train::metrics_log
+//! ```
+//!
+//! Every struct denies unknown fields and documents its defaults (the doc comment of each
+//! field). `--set section.key=value` overrides are applied to the TOML tree before it is
+//! deserialised, so an override is checked exactly as the file is. The resolved config (all
+//! defaults filled in) is written as TOML to the run directory and into every checkpoint.
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// The whole run. Only `data.path` is required; every other key has a default.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunConfig {
+    pub data: DataConfig,
+    #[serde(default)]
+    pub model: ModelConfig,
+    #[serde(default)]
+    pub docids: DocidsConfig,
+    #[serde(default)]
+    pub train: TrainConfig,
+    #[serde(default)]
+    pub dist: DistConfig,
+    #[serde(default)]
+    pub eval: EvalConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+/// `[data]`: where examples come from and how they are cut.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataConfig {
+    /// Dataset directory made by `grdr prepare` (required). Relative paths are relative to
+    /// the working directory of `grdr train`.
+    pub path: PathBuf,
+    /// The qrels split whose (query, relevant doc) pairs are the training pairs. Default `train`.
+    pub train_split: String,
+    /// Queries are truncated to this many tokens (special tokens included). Default 32.
+    pub query_max_len: usize,
+    /// Documents (title + text) are truncated to this many tokens. Default 256.
+    pub doc_max_len: usize,
+    /// DR/ColBERT: BM25 hard negatives per query (0 = in-batch and cross-rank negatives only).
+    /// Default 0.
+    pub hard_negatives: usize,
+    /// Hard negatives are drawn from the BM25 top-`hard_negative_depth` minus the positives.
+    /// Default 30.
+    pub hard_negative_depth: usize,
+    /// Row groups of docs.parquet kept decoded in memory per rank (LRU): bounds memory on
+    /// corpora of any size. Default 64 (64·1024 docs).
+    pub doc_cache_row_groups: usize,
+    /// GR: fraction of each global batch that is retrieval examples (query → docid); the rest
+    /// are indexing examples (doc text → docid), as DSI mixes them. Default 0.5.
+    pub retrieval_fraction: f64,
+    /// GR: indexing examples read docs in row-group order shuffled in windows of this many
+    /// row groups (bounded memory, still well mixed). Default 8.
+    pub shuffle_window_row_groups: usize,
+    /// GR: the document view of an indexing example: `first` (the first `doc_max_len`
+    /// tokens, DSI's FirstP) or `span` (a random `doc_max_len`-token span, per step).
+    /// Default `first`.
+    pub index_view: IndexView,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IndexView {
+    First,
+    Span,
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        DataConfig {
+            path: PathBuf::new(),
+            train_split: "train".into(),
+            query_max_len: 32,
+            doc_max_len: 256,
+            hard_negatives: 0,
+            hard_negative_depth: 30,
+            doc_cache_row_groups: 64,
+            retrieval_fraction: 0.5,
+            shuffle_window_row_groups: 8,
+            index_view: IndexView::First,
+        }
+    }
+}
+
+/// What is trained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelKind {
+    /// Single-vector dual encoder (DR), InfoNCE.
+    Dual,
+    /// Multi-vector late interaction (MVDR, ColBERT MaxSim), InfoNCE over MaxSim scores.
+    Colbert,
+    /// Seq2seq T5 generating docids (GR), token NLL.
+    Generative,
+}
+
+/// Architecture of a model built from scratch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Arch {
+    Bert,
+    T5,
+}
+
+/// `[model]`: the model and its head.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelConfig {
+    /// `dual`, `colbert` or `generative`. Default `dual`.
+    pub kind: ModelKind,
+    /// Initial weights: an artefact name (`minilm`) or an HF directory; `scratch` builds a
+    /// randomly initialised model of `arch` with the sizes below. Default `minilm`.
+    pub init: String,
+    /// Tokenizer (artefact name, directory or tokenizer.json); default: the one in `init`.
+    /// Required with `init = "scratch"`.
+    pub tokenizer: Option<String>,
+    /// `scratch` only: `bert` (encoder) or `t5` (encoder–decoder; the encoder alone for
+    /// dual/colbert). Default `t5`.
+    pub arch: Arch,
+    /// `scratch` only: width, layers, heads, feed-forward width. Defaults 256, 4, 4, 1024.
+    pub d_model: i64,
+    pub num_layers: i64,
+    pub num_heads: i64,
+    pub d_ff: i64,
+    /// Dropout used while training (scratch models; pretrained ones keep their config's
+    /// rates). Default 0.1.
+    pub dropout: f64,
+    /// Turn dropout off altogether (deterministic forward: the N≡1-rank tests). Default false.
+    pub no_dropout: bool,
+    /// Dual: `mean` or `first` pooling. Default `mean` (sentence-transformers).
+    pub pooling: String,
+    /// Dual: project pooled vectors to this dimension; none keeps the encoder width.
+    pub dim: Option<i64>,
+    /// Dual/ColBERT: L2-normalise embeddings. Default true.
+    pub normalize: bool,
+    /// ColBERT: per-token dimension (default 128) and fixed query length (default 32).
+    pub colbert_dim: i64,
+    pub colbert_query_len: i64,
+    /// ColBERT: token queries are padded with (BERT: [MASK] = 103; T5: pad 0). Default 103.
+    pub query_augment_token: i64,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        ModelConfig {
+            kind: ModelKind::Dual,
+            init: "minilm".into(),
+            tokenizer: None,
+            arch: Arch::T5,
+            d_model: 256,
+            num_layers: 4,
+            num_heads: 4,
+            d_ff: 1024,
+            dropout: 0.1,
+            no_dropout: false,
+            pooling: "mean".into(),
+            dim: None,
+            normalize: true,
+            colbert_dim: 128,
+            colbert_query_len: 32,
+            query_augment_token: 103,
+        }
+    }
+}
+
+/// `[docids]`: GR runs only.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DocidsConfig {
+    /// A docid file written by `grdr docids` (its scheme is read from the file).
+    pub path: Option<PathBuf>,
+}
+
+/// Learning-rate shape after warm-up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Decay {
+    Linear,
+    Cosine,
+    Constant,
+}
+
+/// Numeric precision of the forward/backward pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    Fp32,
+    /// bf16 autocast on CUDA (parameters and optimizer state stay f32); same as fp32 on CPU.
+    Bf16,
+}
+
+/// `[train]`: the optimisation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainConfig {
+    /// Examples (queries) per rank per micro-batch. Default 32.
+    pub batch_size: usize,
+    /// Micro-batches per optimizer step. Default 1.
+    pub grad_accum: usize,
+    /// Optimizer steps; 0 means `epochs` passes over the training examples. Default 0.
+    pub max_steps: u64,
+    /// Used when `max_steps` is 0 (fractions allowed). Default 1.
+    pub epochs: f64,
+    /// Peak learning rate. Default 2e-5.
+    pub lr: f64,
+    /// AdamW decoupled weight decay; never applied to biases and norm weights. Default 0.01.
+    pub weight_decay: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    /// Warm-up steps (linear from 0). Default: 10% of the steps when unset.
+    pub warmup_steps: Option<u64>,
+    /// `linear` (to 0), `cosine` (to `min_lr_ratio`·lr) or `constant`. Default `linear`.
+    pub decay: Decay,
+    pub min_lr_ratio: f64,
+    /// Clip gradients to this global L2 norm (0 = off). Default 1.0.
+    pub max_grad_norm: f64,
+    /// InfoNCE temperature (scores are divided by it). Default 0.05 (scale 20, as
+    /// sentence-transformers' MultipleNegativesRankingLoss).
+    pub temperature: f64,
+    /// DR/ColBERT: negatives per query; none = every other document of the global batch
+    /// (in-batch, cross-rank and hard negatives). A number keeps that many, drawn per step
+    /// (the negative-count sweeps of Zhang et al.).
+    pub num_negatives: Option<usize>,
+    /// Seed of everything: data order, negatives, initialisation, dropout (per rank). Default 42.
+    pub seed: u64,
+    /// `fp32` or `bf16` (CUDA autocast). Default fp32.
+    pub precision: Precision,
+    /// `cpu`, `cuda` or `auto` (CUDA device `local_rank` when available). Default auto.
+    pub device: String,
+    /// Intra-op threads per rank; none = libtorch's default (OMP_NUM_THREADS).
+    pub threads: Option<usize>,
+    /// Checkpoint every this many steps (0 = only at the end and on preemption). Default 0.
+    pub checkpoint_every: u64,
+    /// Checkpoints kept (older ones are removed). Default 2.
+    pub keep_checkpoints: usize,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            batch_size: 32,
+            grad_accum: 1,
+            max_steps: 0,
+            epochs: 1.0,
+            lr: 2e-5,
+            weight_decay: 0.01,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            warmup_steps: None,
+            decay: Decay::Linear,
+            min_lr_ratio: 0.0,
+            max_grad_norm: 1.0,
+            temperature: 0.05,
+            num_negatives: None,
+            seed: 42,
+            precision: Precision::Fp32,
+            device: "auto".into(),
+            threads: None,
+            checkpoint_every: 0,
+            keep_checkpoints: 2,
+        }
+    }
+}
+
+/// `[dist]`: how ranks talk.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DistConfig {
+    /// `auto` (MPI under a launcher, NCCL on CUDA), `mpi`, `nccl`, `local`. Default auto.
+    pub backend: String,
+    /// DDP gradient bucket size in MiB. Default 25 (PyTorch's).
+    pub bucket_mb: usize,
+}
+
+impl Default for DistConfig {
+    fn default() -> Self {
+        DistConfig { backend: "auto".into(), bucket_mb: 25 }
+    }
+}
+
+/// `[eval]`: evaluation after the last step (rank 0 writes it under RUNDIR/eval/).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EvalConfig {
+    /// Evaluate at the end of training. Default true.
+    pub at_end: bool,
+    /// The split evaluated. Default `test`.
+    pub split: String,
+    /// Documents retrieved per query. Default 100.
+    pub k: usize,
+    /// Texts encoded per forward. Default 64.
+    pub batch_size: usize,
+    /// Document truncation at evaluation; none = `data.doc_max_len` (training may use
+    /// shorter documents than evaluation to save time).
+    pub doc_max_len: Option<usize>,
+    /// GR: documents whose indexing example is checked for memorisation (R@1). Default 500.
+    pub memorization_docs: usize,
+}
+
+impl Default for EvalConfig {
+    fn default() -> Self {
+        EvalConfig {
+            at_end: true,
+            split: "test".into(),
+            k: 100,
+            batch_size: 64,
+            doc_max_len: None,
+            memorization_docs: 500,
+        }
+    }
+}
+
+/// `[log]`: what rank 0 reports.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// One log line (and one metrics.jsonl record) every this many steps. Default 10.
+    pub interval: u64,
+    /// A progress bar on a terminal. Default true.
+    pub progress: bool,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig { interval: 10, progress: true }
+    }
+}
+
+/// Splits `section.key=value` and parses the value as a TOML value (a bare word that is not
+/// valid TOML is taken as a string, so `--set model.init=minilm` works unquoted).
+fn parse_override(spec: &str) -> Result<(Vec<String>, toml::Value)> {
+    let bad = |m: &str| Error::usage("--set", format!("`{spec}`: {m} (expected section.key=value)"));
+    let (key, raw) = spec.split_once('=').ok_or_else(|| bad("no `=`"))?;
+    let path: Vec<String> = key.trim().split('.').map(|s| s.trim().to_string()).collect();
+    if path.len() < 2 || path.iter().any(|p| p.is_empty()) {
+        return Err(bad("the key needs a section"));
+    }
+    let raw = raw.trim();
+    let value = match toml::from_str::<toml::Table>(&format!("v = {raw}")) {
+        Ok(mut t) => t.remove("v").expect("just parsed"),
+        Err(_) => toml::Value::String(raw.to_string()),
+    };
+    Ok((path, value))
+}
+
+/// Sets `path` in `table` to `value`, creating sections as needed.
+fn apply_override(table: &mut toml::Table, path: &[String], value: toml::Value, spec: &str) -> Result<()> {
+    let (last, sections) = path.split_last().expect("checked non-empty");
+    let mut at = table;
+    for s in sections {
+        let entry = at.entry(s.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        at = entry
+            .as_table_mut()
+            .ok_or_else(|| Error::usage("--set", format!("`{spec}`: `{s}` is a value, not a section")))?;
+    }
+    at.insert(last.clone(), value);
+    Ok(())
+}
+
+impl RunConfig {
+    /// Reads `path`, applies `overrides` (`section.key=value`), deserialises and validates.
+    pub fn load(path: &Path, overrides: &[String]) -> Result<RunConfig> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, "cannot read the config", e))?;
+        Self::from_toml(&text, &path.display().to_string(), overrides)
+    }
+
+    /// As [`RunConfig::load`] for TOML text; `origin` names it in errors.
+    pub fn from_toml(text: &str, origin: &str, overrides: &[String]) -> Result<RunConfig> {
+        let config_err = |m: String| Error::usage(origin.to_string(), m.trim_end().to_string());
+        let config: RunConfig = if overrides.is_empty() {
+            // Straight from the text so errors carry the file's own line and column.
+            toml::from_str(text).map_err(|e| config_err(e.to_string()))?
+        } else {
+            let mut table: toml::Table = toml::from_str(text).map_err(|e| config_err(e.to_string()))?;
+            for spec in overrides {
+                let (key, value) = parse_override(spec)?;
+                apply_override(&mut table, &key, value, spec)?;
+            }
+            let merged = toml::to_string(&table).map_err(|e| config_err(e.to_string()))?;
+            toml::from_str(&merged)
+                .map_err(|e| config_err(format!("after --set {}: {e}", overrides.join(" --set "))))?
+        };
+        config.validate().map_err(|e| match e {
+            Error::Usage { option, message } => Error::usage(format!("{origin}: {option}"), message),
+            other => other,
+        })?;
+        Ok(config)
+    }
+
+    /// Values that parse but cannot work; each error names its key.
+    pub fn validate(&self) -> Result<()> {
+        let t = &self.train;
+        let d = &self.data;
+        if d.path.as_os_str().is_empty() {
+            return Err(Error::usage("data.path", "missing: the dataset directory made by `grdr prepare`"));
+        }
+        let positive = [
+            ("train.batch_size", t.batch_size),
+            ("train.grad_accum", t.grad_accum),
+            ("data.query_max_len", d.query_max_len),
+            ("data.doc_max_len", d.doc_max_len),
+            ("data.doc_cache_row_groups", d.doc_cache_row_groups),
+            ("data.shuffle_window_row_groups", d.shuffle_window_row_groups),
+            ("eval.k", self.eval.k),
+            ("eval.batch_size", self.eval.batch_size),
+            ("train.keep_checkpoints", t.keep_checkpoints),
+        ];
+        for (key, v) in positive {
+            if v == 0 {
+                return Err(Error::usage(key, "must be at least 1"));
+            }
+        }
+        if d.query_max_len < 2 || d.doc_max_len < 2 {
+            return Err(Error::usage("data.query_max_len/doc_max_len", "must be at least 2 (room for special tokens)"));
+        }
+        if !(t.lr > 0.0 && t.lr.is_finite()) {
+            return Err(Error::usage("train.lr", format!("{} is not a positive learning rate", t.lr)));
+        }
+        if !(t.temperature > 0.0) {
+            return Err(Error::usage("train.temperature", "must be positive"));
+        }
+        if t.max_steps == 0 && !(t.epochs > 0.0) {
+            return Err(Error::usage("train.epochs", "must be positive when train.max_steps is 0"));
+        }
+        if !(0.0..1.0).contains(&t.beta1) || !(0.0..1.0).contains(&t.beta2) {
+            return Err(Error::usage("train.beta1/beta2", "must lie in [0, 1)"));
+        }
+        if t.weight_decay < 0.0 || t.max_grad_norm < 0.0 {
+            return Err(Error::usage("train.weight_decay/max_grad_norm", "must not be negative"));
+        }
+        if !(0.0..=1.0).contains(&d.retrieval_fraction) {
+            return Err(Error::usage("data.retrieval_fraction", "must lie in [0, 1]"));
+        }
+        if !["cpu", "cuda", "auto"].contains(&t.device.as_str()) && !t.device.starts_with("cuda:") {
+            return Err(Error::usage("train.device", format!("`{}`: expected cpu, cuda, cuda:N or auto", t.device)));
+        }
+        self.dist.backend.parse::<crate::dist::Backend>()?;
+        if !["mean", "first", "cls"].contains(&self.model.pooling.as_str()) {
+            return Err(Error::usage("model.pooling", format!("`{}`: expected mean or first", self.model.pooling)));
+        }
+        if self.model.init == "scratch" && self.model.tokenizer.is_none() {
+            return Err(Error::usage("model.tokenizer", "required with model.init = \"scratch\""));
+        }
+        match (self.model.kind, &self.docids.path) {
+            (ModelKind::Generative, None) => {
+                return Err(Error::usage("docids.path", "a generative model needs a docid file (`grdr docids`)"))
+            }
+            (ModelKind::Generative, Some(_)) if self.model.init == "scratch" && self.model.arch != Arch::T5 => {
+                return Err(Error::usage("model.arch", "a generative model is a T5"))
+            }
+            (ModelKind::Dual | ModelKind::Colbert, Some(_)) => {
+                return Err(Error::usage("docids.path", "only generative models use docids"))
+            }
+            _ => {}
+        }
+        if self.log.interval == 0 {
+            return Err(Error::usage("log.interval", "must be at least 1"));
+        }
+        Ok(())
+    }
+
+    /// The resolved config as TOML (every default spelled out): what `config.toml` holds.
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("the run config serialises to TOML")
+    }
+
+    /// Writes the resolved config atomically.
+    pub fn write(&self, path: &Path) -> Result<()> {
+        let text = self.to_toml();
+        crate::atomic::write_file(path, |w| std::io::Write::write_all(w, text.as_bytes()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIN: &str = "[data]\npath = \"ds\"\n";
+
+    #[test]
+    fn defaults_fill_everything_but_the_data_path() {
+        let c = RunConfig::from_toml(MIN, "t.toml", &[]).unwrap();
+        assert_eq!(c.train.batch_size, 32);
+        assert_eq!(c.log.interval, 10);
+        // The resolved config round-trips.
+        let again = RunConfig::from_toml(&c.to_toml(), "resolved", &[]).unwrap();
+        assert_eq!(c, again);
+    }
+
+    #[test]
+    fn overrides_are_typed_and_checked() {
+        let sets = ["train.batch_size=8".to_string(), "model.init=scratch".into(), "model.tokenizer=t5".into()];
+        let c = RunConfig::from_toml(MIN, "t.toml", &sets).unwrap();
+        assert_eq!(c.train.batch_size, 8);
+        assert_eq!(c.model.init, "scratch");
+        let err = RunConfig::from_toml(MIN, "t.toml", &["train.batch_size=big".into()]).unwrap_err().to_string();
+        assert!(err.contains("batch_size"), "{err}");
+        let err = RunConfig::from_toml(MIN, "t.toml", &["train.bogus=1".into()]).unwrap_err().to_string();
+        assert!(err.contains("bogus"), "{err}");
+        assert!(RunConfig::from_toml(MIN, "t.toml", &["nodot=1".into()]).is_err());
+    }
+
+    #[test]
+    fn unknown_keys_and_wrong_types_name_the_key() {
+        let err = RunConfig::from_toml("[data]\npath = \"x\"\n[train]\nbatchsize = 3\n", "t.toml", &[]).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("batchsize") && msg.contains("t.toml"), "{msg}");
+        assert_eq!(err.exit_code(), crate::error::exit_code::USAGE);
+        let msg = RunConfig::from_toml("[data]\npath = 3\n", "t.toml", &[]).unwrap_err().to_string();
+        assert!(msg.contains("path"), "{msg}");
+        let msg = RunConfig::from_toml("[train]\nlr = 1e-3\n", "t.toml", &[]).unwrap_err().to_string();
+        assert!(msg.contains("data"), "{msg}");
+        let msg = RunConfig::from_toml("[data]\npath = \"x\"\n[train]\nbatch_size = 0\n", "t.toml", &[]).unwrap_err();
+        assert!(msg.to_string().contains("train.batch_size"), "{msg}");
+    }
+}

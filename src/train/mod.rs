@@ -1,0 +1,13 @@
+//! Training: the step loop (trainer.rs, a later issue), losses, optimizer and schedule,
+//! checkpoints. See docs/ARCHITECTURE.md.
+pub mod checkpoint;
+pub mod evaluate;
+pub mod export;
+pub mod loss;
+pub mod metrics_log;
+pub mod optim;
+pub mod precision;
+pub mod schedule;
+pub mod signal;
+pub mod task;
+pub mod trainer;

@@ -1,0 +1,68 @@
+//! Invariant 1 of DESIGN.md through the real `grdr train`: 2 ranks × batch B log the losses
+//! and end with the parameters of 1 rank × batch 2B (relative distance ≤ 1e-5, see
+//! `param_distance` for the measure), for DR with cross-rank and BM25 hard
+//! negatives, for ColBERT, and for GR (atomic docids, globally normalised token NLL) —
+//! each with gradient accumulation.
+mod train_common;
+
+use train_common::*;
+
+const TOL: f64 = 1e-5;
+
+fn two_equal_one(text: &str, steps: u64) {
+    let dir = tempfile::tempdir().unwrap();
+    // Dropout off: dropout masks are drawn per rank, so they legitimately differ.
+    let text = text
+        .replace("d_ff = 64", "d_ff = 64\nno_dropout = true")
+        .replace("max_steps = 6", &format!("max_steps = {steps}"));
+    let cfg = write_config(dir.path(), "run.toml", &text);
+    let one = dir.path().join("one");
+    let two = dir.path().join("two");
+    ok(&train(&cfg, &one, &["--set", "train.batch_size=8", "--set", "train.grad_accum=2"]));
+    ok(&train_ranks(2, &cfg, &two, &["--set", "train.batch_size=4", "--set", "train.grad_accum=2"]));
+    let (rel, max_abs) = param_distance(&params(&two, steps), &params(&one, steps));
+    assert!(rel <= TOL, "2 ranks vs 1 rank: relative parameter distance {rel:e}");
+    assert!(max_abs <= 1e-4, "2 ranks vs 1 rank: largest parameter difference {max_abs:e}");
+    let (l1, l2) = (losses(&one), losses(&two));
+    for ((s, a, _), (_, b, _)) in l1.iter().zip(&l2) {
+        assert!((a - b).abs() <= 1e-5 * a.abs().max(1.0), "step {s}: loss {a} vs {b}");
+    }
+}
+
+#[test]
+fn dual_encoder_two_ranks_equal_one() {
+    two_equal_one(&tiny_dual(dataset()), 4);
+}
+
+#[test]
+fn colbert_two_ranks_equal_one() {
+    let text =
+        tiny_dual(dataset()).replace("kind = \"dual\"", "kind = \"colbert\"\ncolbert_dim = 16\ncolbert_query_len = 8");
+    two_equal_one(&text, 3);
+}
+
+#[test]
+fn generative_two_ranks_equal_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let docids = dir.path().join("atomic.parquet");
+    let o = std::process::Command::new(bin())
+        .args([
+            "docids",
+            "--data",
+            dataset().to_str().unwrap(),
+            "--scheme",
+            "atomic",
+            "--output",
+            docids.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    ok(&o);
+    let text = tiny_dual(dataset())
+        .replace("kind = \"dual\"", "kind = \"generative\"")
+        .replace("arch = \"bert\"", "arch = \"t5\"")
+        .replace("tokenizer = \"minilm\"", "tokenizer = \"t5-tokenizer\"")
+        .replace("hard_negatives = 1", "retrieval_fraction = 0.5")
+        .replace("[train]", &format!("[docids]\npath = \"{}\"\n\n[train]", docids.display()));
+    two_equal_one(&text, 3);
+}
