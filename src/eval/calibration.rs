@@ -55,11 +55,22 @@ impl SoftmaxAccumulator {
 
     /// Adds a block of raw scores (Qb, C) of queries `first_query ..`.
     pub fn add_block(&mut self, first_query: i64, scores: &Tensor) {
-        let s = scores.to_kind(Kind::Double) / self.temperature; // (Qb, C)
-        let l1 = Vec::<f64>::try_from(s.logsumexp([1i64].as_slice(), false).to_device(tch::Device::Cpu)).expect("f64");
-        let l2 = Vec::<f64>::try_from((s * 2.0).logsumexp([1i64].as_slice(), false).to_device(tch::Device::Cpu))
-            .expect("f64");
-        for (i, (a, b)) in l1.into_iter().zip(l2).enumerate() {
+        let (l1, l2) = Self::block_lse(scores, self.temperature);
+        self.add_lse(first_query, &l1, &l2);
+    }
+
+    /// Per row of `scores` (Qb, C): log Σ e^{s/τ} and log Σ e^{2s/τ} (the thread-safe part).
+    pub fn block_lse(scores: &Tensor, temperature: f64) -> (Vec<f64>, Vec<f64>) {
+        let s = scores.to_kind(Kind::Double) / temperature; // (Qb, C)
+        let lse = |x: Tensor| {
+            Vec::<f64>::try_from(x.logsumexp([1i64].as_slice(), false).to_device(tch::Device::Cpu)).expect("f64")
+        };
+        (lse(s.shallow_clone()), lse(s * 2.0))
+    }
+
+    /// Adds per-query partial normalisers of queries `first_query ..`.
+    pub fn add_lse(&mut self, first_query: i64, l1: &[f64], l2: &[f64]) {
+        for (i, (&a, &b)) in l1.iter().zip(l2).enumerate() {
             let q = first_query as usize + i;
             self.lse1[q] = log_add(self.lse1[q], a);
             self.lse2[q] = log_add(self.lse2[q], b);

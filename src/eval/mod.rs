@@ -11,6 +11,9 @@ use crate::error::Result;
 
 pub mod calibration;
 pub mod metrics;
+pub mod run_dense;
+pub mod run_eval;
+pub mod run_gr;
 pub mod trec;
 
 pub use metrics::{evaluate, Metrics, MEASURES};

@@ -1,0 +1,114 @@
+#!/usr/bin/env python3
+"""HF transformers' constrained beam search, the reference for `src/search/beam.rs`.
+
+    parity: python bench_eval_hf_generate.py parity --model DIR --spec SPEC.json --out OUT.json
+        SPEC: {"docids": [[tok, ..., eos], ...], "queries": [[ids], ...], "beams": [W, ...]}
+        OUT:  {"W": [[{"tokens": [...], "score": s}, ...] per query], ...}
+        generate(num_beams=W, num_return_sequences=W, length_penalty=0.0 (score = Σ log p),
+        prefix_allowed_tokens_fn=trie) — one query at a time, no padding.
+    bench:  python bench_eval_hf_generate.py bench --model DIR --spec SPEC.json --out OUT.json
+        SPEC as above with "threads"; OUT: {"W": {"seconds": s, "queries": n}} (batched queries,
+        same generate call), timing the generate calls only.
+
+Both build the prefix → allowed-tokens map once (a dict over all docid prefixes), the usual
+way GR code (DSI/NCI/SEAL-style repos) feeds `prefix_allowed_tokens_fn`.
+"""
+import argparse
+import json
+import time
+
+import torch
+from transformers import T5ForConditionalGeneration
+
+
+def build_allowed(docids):
+    allowed = {}
+    for d in docids:
+        for i in range(len(d)):
+            allowed.setdefault(tuple(d[:i]), set()).add(d[i])
+    return {k: sorted(v) for k, v in allowed.items()}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("mode", choices=["parity", "bench"])
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--spec", required=True)
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args()
+    spec = json.load(open(args.spec))
+    torch.set_num_threads(int(spec.get("threads", 1)))
+    model = T5ForConditionalGeneration.from_pretrained(args.model).eval()
+    eos = model.config.eos_token_id
+    allowed = build_allowed(spec["docids"])
+    depth = max(len(d) for d in spec["docids"])
+
+    def prefix_fn(batch_id, input_ids):
+        # input_ids: the decoder prefix, starting with decoder_start_token_id.
+        return allowed.get(tuple(input_ids[1:].tolist()), [eos])
+
+    out = {}
+    with torch.no_grad():
+        for w in spec["beams"]:
+            if args.mode == "parity":
+                per_query = []
+                for q in spec["queries"]:
+                    ids = torch.tensor([q])
+                    g = model.generate(
+                        input_ids=ids,
+                        attention_mask=torch.ones_like(ids),
+                        num_beams=w,
+                        num_return_sequences=w,
+                        length_penalty=0.0,
+                        do_sample=False,
+                        max_new_tokens=depth,
+                        prefix_allowed_tokens_fn=prefix_fn,
+                        output_scores=True,
+                        return_dict_in_generate=True,
+                        # transformers 5.23 sizes the cache by the encoder's layer count,
+                        # which breaks models with num_decoder_layers != num_layers (t5_v10).
+                        use_cache=False,
+                    )
+                    hyps = []
+                    # Greedy (W = 1) output carries no sequence score: teacher-force it.
+                    scores = g.sequences_scores.tolist() if w > 1 else [None] * len(g.sequences)
+                    for seq, score in zip(g.sequences.tolist(), scores):
+                        toks = seq[1:]
+                        if eos in toks:
+                            toks = toks[: toks.index(eos) + 1]
+                        if score is None:
+                            logits = model(input_ids=ids, labels=torch.tensor([toks])).logits
+                            lp = logits.log_softmax(-1)[0, torch.arange(len(toks)), torch.tensor(toks)]
+                            score = lp.sum().item()
+                        hyps.append({"tokens": toks, "score": score})
+                    per_query.append(hyps)
+                out[str(w)] = per_query
+            else:
+                batch = int(spec.get("batch", 8))
+                qs = spec["queries"]
+                if w == spec["beams"][0]:  # warm-up (thread pools, first allocations)
+                    ids = torch.tensor(qs[:1])
+                    model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), num_beams=w, max_new_tokens=depth,
+                                   length_penalty=0.0, prefix_allowed_tokens_fn=prefix_fn)
+                t0 = time.perf_counter()
+                for i in range(0, len(qs), batch):
+                    part = qs[i : i + batch]
+                    L = max(len(q) for q in part)
+                    ids = torch.tensor([q + [0] * (L - len(q)) for q in part])
+                    mask = torch.tensor([[1] * len(q) + [0] * (L - len(q)) for q in part])
+                    model.generate(
+                        input_ids=ids,
+                        attention_mask=mask,
+                        num_beams=w,
+                        num_return_sequences=min(w, int(spec.get("k", w))),
+                        length_penalty=0.0,
+                        do_sample=False,
+                        max_new_tokens=depth,
+                        prefix_allowed_tokens_fn=prefix_fn,
+                    )
+                out[str(w)] = {"seconds": time.perf_counter() - t0, "queries": len(qs)}
+    json.dump(out, open(args.out, "w"))
+
+
+if __name__ == "__main__":
+    main()

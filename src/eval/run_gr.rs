@@ -1,0 +1,119 @@
+//! Generative retrieval of one rank's share of the queries: trie-constrained beam search
+//! over the run's docids (every rank builds the same trie; it is read-only and shared by
+//! all beams). With calibration, each query's returned docids are normalised into p(docid|q):
+//! over the whole docid set when the beam covers it, else over the beam's docids (flagged).
+use std::collections::HashSet;
+
+use serde_json::json;
+
+use crate::data::docid::DocidTable;
+use crate::error::{Error, Result};
+use crate::eval::calibration::{self, QueryCalibration};
+use crate::eval::run_eval::{parallel_map, Context, Shared};
+use crate::search::beam::{to_hits, BeamSearch};
+use crate::search::topk::Hit;
+use crate::search::trie::DocidTrie;
+use crate::train::task::{Net, Task};
+use tch::Tensor;
+
+type Info = serde_json::Map<String, serde_json::Value>;
+
+/// The docid trie of a GR task: each docid row's target tokens (model vocabulary, eos last).
+pub fn build_trie(task: &Task, table: &DocidTable) -> Result<DocidTrie> {
+    let Net::Generative { model, .. } = &task.net else {
+        return Err(Error::usage("--kind", "docids belong to generative models"));
+    };
+    let targets = task.targets(table)?;
+    let seqs: Vec<(i64, Vec<u32>)> =
+        table.rows.iter().zip(targets).map(|(r, t)| (r.doc_idx, t.into_iter().map(|x| x as u32).collect())).collect();
+    DocidTrie::build(&seqs, model.config.eos_token_id as u32)
+}
+
+pub fn generative(ctx: &Context, info: &mut Info, metrics: &mut Info) -> Result<Vec<Vec<Hit>>> {
+    let Net::Generative { model, .. } = &ctx.task.net else { unreachable!("generative only") };
+    let opts = ctx.opts;
+    let table = ctx.docids()?;
+    let t_trie = std::time::Instant::now();
+    let trie = build_trie(ctx.task, table)?;
+    info.insert(
+        "trie".into(),
+        json!({"docids": trie.num_docids(), "nodes": trie.num_nodes(), "max_depth": trie.max_depth(), "bytes": trie.memory_bytes(), "build_seconds": t_trie.elapsed().as_secs_f64()}),
+    );
+    let beam = BeamSearch::new(model, &trie, opts.beam);
+    let exhaustive = opts.beam >= trie.num_docids();
+    let ids = ctx.query_ids()?;
+    let relevant = if opts.calibration { ctx.relevant()? } else { vec![] };
+    // Batches are fixed by query index and dealt to ranks whole, so a query is decoded in the
+    // same padded batch on any number of ranks.
+    let per_batch = (opts.beam_rows / opts.beam.max(1)).max(1);
+    let n_batches = ids.len().div_ceil(per_batch);
+    let w = ctx.comm.world();
+    let (lo, hi) = (
+        (n_batches * w.rank / w.size * per_batch).min(ids.len()),
+        (n_batches * (w.rank + 1) / w.size * per_batch).min(ids.len()),
+    );
+    let mut hits: Vec<Vec<Hit>> = vec![Vec::new(); ctx.queries.len()];
+    let mut calib: Vec<(usize, QueryCalibration)> = Vec::new();
+    let t0 = std::time::Instant::now();
+    let units: Vec<(usize, Tensor, Tensor)> = (lo..hi)
+        .step_by(per_batch)
+        .map(|start| {
+            let (qi, qm) = ctx.query_tok.batch(&ids[start..(start + per_batch).min(hi)], opts.device);
+            (start, qi, qm)
+        })
+        .collect();
+    let shared = Shared(&beam);
+    let decoded = parallel_map(opts.device, units, |(start, qi, qm)| (start, shared.get().search(&qi, &qm)));
+    for (start, batch) in decoded {
+        for (i, gens) in batch.into_iter().enumerate() {
+            let q = start + i;
+            hits[q] = to_hits(&trie, &gens, opts.k);
+            if opts.calibration && !relevant[q].is_empty() {
+                let rel: HashSet<i64> = relevant[q].iter().copied().collect();
+                let lls: Vec<f64> = gens.iter().map(|g| g.score as f64).collect();
+                let is_rel: Vec<bool> =
+                    gens.iter().map(|g| trie.docs(g.leaf).iter().any(|d| rel.contains(d))).collect();
+                // Relevant docids: distinct leaves of the relevant documents.
+                let n_rel = relevant_docids(table, &relevant[q]);
+                calib.push((q, calibration::gr_query(&lls, &is_rel, n_rel)));
+            }
+        }
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    info.insert("decode_seconds_rank0".into(), json!(secs));
+    info.insert("queries_per_second_rank0".into(), json!((hi - lo) as f64 / secs.max(1e-9)));
+    info.insert("beam".into(), json!(opts.beam));
+    if opts.calibration {
+        // Every rank's per-query calibration to all (small), summarised in query order.
+        let mine: Vec<(usize, f64, f64)> = calib.iter().map(|(q, c)| (*q, c.brier, c.p_relevant)).collect();
+        let parts = ctx.comm.all_gather_bytes(&serde_json::to_vec(&mine).expect("serialise"))?;
+        let mut all: Vec<(usize, f64, f64)> = Vec::new();
+        for p in parts {
+            all.extend(
+                serde_json::from_slice::<Vec<(usize, f64, f64)>>(&p).map_err(|e| Error::dist(0, e.to_string()))?,
+            );
+        }
+        all.sort_by_key(|x| x.0);
+        let per_query: Vec<QueryCalibration> = all
+            .into_iter()
+            .map(|(_, brier, p_relevant)| QueryCalibration { brier, p_relevant, gaps: vec![] })
+            .collect();
+        let how = if exhaustive {
+            "every docid (beam ≥ number of docids: exact)"
+        } else {
+            "the docids the beam returned (approximation: beam < number of docids)"
+        };
+        let summary = calibration::summarize(&per_query, how);
+        metrics.insert("Brier".into(), summary["Brier"].clone());
+        info.insert("calibration".into(), summary);
+    }
+    Ok(hits)
+}
+
+/// Number of distinct docids (trie leaves) the relevant documents have.
+fn relevant_docids(table: &DocidTable, relevant: &[i64]) -> usize {
+    let rel: HashSet<i64> = relevant.iter().copied().collect();
+    let leaves: HashSet<&[i64]> =
+        table.rows.iter().filter(|r| rel.contains(&r.doc_idx)).map(|r| r.tokens.as_slice()).collect();
+    leaves.len().max(1)
+}

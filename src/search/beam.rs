@@ -1,0 +1,221 @@
+//! Trie-constrained beam search over a T5 model with the KV cache: generative retrieval's
+//! decoding. Every query keeps `beam` running prefixes; each step decodes one token for all
+//! running beams of a batch of queries at once, restricted to the tokens the docid trie
+//! allows after each prefix, so only valid docids are ever produced.
+//!
+//! The selection rule is HF transformers' `generate(num_beams=W, length_penalty=0)`: per
+//! query, the best 2W continuations over all running beams (score = Σ log p(token), the
+//! log-softmax over the whole vocabulary, as HF applies `prefix_allowed_tokens_fn` after it);
+//! among them an `eos` ranked < W finishes a docid, the best W others run on; the W best
+//! finished docids are kept; a query stops when its worst kept docid beats its best running
+//! prefix. With W ≥ number of docids nothing is ever pruned, so the search returns every
+//! docid with its exact sequence log-likelihood (invariant 6, `tests/eval_beam.rs`).
+use std::collections::HashMap;
+
+use tch::{Device, Kind, Tensor};
+
+use crate::model::T5ForConditionalGeneration;
+use crate::search::topk::{Hit, TopK};
+use crate::search::trie::{DocidTrie, NodeId};
+
+/// Rows whose trie node allows more tokens than this select their best continuations on the
+/// device (e.g. the root of atomic docids: one token per document).
+const DEVICE_FANOUT: usize = 4096;
+
+/// A finished docid: its tokens (eos included), its leaf in the trie, Σ log p.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Generated {
+    pub tokens: Vec<u32>,
+    pub leaf: NodeId,
+    pub score: f32,
+}
+
+struct Beam {
+    query: usize,
+    node: NodeId,
+    score: f32,
+    tokens: Vec<u32>,
+}
+
+/// One candidate continuation: (score, parent row, token).
+#[derive(Clone, Copy)]
+struct Cand {
+    score: f32,
+    row: usize,
+    token: u32,
+}
+
+pub struct BeamSearch<'a> {
+    pub model: &'a T5ForConditionalGeneration,
+    pub trie: &'a DocidTrie,
+    /// Running beams per query (W).
+    pub beam: usize,
+}
+
+impl<'a> BeamSearch<'a> {
+    pub fn new(model: &'a T5ForConditionalGeneration, trie: &'a DocidTrie, beam: usize) -> Self {
+        BeamSearch { model, trie, beam: beam.max(1) }
+    }
+
+    /// Decodes a batch of queries `input_ids` (B, L) under `attention_mask` (B, L). Returns per
+    /// query up to W finished docids, best first (ties: earlier found first).
+    pub fn search(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Vec<Vec<Generated>> {
+        tch::no_grad(|| self.search_inner(input_ids, attention_mask))
+    }
+
+    fn search_inner(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Vec<Vec<Generated>> {
+        let w = self.beam;
+        let b = input_ids.size()[0] as usize;
+        let dev = input_ids.device();
+        let cfg = &self.model.config;
+        let enc = self.model.encode(input_ids, attention_mask, false); // (B, L, D)
+        let mut cache = self.model.new_cache(&enc, attention_mask);
+        let mut beams: Vec<Beam> =
+            (0..b).map(|q| Beam { query: q, node: DocidTrie::ROOT, score: 0.0, tokens: Vec::new() }).collect();
+        let mut next_input: Vec<i64> = vec![cfg.decoder_start_token_id; b];
+        let mut finished: Vec<Vec<Generated>> = vec![Vec::new(); b];
+        let mut root_allowed: HashMap<NodeId, Tensor> = HashMap::new();
+        let eos = self.trie.eos();
+
+        for _step in 0..self.trie.max_depth() {
+            if beams.is_empty() {
+                break;
+            }
+            let ids = Tensor::from_slice(&next_input).view([-1, 1]).to_device(dev);
+            let logits = self.model.step(&ids, &mut cache); // (R, 1, V)
+            let logp = logits.squeeze_dim(1).log_softmax(-1, Kind::Float); // (R, V)
+            let cands = self.continuations(&beams, &logp, 2 * w, &mut root_allowed);
+
+            // HF's rule per query: of the best 2W, an eos ranked < W finishes; the best W
+            // others run on.
+            let mut by_query: Vec<Vec<Cand>> = vec![Vec::new(); b];
+            for c in cands {
+                by_query[beams[c.row].query].push(c);
+            }
+            let mut parents: Vec<i64> = Vec::new();
+            let mut new_beams: Vec<Beam> = Vec::new();
+            next_input.clear();
+            for (q, mut cs) in by_query.into_iter().enumerate() {
+                cs.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.row.cmp(&b.row)).then(a.token.cmp(&b.token)));
+                cs.truncate(2 * w);
+                let mut running = Vec::new();
+                for (rank, c) in cs.iter().enumerate() {
+                    let parent = &beams[c.row];
+                    if c.token == eos {
+                        if rank < w {
+                            let leaf = self.trie.child(parent.node, eos).expect("allowed by the trie");
+                            let mut tokens = parent.tokens.clone();
+                            tokens.push(eos);
+                            finished[q].push(Generated { tokens, leaf, score: c.score });
+                        }
+                    } else if running.len() < w {
+                        running.push(*c);
+                    }
+                }
+                // Keep the W best finished (stable: earlier finds win ties).
+                finished[q].sort_by(|a, b| b.score.total_cmp(&a.score));
+                finished[q].truncate(w);
+                // Stop a query once no running prefix can beat its worst kept docid (scores
+                // only fall as tokens are added).
+                let full = finished[q].len() == w;
+                if running.is_empty() || (full && running[0].score <= finished[q][w - 1].score) {
+                    continue;
+                }
+                for c in running {
+                    let parent = &beams[c.row];
+                    let mut tokens = parent.tokens.clone();
+                    tokens.push(c.token);
+                    new_beams.push(Beam {
+                        query: q,
+                        node: self.trie.child(parent.node, c.token).expect("allowed by the trie"),
+                        score: c.score,
+                        tokens,
+                    });
+                    parents.push(c.row as i64);
+                    next_input.push(c.token as i64);
+                }
+            }
+            beams = new_beams;
+            if !beams.is_empty() {
+                cache = cache.index_select(&Tensor::from_slice(&parents).to_device(dev));
+            }
+        }
+        finished
+    }
+
+    /// For every running beam, its best `limit` allowed continuations (all of them when the
+    /// node allows fewer), scored `beam score + log p(token)` in f32 as HF accumulates.
+    fn continuations(
+        &self,
+        beams: &[Beam],
+        logp: &Tensor,
+        limit: usize,
+        big: &mut HashMap<NodeId, Tensor>,
+    ) -> Vec<Cand> {
+        let v = logp.size()[1];
+        let dev = logp.device();
+        let mut out = Vec::new();
+        let mut flat_idx: Vec<i64> = Vec::new();
+        let mut owners: Vec<(usize, u32)> = Vec::new();
+        for (row, beam) in beams.iter().enumerate() {
+            let allowed = self.trie.allowed(beam.node);
+            if allowed.len() > DEVICE_FANOUT && allowed.len() > limit {
+                // Device path: gather this row's allowed log-probs, keep the best `limit`.
+                let toks = big.entry(beam.node).or_insert_with(|| {
+                    Tensor::from_slice(&allowed.iter().map(|&t| t as i64).collect::<Vec<_>>()).to_device(dev)
+                });
+                let vals = logp.get(row as i64).index_select(0, toks); // (F,)
+                let (top, pos) = vals.topk(limit as i64, 0, true, true);
+                let top: Vec<f32> = Vec::try_from(top.to_device(Device::Cpu)).expect("f32");
+                let pos: Vec<i64> = Vec::try_from(pos.to_device(Device::Cpu)).expect("i64");
+                for (s, p) in top.into_iter().zip(pos) {
+                    out.push(Cand { score: beam.score + s, row, token: allowed[p as usize] });
+                }
+            } else {
+                for &t in allowed {
+                    flat_idx.push(row as i64 * v + t as i64);
+                    owners.push((row, t));
+                }
+            }
+        }
+        if !flat_idx.is_empty() {
+            let idx = Tensor::from_slice(&flat_idx).to_device(dev);
+            let vals: Vec<f32> =
+                Vec::try_from(logp.view([-1]).index_select(0, &idx).to_device(Device::Cpu)).expect("f32");
+            for ((row, token), s) in owners.into_iter().zip(vals) {
+                out.push(Cand { score: beams[row].score + s, row, token });
+            }
+        }
+        out
+    }
+}
+
+/// The ranking of documents from finished docids (best first): every document of a docid
+/// gets its score — a document reached by several docids (n-gram ids) its best one; grdr's
+/// order (score desc, doc index asc) breaks ties; the best `k`.
+pub fn to_hits(trie: &DocidTrie, generated: &[Generated], k: usize) -> Vec<Hit> {
+    let mut best: HashMap<i64, f32> = HashMap::new();
+    for g in generated {
+        for &d in trie.docs(g.leaf) {
+            let s = best.entry(d).or_insert(g.score);
+            *s = s.max(g.score);
+        }
+    }
+    let mut top = TopK::new(k);
+    top.merge(best.into_iter().map(|(doc_idx, score)| Hit { score, doc_idx }));
+    top.into_sorted_vec()
+}
+
+/// Σ log p of each docid in `docids` given each query, by teacher forcing: the brute-force
+/// ranking beam search must reproduce (tests), and the rerank setting's GR score.
+pub fn score_all(
+    model: &T5ForConditionalGeneration,
+    input_ids: &Tensor,
+    attention_mask: &Tensor,
+    docids: &[Vec<u32>],
+) -> Vec<Vec<f32>> {
+    let b = input_ids.size()[0] as usize;
+    let rows: Vec<Vec<i64>> = docids.iter().map(|d| d.iter().map(|&t| t as i64).collect()).collect();
+    let cands: Vec<Vec<Vec<i64>>> = (0..b).map(|_| rows.clone()).collect();
+    crate::model::generative::score_docids(model, input_ids, attention_mask, &cands)
+}

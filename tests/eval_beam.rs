@@ -1,0 +1,178 @@
+//! Invariant 6 (constrained decoding is exact) on the tiny parity-fixture T5 models:
+//! - beam ≥ number of docids returns every docid ranked exactly as brute-force teacher-forced
+//!   scoring of all docids ranks them;
+//! - smaller beams return only valid docids, with their true scores;
+//! - the result equals HF transformers' `generate(num_beams=W, prefix_allowed_tokens_fn=…)`.
+mod common;
+
+use std::path::PathBuf;
+
+use grdr::data::synth::Rng;
+use grdr::model::hf::{self, LoadOptions};
+use grdr::model::T5ForConditionalGeneration;
+use grdr::search::beam::{score_all, to_hits, BeamSearch};
+use grdr::search::trie::DocidTrie;
+use tch::{Kind, Tensor};
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/parity").join(name)
+}
+
+fn load(name: &str) -> T5ForConditionalGeneration {
+    hf::load::<T5ForConditionalGeneration>(&fixture(name), LoadOptions::default()).unwrap().model
+}
+
+/// `n` distinct random docids over tokens 2..vocab (0 = pad/start, 1 = eos), 1–4 tokens + eos.
+fn random_docids(rng: &mut Rng, n: usize, vocab: usize, fanout: usize) -> Vec<(i64, Vec<u32>)> {
+    let mut seen = std::collections::BTreeSet::new();
+    let mut out = Vec::new();
+    // A small alphabet per position makes shared prefixes (a real trie), not a flat list.
+    let alphabet: Vec<u32> = (0..fanout).map(|_| rng.range(2, vocab - 1) as u32).collect();
+    while out.len() < n {
+        let len = rng.range(1, 4);
+        let mut s: Vec<u32> = (0..len).map(|_| alphabet[rng.range(0, fanout - 1)]).collect();
+        s.push(1);
+        if seen.insert(s.clone()) {
+            out.push((out.len() as i64, s));
+        }
+    }
+    out
+}
+
+fn random_queries(rng: &mut Rng, b: usize, l: usize, vocab: usize) -> Vec<Vec<i64>> {
+    (0..b).map(|_| (0..l).map(|_| rng.range(2, vocab - 1) as i64).collect()).collect()
+}
+
+fn batch(queries: &[Vec<i64>]) -> (Tensor, Tensor) {
+    let l = queries[0].len() as i64;
+    let ids = Tensor::from_slice(&queries.concat()).view([-1, l]);
+    (ids.shallow_clone(), ids.ones_like().to_kind(Kind::Int64))
+}
+
+#[test]
+fn exhaustive_beam_equals_brute_force_ranking() {
+    tch::set_num_threads(1);
+    for name in ["t5_v10", "t5_v11"] {
+        let model = load(name);
+        let vocab = model.config.vocab_size as usize;
+        let mut rng = Rng::new(7);
+        for trial in 0..4 {
+            let docids = random_docids(&mut rng, 5 + 7 * trial, vocab, 3 + trial);
+            let trie = DocidTrie::build(&docids, 1).unwrap();
+            let queries = random_queries(&mut rng, 3, 6, vocab);
+            let (ids, mask) = batch(&queries);
+            let seqs: Vec<Vec<u32>> = docids.iter().map(|d| d.1.clone()).collect();
+            let brute = score_all(&model, &ids, &mask, &seqs); // (B, N)
+            let w = docids.len() + trial; // ≥ number of docids
+            let got = BeamSearch::new(&model, &trie, w).search(&ids, &mask);
+            for (q, (gens, scores)) in got.iter().zip(&brute).enumerate() {
+                assert_eq!(gens.len(), docids.len(), "{name} trial {trial} query {q}: every docid is returned");
+                // Scores equal the teacher-forced ones (f32 sums in another order: 1e-4).
+                for g in gens {
+                    let d = docids.iter().position(|d| d.1 == g.tokens).expect("a real docid");
+                    assert!((g.score - scores[d]).abs() < 1e-4, "{name}: {} vs {}", g.score, scores[d]);
+                }
+                // Ranking: the brute-force order, wherever scores differ by more than 1e-4.
+                let mut order: Vec<usize> = (0..docids.len()).collect();
+                order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
+                for (rank, g) in gens.iter().enumerate() {
+                    let expect = &docids[order[rank]];
+                    if expect.1 != g.tokens {
+                        let d = docids.iter().position(|d| d.1 == g.tokens).unwrap();
+                        assert!(
+                            (scores[d] - scores[order[rank]]).abs() < 1e-4,
+                            "{name} trial {trial} q {q} rank {rank}"
+                        );
+                    }
+                }
+                // As hits: every document, best first.
+                let hits = to_hits(&trie, gens, docids.len());
+                assert_eq!(hits.len(), docids.len());
+            }
+        }
+    }
+}
+
+#[test]
+fn small_beams_return_only_valid_docids_with_true_scores() {
+    tch::set_num_threads(1);
+    let model = load("t5_v11");
+    let vocab = model.config.vocab_size as usize;
+    let mut rng = Rng::new(11);
+    let docids = random_docids(&mut rng, 60, vocab, 6);
+    let trie = DocidTrie::build(&docids, 1).unwrap();
+    let queries = random_queries(&mut rng, 4, 5, vocab);
+    let (ids, mask) = batch(&queries);
+    let seqs: Vec<Vec<u32>> = docids.iter().map(|d| d.1.clone()).collect();
+    let brute = score_all(&model, &ids, &mask, &seqs);
+    for w in [1, 2, 3, 5, 10] {
+        let got = BeamSearch::new(&model, &trie, w).search(&ids, &mask);
+        for (gens, scores) in got.iter().zip(&brute) {
+            assert!(!gens.is_empty() && gens.len() <= w);
+            for g in gens {
+                assert!(trie.is_valid(&g.tokens), "invalid docid {:?}", g.tokens);
+                let d = docids.iter().position(|d| d.1 == g.tokens).unwrap();
+                assert!((g.score - scores[d]).abs() < 1e-4);
+            }
+            for pair in gens.windows(2) {
+                assert!(pair[0].score >= pair[1].score);
+            }
+        }
+    }
+}
+
+#[test]
+fn equals_hf_generate_with_prefix_allowed_tokens_fn() {
+    let Ok(py) = grdr::assets::reference_python() else {
+        eprintln!("skipped: no reference python (launcher/setup --reference)");
+        return;
+    };
+    tch::set_num_threads(1);
+    for name in ["t5_v10", "t5_v11"] {
+        let model = load(name);
+        let vocab = model.config.vocab_size as usize;
+        let mut rng = Rng::new(23);
+        let docids = random_docids(&mut rng, 40, vocab, 5);
+        let trie = DocidTrie::build(&docids, 1).unwrap();
+        let queries = random_queries(&mut rng, 4, 7, vocab);
+        let beams = [1usize, 2, 4, 8, 50];
+        let dir = tempfile::tempdir().unwrap();
+        let spec = serde_json::json!({"docids": docids.iter().map(|d| &d.1).collect::<Vec<_>>(), "queries": queries, "beams": beams});
+        std::fs::write(dir.path().join("spec.json"), spec.to_string()).unwrap();
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/bench_eval_hf_generate.py");
+        let out = std::process::Command::new(&py)
+            .arg(&script)
+            .args(["parity", "--model", fixture(name).to_str().unwrap()])
+            .args([
+                "--spec",
+                dir.path().join("spec.json").to_str().unwrap(),
+                "--out",
+                dir.path().join("out.json").to_str().unwrap(),
+            ])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let hf: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.path().join("out.json")).unwrap()).unwrap();
+        for w in beams {
+            for (q, query) in queries.iter().enumerate() {
+                let (ids, mask) = batch(std::slice::from_ref(query));
+                let ours = &BeamSearch::new(&model, &trie, w).search(&ids, &mask)[0];
+                // HF pads short result lists with never-valid beams scored ≈ −1e9: drop them.
+                let theirs: Vec<(Vec<u32>, f64)> = hf[w.to_string()][q]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|h| (serde_json::from_value(h["tokens"].clone()).unwrap(), h["score"].as_f64().unwrap()))
+                    .filter(|(_, s)| *s > -1e8)
+                    .collect();
+                assert_eq!(ours.len(), theirs.len(), "{name} W={w} q{q}: {ours:?} vs {theirs:?}");
+                for (g, (t, s)) in ours.iter().zip(&theirs) {
+                    assert_eq!(&g.tokens, t, "{name} W={w} q{q}");
+                    assert!((g.score as f64 - s).abs() < 1e-4, "{name} W={w} q{q}: {} vs {s}", g.score);
+                }
+            }
+        }
+        eprintln!("{name}: beam search equals HF generate for W in {beams:?} on {} queries", queries.len());
+    }
+}

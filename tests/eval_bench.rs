@@ -1,0 +1,142 @@
+//! Benchmark harnesses behind `scripts/bench-eval` (ignored: minutes of CPU, not tests).
+//! Each writes a JSON of its timings to `$GRDR_BENCH_DIR`, next to the inputs the Python
+//! reference (`scripts/bench_eval_*.py`) reads, so both sides run on the same data.
+//!
+//!   cargo test --test eval_bench -- --ignored --nocapture flat_search
+//!   cargo test --test eval_bench -- --ignored --nocapture beam_search
+mod common;
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use grdr::data::synth::Rng;
+use grdr::search::beam::BeamSearch;
+use grdr::search::flat::{self, EmbeddingStore};
+use grdr::search::trie::DocidTrie;
+use tch::{Device, Kind, Tensor};
+
+fn bench_dir() -> PathBuf {
+    let d = PathBuf::from(std::env::var("GRDR_BENCH_DIR").expect("GRDR_BENCH_DIR"));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn write_f32(path: &PathBuf, t: &Tensor) {
+    let n = t.numel();
+    let mut v = vec![0f32; n];
+    t.contiguous().view([-1]).copy_data(&mut v, n);
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    for x in v {
+        f.write_all(&x.to_le_bytes()).unwrap();
+    }
+}
+
+/// Exact DR search: N × D random unit vectors (N = $BENCH_DOCS, default 1M), Q queries,
+/// top-k, chunks of $BENCH_CHUNK rows, all intra-op threads.
+#[test]
+#[ignore]
+fn flat_search() {
+    let (n, d, q, k) =
+        (env_usize("BENCH_DOCS", 1_000_000), 384i64, env_usize("BENCH_QUERIES", 1000), env_usize("BENCH_K", 100));
+    let chunk = env_usize("BENCH_CHUNK", 16384);
+    let dir = bench_dir();
+    tch::manual_seed(0);
+    let norm = |t: Tensor| {
+        let n = t.norm_scalaropt_dim(2, [1i64].as_slice(), true);
+        t / n
+    };
+    let docs = norm(Tensor::randn([n as i64, d], (Kind::Float, Device::Cpu)));
+    let queries = norm(Tensor::randn([q as i64, d], (Kind::Float, Device::Cpu)));
+    write_f32(&dir.join("docs.f32"), &docs);
+    write_f32(&dir.join("queries.f32"), &queries);
+    let rss0 = grdr::eval::run_eval::peak_rss_mib();
+    let mut store = EmbeddingStore::new(d, Device::Cpu, None).unwrap();
+    for start in (0..n).step_by(chunk) {
+        let rows = chunk.min(n - start) as i64;
+        store.push(start as i64, &docs.narrow(0, start as i64, rows).copy()).unwrap();
+    }
+    drop(docs);
+    let t0 = Instant::now();
+    let tops = flat::search(&store, &queries, k, 1024).unwrap();
+    let secs = t0.elapsed().as_secs_f64();
+    let ids: Vec<Vec<i64>> =
+        tops.into_iter().map(|t| t.into_sorted_vec().iter().map(|h| h.doc_idx).collect()).collect();
+    std::fs::write(dir.join("grdr_ids.json"), serde_json::to_vec(&ids).unwrap()).unwrap();
+    let out = serde_json::json!({
+        "docs": n, "dim": d, "queries": q, "k": k, "chunk_rows": chunk, "threads": tch::get_num_threads(),
+        "seconds": secs, "queries_per_second": q as f64 / secs,
+        "peak_rss_mib": grdr::eval::run_eval::peak_rss_mib(), "rss_before_store_mib": rss0,
+    });
+    std::fs::write(dir.join("grdr_flat.json"), out.to_string()).unwrap();
+    eprintln!("{out}");
+}
+
+/// GR decoding: a random-init T5 of the shipped scratch size (d_model 256, 4 layers, 4 heads,
+/// d_ff 1024, the T5 vocabulary), $BENCH_DOCIDS semantic-style docids (3 levels × 32 values
+/// + eos), $BENCH_GR_QUERIES random 16-token queries; beams 10 and 100, top-10 returned.
+#[test]
+#[ignore]
+fn beam_search() {
+    use grdr::model::{T5Config, T5ForConditionalGeneration};
+    let dir = bench_dir();
+    let (n_docids, nq) = (env_usize("BENCH_DOCIDS", 10_000), env_usize("BENCH_GR_QUERIES", 32));
+    tch::manual_seed(1);
+    let cfg = T5Config::from_json(&serde_json::json!({
+        "vocab_size": 32128, "d_model": 256, "d_kv": 64, "d_ff": 1024, "num_layers": 4, "num_heads": 4,
+        "feed_forward_proj": "relu", "tie_word_embeddings": true, "pad_token_id": 0, "eos_token_id": 1,
+        "decoder_start_token_id": 0, "model_type": "t5",
+    }))
+    .unwrap();
+    let vs = tch::nn::VarStore::new(Device::Cpu);
+    let model = T5ForConditionalGeneration::new(&vs.root(), cfg).unwrap();
+    let model_dir = dir.join("t5-bench");
+    grdr::model::hf::export(&model, &vs, None, &model_dir, &[]).unwrap();
+    // Docids: level l uses tokens 1000 + 100·l + c (c < 32), distinct, then eos.
+    let mut rng = Rng::new(5);
+    let mut seen = std::collections::BTreeSet::new();
+    while seen.len() < n_docids {
+        let s: Vec<u32> = (0..3).map(|l| 1000 + 100 * l + rng.range(0, 31) as u32).chain([1]).collect();
+        seen.insert(s);
+    }
+    let docids: Vec<(i64, Vec<u32>)> = seen.into_iter().enumerate().map(|(i, s)| (i as i64, s)).collect();
+    let queries: Vec<Vec<i64>> = (0..nq).map(|_| (0..16).map(|_| rng.range(100, 32000) as i64).collect()).collect();
+    let t0 = Instant::now();
+    let trie = DocidTrie::build(&docids, 1).unwrap();
+    let trie_secs = t0.elapsed().as_secs_f64();
+    let threads = tch::get_num_threads();
+    let batch = 8usize;
+    let spec = serde_json::json!({
+        "docids": docids.iter().map(|d| &d.1).collect::<Vec<_>>(), "queries": queries, "beams": [10, 100],
+        "threads": threads, "batch": batch, "k": 10,
+    });
+    std::fs::write(dir.join("beam_spec.json"), spec.to_string()).unwrap();
+    let mut out = serde_json::Map::new();
+    // Warm-up (thread pools, first allocations), as the HF side does.
+    let warm = Tensor::from_slice(&queries[0]).view([1, 16]);
+    BeamSearch::new(&model, &trie, 10).search(&warm, &warm.ones_like());
+    for w in [10usize, 100] {
+        let search = BeamSearch::new(&model, &trie, w);
+        let t0 = Instant::now();
+        // The same batches of 8 queries as the HF side, decoded one after the other.
+        for part in queries.chunks(batch) {
+            let ids = Tensor::from_slice(&part.concat()).view([part.len() as i64, 16]);
+            let mask = ids.ones_like();
+            let got = search.search(&ids, &mask);
+            assert!(got.iter().all(|g| g.iter().all(|x| trie.is_valid(&x.tokens))));
+        }
+        let secs = t0.elapsed().as_secs_f64();
+        out.insert(
+            w.to_string(),
+            serde_json::json!({"seconds": secs, "queries": nq, "queries_per_second": nq as f64 / secs}),
+        );
+    }
+    out.insert("trie".into(), serde_json::json!({"docids": trie.num_docids(), "nodes": trie.num_nodes(), "bytes": trie.memory_bytes(), "build_seconds": trie_secs}));
+    out.insert("threads".into(), serde_json::json!(threads));
+    std::fs::write(dir.join("grdr_beam.json"), serde_json::Value::Object(out.clone()).to_string()).unwrap();
+    eprintln!("{}", serde_json::Value::Object(out));
+}
