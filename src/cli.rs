@@ -28,6 +28,16 @@ pub enum Command {
     EvalRun(cmd::eval_run::EvalRunArgs),
     /// Show this installation: versions, libtorch, named artefacts.
     Info(cmd::info::InfoArgs),
+    /// Embed a dataset's documents or queries with a dense encoder into a Parquet file.
+    Encode(crate::model::encode::EncodeArgs),
+    /// Build a docid file for generative retrieval: atomic, semantic, title or n-gram ids.
+    Docids(cmd::docids::DocidsArgs),
+    /// Train a DR, ColBERT or GR model from a TOML config (launch N ranks with grdr-launch).
+    Train(cmd::train::TrainArgs),
+    /// Distributed evaluation (DR, ColBERT, GR; end to end or rerank): run.trec, metrics.json.
+    Eval(cmd::eval::EvalArgs),
+    /// Write a synthetic dataset (random words, random qrels) for throughput and memory tests.
+    Synth(cmd::synth::SynthArgs),
 }
 
 impl Command {
@@ -37,6 +47,11 @@ impl Command {
             Command::Bm25(a) => a.run(),
             Command::EvalRun(a) => a.run(),
             Command::Info(a) => a.run(),
+            Command::Encode(a) => a.run(),
+            Command::Eval(a) => a.run(),
+            Command::Synth(a) => a.run(),
+            Command::Docids(a) => a.run(),
+            Command::Train(a) => a.run(),
         }
     }
 }

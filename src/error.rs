@@ -83,6 +83,9 @@ pub mod exit_code {
     pub const USAGE: u8 = 2;
     /// Input data refused by validation (file, line/row and field are printed).
     pub const BAD_INPUT: u8 = 3;
+    /// `grdr train` got SIGTERM/SIGUSR1, checkpointed and stopped: requeue and `--resume`
+    /// (EX_TEMPFAIL; Slurm scripts requeue on it).
+    pub const PREEMPTED: u8 = 75;
 }
 
 impl Error {

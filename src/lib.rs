@@ -4,6 +4,7 @@ pub mod assets;
 pub mod atomic;
 pub mod cli;
 pub mod cmd;
+pub mod config;
 pub mod data;
 pub mod dist;
 pub mod error;

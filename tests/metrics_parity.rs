@@ -7,6 +7,8 @@
 //! doc-id tie-break decides ranks), judged queries missing from the run, runs without
 //! any relevant document, graded 0/1/2 qrels in TREC format, lists shorter than 10.
 //! The reference venv is required: without it these tests fail, they never skip.
+mod common;
+
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -40,12 +42,7 @@ impl Rng {
 }
 
 fn scifact() -> PathBuf {
-    let root = std::env::var_os("GRDR_DATASETS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/datasets"));
-    let dir = root.join("scifact");
-    assert!(dir.join("corpus.jsonl").exists(), "SciFact not found at {} (set GRDR_DATASETS)", dir.display());
-    dir
+    common::scifact_dir()
 }
 
 fn corpus_ids() -> &'static [String] {

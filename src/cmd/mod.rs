@@ -1,8 +1,12 @@
 //! One module per subcommand: its clap arguments and the code that carries it out.
 pub mod bm25;
+pub mod docids;
+pub mod eval;
 pub mod eval_run;
 pub mod info;
 pub mod prepare;
+pub mod synth;
+pub mod train;
 
 /// Prints metrics as a two-column markdown table on stdout (what the README's main command
 /// shows); `metrics.json` holds the same numbers for machines.
