@@ -174,6 +174,9 @@ enum Source {
     File(PathBuf),
 }
 
+/// A worker's queries and (first doc, rows, source) of its chunks.
+type Job = (Tensor, Vec<(i64, i64, Source)>);
+
 /// [`search`], showing every score block to `observe(first_query, first_doc, scores (Qb, C))`
 /// — how calibration accumulates the full-softmax normaliser in the same pass.
 ///
@@ -201,8 +204,7 @@ pub fn search_observed(
         1
     };
     // Deal chunks round-robin; every worker owns handles to its chunks and to the queries.
-    let mut jobs: Vec<(Tensor, Vec<(i64, i64, Source)>)> =
-        (0..workers).map(|_| (queries.shallow_clone(), Vec::new())).collect();
+    let mut jobs: Vec<Job> = (0..workers).map(|_| (queries.shallow_clone(), Vec::new())).collect();
     for (i, c) in store.chunks.iter().enumerate() {
         let src = match &c.storage {
             Storage::Memory(t) => Source::Tensor(t.shallow_clone()),
@@ -211,7 +213,7 @@ pub fn search_observed(
         jobs[i % workers].1.push((c.first_doc, c.rows, src));
     }
     let (device, sdim) = (store.device, store.dim);
-    let run = move |(queries, chunks): (Tensor, Vec<(i64, i64, Source)>)| -> Result<Vec<TopK>> {
+    let run = move |(queries, chunks): Job| -> Result<Vec<TopK>> {
         let mut tops: Vec<TopK> = (0..nq).map(|_| TopK::new(k)).collect();
         tch::no_grad(|| -> Result<()> {
             for (first_doc, rows, src) in chunks {

@@ -256,7 +256,7 @@ mod tests {
         // Token search: keys name (doc, position); candidates are their documents.
         let hits = pool.search_tokens(&tensor(&q), 2, 8).unwrap();
         assert_eq!(hits.len(), 3);
-        let cands = candidates(&[hits.clone()]);
+        let cands = candidates(std::slice::from_ref(&hits));
         for h in hits.iter().flatten() {
             assert!(cands[0].contains(&(h.doc_idx / MAX_TOKENS)));
             assert!(pool.owns(h.doc_idx / MAX_TOKENS));

@@ -90,8 +90,8 @@ impl DocidTrie {
             counts[leaf as usize] += 1;
             leaf_of.push((leaf, docids[i].0));
         }
-        for n in 0..counts.len() {
-            t.leaf_start[n + 1] = t.leaf_start[n] + counts[n];
+        for (n, c) in counts.iter().enumerate() {
+            t.leaf_start[n + 1] = t.leaf_start[n] + c;
         }
         let mut fill = t.leaf_start.clone();
         t.leaf_docs = vec![0; docids.len()];
