@@ -11,6 +11,7 @@ pub mod error;
 pub mod eval;
 pub mod model;
 pub mod progress;
+pub mod rng;
 pub mod search;
 pub mod train;
 

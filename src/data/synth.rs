@@ -8,33 +8,8 @@ use crate::data::corpus::{Doc, Qrel, Query};
 use crate::data::import::Collection;
 use crate::error::{Error, Result};
 
-/// SplitMix64: tiny, fast, good enough for test data, and the same on every platform.
-#[derive(Debug, Clone)]
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Self {
-        Rng(seed)
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in [0, 1).
-    pub fn unit(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-
-    /// Uniform in [lo, hi] (inclusive).
-    pub fn range(&mut self, lo: usize, hi: usize) -> usize {
-        lo + (self.next_u64() % (hi - lo + 1) as u64) as usize
-    }
-}
+/// The synthetic data's generator (seeded directly: `Rng::new(seed)`).
+pub use crate::rng::SplitMix64 as Rng;
 
 #[derive(Debug, Clone)]
 pub struct SynthOptions {
