@@ -137,22 +137,22 @@ pub fn resize_token_embeddings(
             Tensor::cat(&[kept, fresh], 0)
         })
     };
-    let new_shared = grow(&model.shared);
-    replace_variable(vs, "shared.weight", &model.shared, &new_shared)?;
+    // The model must hold the very tensors the VarStore trains (not the pre-detach copies),
+    // or the resized embeddings would never receive gradients.
+    let new_shared = replace_variable(vs, "shared.weight", &model.shared, &grow(&model.shared))?;
     model.shared = new_shared.shallow_clone();
     model.encoder.embed_tokens = new_shared.shallow_clone();
     model.decoder.embed_tokens = new_shared.shallow_clone();
     if let Some(head) = model.lm_head.take() {
-        let new_head = grow(&head);
-        replace_variable(vs, "lm_head.weight", &head, &new_head)?;
-        model.lm_head = Some(new_head);
+        model.lm_head = Some(replace_variable(vs, "lm_head.weight", &head, &grow(&head))?);
     }
     model.config.vocab_size = new_vocab;
     Ok(())
 }
 
-/// Swaps the tensor stored under `name` (and its trainable entry) for `new`, trainable.
-fn replace_variable(vs: &nn::VarStore, name: &str, old: &Tensor, new: &Tensor) -> Result<()> {
+/// Swaps the tensor stored under `name` (and its trainable entry) for `new`, trainable, and
+/// returns the stored tensor for the model to hold.
+fn replace_variable(vs: &nn::VarStore, name: &str, old: &Tensor, new: &Tensor) -> Result<Tensor> {
     let mut vars = vs.variables_.lock().unwrap();
     let Some(slot) = vars.named_variables.get_mut(name) else {
         return Err(Error::usage(name, "no such variable in the model"));
@@ -163,7 +163,7 @@ fn replace_variable(vs: &nn::VarStore, name: &str, old: &Tensor, new: &Tensor) -
     for v in vars.trainable_variables.iter_mut().filter(|v| v.tensor.data_ptr() == old_ptr) {
         v.tensor = new.shallow_clone();
     }
-    Ok(())
+    Ok(new)
 }
 
 /// Teacher-forced token NLL: logits (B, T, V), labels (B, T) with -100 at ignored positions.

@@ -165,7 +165,6 @@ impl Task {
                 };
                 if vocab.n_new_tokens() > 0 {
                     resize_token_embeddings(&mut model, &vs, base + vocab.n_new_tokens(), base)?;
-                    rebind_embeddings(&mut model, &vs)?;
                 }
                 (vs, Net::Generative { model, vocab })
             }
@@ -240,23 +239,6 @@ impl Task {
         let share = global_mean_share(comm.world(), &sum, global_tokens);
         Ok((share, sum.detach() / global_tokens.max(1) as f64))
     }
-}
-
-/// Points the model's embedding (and untied lm_head) at the trainable tensors the VarStore
-/// holds. `resize_token_embeddings` stores a detached, grad-requiring copy in the VarStore
-/// but leaves the model on the grown tensor itself, which does not require grad — so the
-/// embeddings would never train (reported to the models owner; harmless once fixed there).
-fn rebind_embeddings(model: &mut T5ForConditionalGeneration, vs: &nn::VarStore) -> Result<()> {
-    let vars = vs.variables();
-    let shared = vars.get("shared.weight").ok_or_else(|| Error::usage("shared.weight", "missing after resize"))?;
-    model.shared = shared.shallow_clone();
-    model.encoder.embed_tokens = shared.shallow_clone();
-    model.decoder.embed_tokens = shared.shallow_clone();
-    if model.lm_head.is_some() {
-        let head = vars.get("lm_head.weight").ok_or_else(|| Error::usage("lm_head.weight", "missing after resize"))?;
-        model.lm_head = Some(head.shallow_clone());
-    }
-    Ok(())
 }
 
 /// The mask (true = dropped) keeping, per query, its positive and `k` other documents drawn
