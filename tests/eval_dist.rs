@@ -31,7 +31,11 @@ fn eval(ranks: usize, args: &[&str]) {
 }
 
 fn synth(dir: &Path) -> PathBuf {
-    let ds = dir.join("synth");
+    synth_into(dir.join("synth"))
+}
+
+/// The small synthetic dataset every test here uses (fixed seed), written to `ds`.
+fn synth_into(ds: PathBuf) -> PathBuf {
     grdr_ok(&[
         "synth",
         "--docs",
@@ -181,24 +185,7 @@ fn synth_writes_a_valid_dataset() {
     assert_eq!(d.split_queries("test").unwrap().len(), 24);
     assert_eq!(d.manifest.row_group_rows, 100);
     // Deterministic: the same seed writes the same documents.
-    let again = tmp.path().join("again");
-    grdr_ok(&[
-        "synth",
-        "--docs",
-        "600",
-        "--queries",
-        "24",
-        "--doc-words",
-        "3-9",
-        "--query-words",
-        "3-6",
-        "--row-group-rows",
-        "100",
-        "--seed",
-        "5",
-        "--output",
-        again.to_str().unwrap(),
-    ]);
+    let again = synth_into(tmp.path().join("again"));
     assert_eq!(grdr::data::Dataset::open(&again).unwrap().docs().unwrap(), d.docs().unwrap());
     let bad =
         grdr(&["synth", "--docs", "10", "--doc-words", "9-3", "--output", tmp.path().join("x").to_str().unwrap()]);
