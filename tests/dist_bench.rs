@@ -174,7 +174,6 @@ fn bench_dr_step() {
         step(s);
         s += 1;
     });
-    drop(step);
     sync_times.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let sync_s = sync_times[sync_times.len() / 2];
     let samples_per_s = (batch * world.size as i64) as f64 / t;
