@@ -1,7 +1,7 @@
 //! Invariant 3 of DESIGN.md: resume ≡ uninterrupted. A run resumed from its step-3
 //! checkpoint logs the same losses and ends with the same parameters, bit for bit, as the
-//! run that never stopped; SIGUSR1 mid-run checkpoints, exits 75, and the resumed run again
-//! ends where the uninterrupted one does. A damaged checkpoint is refused by name.
+//! run that never stopped; SIGUSR1 mid-run (one rank) or SIGTERM to the 2-rank launcher
+//! checkpoints, exits 75, and the resumed run again ends where the uninterrupted one does. A damaged checkpoint is refused by name.
 mod train_common;
 
 use std::process::{Command, Stdio};
@@ -54,6 +54,39 @@ fn resume_from_a_checkpoint_equals_the_uninterrupted_run() {
     assert_eq!(opt(&cut), opt(&full), "optimizer state differs after resume");
 }
 
+/// Starts a 120-step run with `launch`, sends `signal` once 3 steps are logged, and checks
+/// that it checkpoints, exits 75, and resumes (launched the same way) to the parameters and
+/// losses of `full`, the run that never stopped.
+fn preempt_and_resume(dir: &std::path::Path, full: &std::path::Path, signal: i32, launch: impl Fn(&[&str]) -> Command) {
+    let run = dir.join("run");
+    let out = run.to_str().unwrap();
+    let mut child = launch(&["--output", out]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    // Signal once a few steps are logged (the handler is installed before step 1).
+    let t0 = Instant::now();
+    while std::fs::read_to_string(run.join("metrics.jsonl")).map(|s| s.lines().count()).unwrap_or(0) < 3 {
+        assert!(t0.elapsed() < Duration::from_secs(120), "no progress");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    unsafe { libc::kill(child.id() as i32, signal) };
+    let status = child.wait().unwrap();
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert_eq!(status.code(), Some(75), "{err}");
+    let steps = grdr::train::checkpoint::list(&run);
+    let stopped = *steps.last().expect("a checkpoint on the signal");
+    assert!(stopped > 0 && stopped < 120, "stopped at {stopped}");
+    let state = grdr::train::checkpoint::verify(&run.join(format!("checkpoints/step-{stopped}"))).unwrap();
+    assert!(state.reason.contains("SIGUSR1") || state.reason.contains("SIGTERM"), "{}", state.reason);
+
+    // Resuming needs no config: the run directory has it.
+    ok(&launch(&["--output", out, "--resume"]).output().unwrap());
+    let (a, b) = (params(&run, 120), params(full, 120));
+    for ((n, x), (_, y)) in a.iter().zip(&b) {
+        assert!(x.equal(y), "{n} differs after the signal + resume");
+    }
+    assert_eq!(losses(&run), losses(full));
+}
+
 #[test]
 fn sigusr1_checkpoints_exits_75_and_resumes_to_the_same_parameters() {
     let dir = tempfile::tempdir().unwrap();
@@ -61,46 +94,31 @@ fn sigusr1_checkpoints_exits_75_and_resumes_to_the_same_parameters() {
     let cfg = write_config(dir.path(), "run.toml", &text);
     let full = dir.path().join("full");
     ok(&train(&cfg, &full, &[]));
+    preempt_and_resume(dir.path(), &full, libc::SIGUSR1, |args| {
+        let mut c = Command::new(bin());
+        c.args(["train", "--config", cfg.to_str().unwrap()]).args(args).env("CI", "1").env("OMP_NUM_THREADS", "1");
+        c
+    });
+}
 
-    let run = dir.path().join("run");
-    let mut child = Command::new(bin())
-        .args(["train", "--config", cfg.to_str().unwrap(), "--output", run.to_str().unwrap()])
-        .env("CI", "1")
-        .env("OMP_NUM_THREADS", "1")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Signal once a few steps are logged (the handler is installed before step 1).
-    let t0 = Instant::now();
-    while std::fs::read_to_string(run.join("metrics.jsonl")).map(|s| s.lines().count()).unwrap_or(0) < 3 {
-        assert!(t0.elapsed() < Duration::from_secs(120), "no progress");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    unsafe { libc::kill(child.id() as i32, libc::SIGUSR1) };
-    let status = child.wait().unwrap();
-    let mut err = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
-    assert_eq!(status.code(), Some(75), "{err}");
-    let steps = grdr::train::checkpoint::list(&run);
-    let stopped = *steps.last().expect("a checkpoint on SIGUSR1");
-    assert!(stopped > 0 && stopped < 120, "stopped at {stopped}");
-    let state = grdr::train::checkpoint::verify(&run.join(format!("checkpoints/step-{stopped}"))).unwrap();
-    assert!(state.reason.contains("SIGUSR1"), "{}", state.reason);
-
-    // Resuming needs no config: the run directory has it.
-    let o = Command::new(bin())
-        .args(["train", "--output", run.to_str().unwrap(), "--resume"])
-        .env("CI", "1")
-        .env("OMP_NUM_THREADS", "1")
-        .output()
-        .unwrap();
-    ok(&o);
-    let (a, b) = (params(&run, 120), params(&full, 120));
-    for ((n, x), (_, y)) in a.iter().zip(&b) {
-        assert!(x.equal(y), "{n} differs after SIGUSR1 + resume");
-    }
-    assert_eq!(losses(&run), losses(&full));
+/// Two ranks under the local launcher: `kill` (SIGTERM) of launcher/grdr-launch reaches
+/// both ranks as SIGUSR1 (mpirun alone would SIGKILL them), they agree on the step to stop
+/// at, checkpoint, exit 75, and the resumed 2-rank run ends where the uninterrupted one does.
+#[test]
+fn sigterm_to_the_two_rank_launcher_checkpoints_and_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = tiny_dual(dataset()).replace("max_steps = 6", "max_steps = 120");
+    let cfg = write_config(dir.path(), "run.toml", &text);
+    let full = dir.path().join("full");
+    ok(&train_ranks(2, &cfg, &full, &[]));
+    preempt_and_resume(dir.path(), &full, libc::SIGTERM, |args| {
+        let mut c = Command::new(launcher());
+        c.args(["-n", "2", "--", bin(), "train", "--config", cfg.to_str().unwrap()])
+            .args(args)
+            .env("CI", "1")
+            .env("OMP_NUM_THREADS", "1");
+        c
+    });
 }
 
 #[test]
