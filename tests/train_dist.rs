@@ -44,25 +44,5 @@ fn colbert_two_ranks_equal_one() {
 #[test]
 fn generative_two_ranks_equal_one() {
     let dir = tempfile::tempdir().unwrap();
-    let docids = dir.path().join("atomic.parquet");
-    let o = std::process::Command::new(bin())
-        .args([
-            "docids",
-            "--data",
-            dataset().to_str().unwrap(),
-            "--scheme",
-            "atomic",
-            "--output",
-            docids.to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
-    ok(&o);
-    let text = tiny_dual(dataset())
-        .replace("kind = \"dual\"", "kind = \"generative\"")
-        .replace("arch = \"bert\"", "arch = \"t5\"")
-        .replace("tokenizer = \"minilm\"", "tokenizer = \"t5-tokenizer\"")
-        .replace("hard_negatives = 1", "retrieval_fraction = 0.5")
-        .replace("[train]", &format!("[docids]\npath = \"{}\"\n\n[train]", docids.display()));
-    two_equal_one(&text, 3);
+    two_equal_one(&tiny_generative(dataset(), dir.path()), 3);
 }

@@ -7,7 +7,7 @@ use clap::{Args, ValueEnum};
 use serde_json::json;
 use tch::Device;
 
-use crate::atomic::{write_json, TempDir};
+use crate::atomic::TempDir;
 use crate::config::{ModelConfig, ModelKind, RunConfig};
 use crate::data::docid::DocidTable;
 use crate::data::Dataset;
@@ -117,6 +117,10 @@ pub struct EvalArgs {
     /// Batch sizes K of the in-batch gap, comma-separated.
     #[arg(long, default_value = "16,64,256,1024", value_delimiter = ',')]
     pub gap_k: Vec<usize>,
+    /// GR: decode this many sampled documents' indexing inputs and report memorisation R@1
+    /// (default with --run: the run's `eval.memorization_docs`, else 0).
+    #[arg(long)]
+    pub memorization_docs: Option<usize>,
     /// With --model, ColBERT: per-token dimension, query length, query augmentation token.
     #[arg(long, default_value_t = 128)]
     pub colbert_dim: i64,
@@ -170,54 +174,56 @@ impl EvalArgs {
         let out = if world.is_coordinator() { Some(TempDir::new(&self.output, self.overwrite)?) } else { None };
 
         // ---- The model: a run's config + newest checkpoint, or a model as is -------------
-        let (mut model_cfg, data, split, temperature, q_len, d_len, docids_path, ckpt) = match (&self.run, &self.model)
-        {
-            (Some(run), _) => {
-                let cfg = RunConfig::load(&run.join("config.toml"), &[])?;
-                let ckpt = crate::train::checkpoint::latest(run)
-                    .ok_or_else(|| Error::usage("--run", format!("{} has no checkpoints/step-N", run.display())))?;
-                (
-                    cfg.model.clone(),
-                    self.data.clone().unwrap_or(cfg.data.path.clone()),
-                    self.split.clone().unwrap_or(cfg.eval.split.clone()),
-                    self.temperature.unwrap_or(cfg.train.temperature),
-                    self.query_max_len.unwrap_or(cfg.data.query_max_len),
-                    self.doc_max_len.unwrap_or(cfg.eval.doc_max_len.unwrap_or(cfg.data.doc_max_len)),
-                    self.docids.clone().or(cfg.docids.path.clone()),
-                    Some(ckpt),
-                )
-            }
-            (None, Some(model)) => {
-                let dir = crate::assets::resolve(model)?;
-                let spec = EncodeSpec::from_model_dir(&dir);
-                let cfg = ModelConfig {
-                    kind: match self.kind {
-                        ModelKindArg::Dual => ModelKind::Dual,
-                        ModelKindArg::Colbert => ModelKind::Colbert,
-                        ModelKindArg::Generative => ModelKind::Generative,
-                    },
-                    init: model.clone(),
-                    pooling: format!("{:?}", spec.pooling).to_lowercase(),
-                    normalize: spec.normalize,
-                    colbert_dim: self.colbert_dim,
-                    colbert_query_len: self.colbert_query_len,
-                    query_augment_token: self.query_augment_token,
-                    ..ModelConfig::default()
-                };
-                let data = self.data.clone().ok_or_else(|| Error::usage("--data", "required with --model"))?;
-                (
-                    cfg,
-                    data,
-                    self.split.clone().unwrap_or_else(|| "test".into()),
-                    self.temperature.unwrap_or(0.05),
-                    self.query_max_len.unwrap_or(spec.max_len),
-                    self.doc_max_len.unwrap_or(spec.max_len),
-                    self.docids.clone(),
-                    None,
-                )
-            }
-            (None, None) => unreachable!("clap requires --run or --model"),
-        };
+        let (mut model_cfg, data, split, temperature, q_len, d_len, docids_path, ckpt, memorization) =
+            match (&self.run, &self.model) {
+                (Some(run), _) => {
+                    let cfg = RunConfig::load(&run.join("config.toml"), &[])?;
+                    let ckpt = crate::train::checkpoint::latest(run)
+                        .ok_or_else(|| Error::usage("--run", format!("{} has no checkpoints/step-N", run.display())))?;
+                    (
+                        cfg.model.clone(),
+                        self.data.clone().unwrap_or(cfg.data.path.clone()),
+                        self.split.clone().unwrap_or(cfg.eval.split.clone()),
+                        self.temperature.unwrap_or(cfg.train.temperature),
+                        self.query_max_len.unwrap_or(cfg.data.query_max_len),
+                        self.doc_max_len.unwrap_or(cfg.eval.doc_max_len.unwrap_or(cfg.data.doc_max_len)),
+                        self.docids.clone().or(cfg.docids.path.clone()),
+                        Some(ckpt),
+                        (self.memorization_docs.unwrap_or(cfg.eval.memorization_docs), cfg.train.seed),
+                    )
+                }
+                (None, Some(model)) => {
+                    let dir = crate::assets::resolve(model)?;
+                    let spec = EncodeSpec::from_model_dir(&dir);
+                    let cfg = ModelConfig {
+                        kind: match self.kind {
+                            ModelKindArg::Dual => ModelKind::Dual,
+                            ModelKindArg::Colbert => ModelKind::Colbert,
+                            ModelKindArg::Generative => ModelKind::Generative,
+                        },
+                        init: model.clone(),
+                        pooling: format!("{:?}", spec.pooling).to_lowercase(),
+                        normalize: spec.normalize,
+                        colbert_dim: self.colbert_dim,
+                        colbert_query_len: self.colbert_query_len,
+                        query_augment_token: self.query_augment_token,
+                        ..ModelConfig::default()
+                    };
+                    let data = self.data.clone().ok_or_else(|| Error::usage("--data", "required with --model"))?;
+                    (
+                        cfg,
+                        data,
+                        self.split.clone().unwrap_or_else(|| "test".into()),
+                        self.temperature.unwrap_or(0.05),
+                        self.query_max_len.unwrap_or(spec.max_len),
+                        self.doc_max_len.unwrap_or(spec.max_len),
+                        self.docids.clone(),
+                        None,
+                        (self.memorization_docs.unwrap_or(0), 42),
+                    )
+                }
+                (None, None) => unreachable!("clap requires --run or --model"),
+            };
         model_cfg.no_dropout = true;
         let docids = docids_path.as_deref().map(DocidTable::read).transpose()?;
         // Parameters a checkpoint does not provide (an untrained ColBERT head, new docid
@@ -260,19 +266,13 @@ impl EvalArgs {
             calibration: self.calibration,
             temperature,
             gap_ks: self.gap_k.clone(),
+            memorization_docs: if model_cfg.kind == ModelKind::Generative { memorization.0 } else { 0 },
+            memorization_seed: memorization.1,
         };
         let outcome = run_eval::evaluate(comm, &task, &ds, docids.as_ref(), &opts)?;
         let (Some(outcome), Some(out)) = (outcome, out) else { return Ok(()) };
 
         // ---- Rank 0: metrics and files -------------------------------------------------
-        let qrels = crate::cmd::bm25::split_qrels(&ds, &split)?;
-        let metrics = crate::eval::metrics::evaluate(&qrels, &outcome.run);
-        crate::eval::trec::write_run(&out.path().join("run.trec"), &outcome.run, "grdr-eval")?;
-        let mut mj = metrics.to_json();
-        if let serde_json::Value::Object(m) = &mut mj {
-            m.extend(outcome.metrics_extra.clone());
-        }
-        write_json(&out.path().join("metrics.json"), &mj)?;
         let mut info = serde_json::Map::new();
         info.insert("command".into(), json!("eval"));
         info.insert("grdr_version".into(), json!(crate::VERSION));
@@ -287,21 +287,33 @@ impl EvalArgs {
         info.insert("query_max_len".into(), json!(q_len));
         info.insert("doc_max_len".into(), json!(d_len));
         info.insert("threads".into(), json!(tch::get_num_threads()));
-        info.extend(outcome.info);
-        write_json(&out.path().join("run.json"), &info)?;
+        let title_model = info["model"].as_str().unwrap_or("model").to_string();
+        let (metrics, _) = run_eval::write_outcome(out.path(), &ds, &split, &outcome, info, "grdr-eval")?;
         let dest = out.commit()?;
         let title = format!(
             "{} {} ({} queries){}",
-            info["model"].as_str().unwrap_or("model"),
+            title_model,
             split,
             metrics.queries,
             if self.rerank_add_gold { " — rerank with gold added: inflated" } else { "" }
         );
         crate::cmd::print_metrics_table(&title, &metrics);
-        if let Some(b) = outcome.metrics_extra.get("Brier") {
-            println!("Brier: {b}\n");
-        }
+        print_extras(&outcome.metrics_extra);
         tracing::info!("wrote {}", dest.display());
         Ok(())
+    }
+}
+
+/// The figures beside the metrics table: calibration, GR memorisation.
+pub fn print_extras(extra: &serde_json::Map<String, serde_json::Value>) {
+    if let Some(b) = extra.get("Brier") {
+        println!("Brier: {b}\n");
+    }
+    if let Some(m) = extra.get("memorization_R@1") {
+        println!(
+            "memorization (R@1 of {} documents' indexing inputs): {:.4}\n",
+            extra.get("memorization_docs").unwrap_or(&json!(0)),
+            m.as_f64().unwrap_or(0.0)
+        );
     }
 }

@@ -62,6 +62,10 @@ pub struct EvalOptions {
     pub calibration: bool,
     pub temperature: f64,
     pub gap_ks: Vec<usize>,
+    /// GR: documents whose indexing input is decoded for memorisation R@1 (0: none).
+    pub memorization_docs: usize,
+    /// GR: the seed of the memorisation sample (a run's `train.seed`).
+    pub memorization_seed: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -119,6 +123,31 @@ pub fn evaluate(
     info.insert("ranks".into(), json!(comm.world().size));
     info.insert("peak_rss_mib_per_rank".into(), json!(peak));
     Ok(Some(EvalOutcome { run, metrics_extra, info }))
+}
+
+/// Rank 0's files of an evaluation, written into `dir` (a temp dir the caller commits):
+/// `run.trec` (tagged `tag`), `metrics.json` (trec_eval-style metrics of `split` plus the
+/// outcome's extras) and `run.json` (`info`, then the outcome's details). Returns the
+/// metrics and the metrics.json object.
+pub fn write_outcome(
+    dir: &std::path::Path,
+    ds: &Dataset,
+    split: &str,
+    outcome: &EvalOutcome,
+    mut info: serde_json::Map<String, serde_json::Value>,
+    tag: &str,
+) -> Result<(crate::eval::Metrics, serde_json::Value)> {
+    let qrels = crate::cmd::bm25::split_qrels(ds, split)?;
+    let metrics = crate::eval::metrics::evaluate(&qrels, &outcome.run);
+    crate::eval::trec::write_run(&dir.join("run.trec"), &outcome.run, tag)?;
+    let mut json = metrics.to_json();
+    if let serde_json::Value::Object(m) = &mut json {
+        m.extend(outcome.metrics_extra.clone());
+    }
+    crate::atomic::write_json(&dir.join("metrics.json"), &json)?;
+    info.extend(outcome.info.clone());
+    crate::atomic::write_json(&dir.join("run.json"), &serde_json::Value::Object(info))?;
+    Ok((metrics, json))
 }
 
 /// What every evaluation mode shares: the world, the queries, tokenizers, this rank's shard.

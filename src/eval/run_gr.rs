@@ -80,6 +80,9 @@ pub fn generative(ctx: &Context, info: &mut Info, metrics: &mut Info) -> Result<
         }
     }
     let secs = t0.elapsed().as_secs_f64();
+    if opts.memorization_docs > 0 {
+        memorization(ctx, &beam, &trie, metrics)?;
+    }
     info.insert("decode_seconds_rank0".into(), json!(secs));
     info.insert("queries_per_second_rank0".into(), json!((hi - lo) as f64 / secs.max(1e-9)));
     info.insert("beam".into(), json!(opts.beam));
@@ -108,6 +111,37 @@ pub fn generative(ctx: &Context, info: &mut Info, metrics: &mut Info) -> Result<
         info.insert("calibration".into(), summary);
     }
     Ok(hits)
+}
+
+/// DSI's indexing accuracy: R@1 of decoding each sampled document's own indexing input (its
+/// first `doc_max_len` tokens, as `index_view = "first"` trains it). The sample is a fixed
+/// permutation of the corpus keyed by `memorization_seed`; each rank decodes a contiguous
+/// share, read in doc order so each row group is read once.
+fn memorization(ctx: &Context, beam: &BeamSearch, trie: &DocidTrie, metrics: &mut Info) -> Result<()> {
+    let opts = ctx.opts;
+    let n_docs = ctx.n_docs();
+    let mut sample: Vec<u32> = (0..n_docs as u32).collect();
+    crate::rng::SplitMix64::keyed(&[opts.memorization_seed, 0xe7]).shuffle(&mut sample);
+    sample.truncate(opts.memorization_docs.min(n_docs));
+    let w = ctx.comm.world();
+    let (lo, hi) = (sample.len() * w.rank / w.size, sample.len() * (w.rank + 1) / w.size);
+    let mut mine = sample[lo..hi].to_vec();
+    mine.sort_unstable();
+    let mut store = crate::data::batch::DocStore::new(&ctx.ds.docs_path(), ctx.groups.clone(), 1);
+    let per_batch = (opts.beam_rows / opts.beam.max(1)).max(1);
+    let mut correct = 0i64;
+    for chunk in mine.chunks(per_batch) {
+        let texts: Vec<String> = chunk.iter().map(|&d| store.text(d)).collect::<Result<_>>()?;
+        let ids = ctx.doc_tok.encode(&texts.iter().map(String::as_str).collect::<Vec<_>>())?;
+        let (ids, mask) = ctx.doc_tok.batch(&ids, opts.device);
+        for (&d, gens) in chunk.iter().zip(beam.search(&ids, &mask)) {
+            correct += i64::from(to_hits(trie, &gens, 1).first().is_some_and(|h| h.doc_idx == d as i64));
+        }
+    }
+    let total = crate::dist::gather::global_count(ctx.comm, correct)?;
+    metrics.insert("memorization_R@1".into(), json!(total as f64 / sample.len().max(1) as f64));
+    metrics.insert("memorization_docs".into(), json!(sample.len()));
+    Ok(())
 }
 
 /// Number of distinct docids (trie leaves) the relevant documents have.

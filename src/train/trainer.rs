@@ -357,10 +357,7 @@ fn run(comm: &dyn Comm, cfg: &RunConfig, opts: &RunOptions, device: Device) -> R
     }
     comm.barrier()?;
     let metrics = if cfg.eval.at_end {
-        if let Some(len) = cfg.eval.doc_max_len {
-            batcher.doc_tok = TextTokenizer::from_path(&task.tokenizer_json, len)?;
-        }
-        super::evaluate::evaluate(comm, &task, &ds, &groups, docids.as_ref(), &mut batcher, cfg, &run_dir.join("eval"))?
+        super::evaluate::evaluate(comm, &task, &ds, docids.as_ref(), cfg, device, &run_dir.join("eval"))?
     } else {
         None
     };

@@ -75,6 +75,25 @@ progress = false
     )
 }
 
+/// A tiny GR model (T5 from scratch with the T5 tokenizer) on SciFact with atomic docids
+/// written into `dir`; indexing and retrieval examples half and half.
+pub fn tiny_generative(data: &Path, dir: &Path) -> String {
+    let docids = dir.join("atomic.parquet");
+    if !docids.exists() {
+        ok(&Command::new(bin())
+            .args(["docids", "--data", data.to_str().unwrap(), "--scheme", "atomic"])
+            .args(["--output", docids.to_str().unwrap()])
+            .output()
+            .unwrap());
+    }
+    tiny_dual(data)
+        .replace("kind = \"dual\"", "kind = \"generative\"")
+        .replace("arch = \"bert\"", "arch = \"t5\"")
+        .replace("tokenizer = \"minilm\"", "tokenizer = \"t5-tokenizer\"")
+        .replace("hard_negatives = 1", "retrieval_fraction = 0.5")
+        .replace("[train]", &format!("[docids]\npath = \"{}\"\n\n[train]", docids.display()))
+}
+
 pub fn write_config(dir: &Path, name: &str, text: &str) -> PathBuf {
     let p = dir.join(name);
     std::fs::write(&p, text).unwrap();

@@ -1,0 +1,82 @@
+//! The evaluation at the end of `grdr train` is `grdr eval --run` on the same checkpoint:
+//! both go through `eval::run_eval`, so the run files are byte-identical — for DR trained
+//! and evaluated on 2 ranks against `grdr eval` on 1 rank (invariant 2 as well), and for GR,
+//! whose end-of-run evaluation also reports memorisation (R@1 of decoding documents' own
+//! indexing inputs) and never returns an unknown docid.
+mod train_common;
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::process::Command;
+
+use train_common::*;
+
+fn eval_run(run: &Path, out: &Path, extra: &[&str]) -> serde_json::Value {
+    let o = Command::new(bin())
+        .args(["eval", "--run", run.to_str().unwrap(), "--output", out.to_str().unwrap()])
+        .args(extra)
+        .env("CI", "1")
+        .env("OMP_NUM_THREADS", "1")
+        .output()
+        .unwrap();
+    ok(&o);
+    json(&out.join("metrics.json"))
+}
+
+fn json(path: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap()
+}
+
+#[test]
+fn dual_end_of_run_eval_on_two_ranks_equals_grdr_eval_on_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = tiny_dual(dataset()).replace("at_end = false", "at_end = true\nk = 20\nbatch_size = 32");
+    let cfg = write_config(dir.path(), "run.toml", &text);
+    let run = dir.path().join("run");
+    ok(&train_ranks(2, &cfg, &run, &[]));
+    let at_end = json(&run.join("eval/metrics.json"));
+    assert_eq!(at_end["queries"], 300);
+    assert!(at_end["eval_seconds"].as_f64().unwrap() > 0.0);
+    let again = eval_run(&run, &dir.path().join("again"), &["--k", "20", "--batch-size", "32"]);
+    assert_eq!(
+        read(&run.join("eval/run.trec")),
+        read(&dir.path().join("again/run.trec")).replace("grdr-eval", "grdr-train")
+    );
+    assert_eq!(at_end["nDCG@10"], again["nDCG@10"]);
+}
+
+#[test]
+fn generative_end_of_run_eval_reports_memorization_and_only_real_docids() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = tiny_generative(dataset(), dir.path())
+        .replace("at_end = false", "at_end = true\nk = 10\nbatch_size = 32\nmemorization_docs = 40");
+    let cfg = write_config(dir.path(), "run.toml", &text);
+    let run = dir.path().join("run");
+    ok(&train(&cfg, &run, &[]));
+    let at_end = json(&run.join("eval/metrics.json"));
+    assert_eq!(at_end["memorization_docs"], 40);
+    let mem = at_end["memorization_R@1"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&mem), "{mem}");
+    // Every returned docid is a document of the corpus, at most k per query, none twice.
+    let ids: HashSet<String> = grdr::eval::run_eval::read_doc_ids(&grdr::data::Dataset::open(dataset()).unwrap())
+        .unwrap()
+        .into_iter()
+        .collect();
+    let trec = read(&run.join("eval/run.trec"));
+    let mut per_query: std::collections::HashMap<&str, HashSet<&str>> = Default::default();
+    for line in trec.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        assert!(ids.contains(f[2]), "unknown docid {} in {line}", f[2]);
+        assert!(per_query.entry(f[0]).or_default().insert(f[2]), "{} twice for {}", f[2], f[0]);
+    }
+    assert!(per_query.values().all(|d| d.len() <= 10));
+    assert!(!per_query.is_empty());
+    // grdr eval --run: the same run file and the same memorisation.
+    let again = eval_run(&run, &dir.path().join("again"), &["--k", "10", "--beam", "10", "--batch-size", "32"]);
+    assert_eq!(trec, read(&dir.path().join("again/run.trec")).replace("grdr-eval", "grdr-train"));
+    assert_eq!(again["memorization_R@1"], at_end["memorization_R@1"]);
+}
