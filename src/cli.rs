@@ -38,6 +38,11 @@ pub enum Command {
     Eval(cmd::eval::EvalArgs),
     /// Write a synthetic dataset (random words, random qrels) for throughput and memory tests.
     Synth(cmd::synth::SynthArgs),
+    /// A sweep's results: results.parquet/.csv, a markdown table, PNG/SVG plots per metric and axis.
+    Report(cmd::report::ReportArgs),
+    /// Run a grid of training runs from a sweep file, locally or as Slurm job arrays
+    /// (`grdr sweep status SWEEPDIR` shows where each point is).
+    Sweep(cmd::sweep::SweepArgs),
 }
 
 impl Command {
@@ -50,6 +55,8 @@ impl Command {
             Command::Encode(a) => a.run(),
             Command::Eval(a) => a.run(),
             Command::Synth(a) => a.run(),
+            Command::Report(a) => a.run(),
+            Command::Sweep(a) => a.run(),
             Command::Docids(a) => a.run(),
             Command::Train(a) => a.run(),
         }

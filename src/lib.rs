@@ -11,8 +11,10 @@ pub mod error;
 pub mod eval;
 pub mod model;
 pub mod progress;
+pub mod report;
 pub mod rng;
 pub mod search;
+pub mod sweep;
 pub mod train;
 
 pub use error::{Error, Result};

@@ -5,6 +5,8 @@ pub mod eval;
 pub mod eval_run;
 pub mod info;
 pub mod prepare;
+pub mod report;
+pub mod sweep;
 pub mod synth;
 pub mod train;
 

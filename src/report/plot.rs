@@ -1,0 +1,343 @@
+//! Scaling plots: each metric against each swept axis, one line per model family, in the
+//! look of the seeds' figures (metric vs. negatives / embedding dimension / model size /
+//! corpus size, DR vs GR).
+//!
+//! When other axes vary too, a line is one (family, other axes' values) combination and
+//! its legend says which, so no line ever joins points that differ in something not on
+//! the x axis (axes that the family already fixes are left out of the label). Categorical axes get markers only (a line between two docid schemes would
+//! suggest an order that is not there), nudged apart per series so each value reads as a
+//! group. Colour is the family; a family's lines for other axes' values are its shades.
+//! Every figure is drawn as PNG (for READMEs and slides) and SVG (for papers).
+use std::path::{Path, PathBuf};
+
+use plotters::coord::Shift;
+use plotters::prelude::*;
+
+use super::collect::Results;
+use super::columns::{find, short_axis_names, Column};
+use super::font::FAMILY;
+use super::scale::{Scale, XAxis};
+use crate::error::{Error, Result};
+
+/// Pixels of the PNG; the SVG has the same user units.
+const SIZE: (u32, u32) = (900, 600);
+
+/// Okabe–Ito colours: distinguishable with the common colour-vision deficiencies.
+const PALETTE: [RGBColor; 7] = [
+    RGBColor(0, 114, 178),
+    RGBColor(213, 94, 0),
+    RGBColor(0, 158, 115),
+    RGBColor(204, 121, 167),
+    RGBColor(230, 159, 0),
+    RGBColor(86, 180, 233),
+    RGBColor(0, 0, 0),
+];
+
+#[derive(Debug, Clone)]
+pub struct Series {
+    pub family: String,
+    pub label: String,
+    /// (x, metric), sorted by x.
+    pub points: Vec<(f64, f64)>,
+}
+
+/// One figure: a metric against an axis.
+#[derive(Debug, Clone)]
+pub struct Figure {
+    pub metric: String,
+    /// The full axis key (`train.num_negatives`), shown as the x title.
+    pub axis: String,
+    /// File stem: `<metric>-vs-<short axis name>`.
+    pub stem: String,
+    pub title: String,
+    pub x: XAxis,
+    pub series: Vec<Series>,
+}
+
+/// Keeps file names portable: anything but letters, digits and `@._=+-` becomes `_`.
+fn file_safe(name: &str) -> String {
+    name.chars().map(|c| if c.is_ascii_alphanumeric() || "@._=+-".contains(c) { c } else { '_' }).collect()
+}
+
+/// The figures to draw for `metrics` (those some point has a number for) × the swept
+/// axes that take at least two values. What is skipped is said once, at info level.
+pub fn plan(results: &Results, columns: &[Column], metrics: &[String]) -> Vec<Figure> {
+    let short = short_axis_names(&results.axes);
+    let n = results.rows.len();
+    // Distinct displayed values per axis, in first-appearance order.
+    let distinct: Vec<Vec<String>> = results
+        .axes
+        .iter()
+        .map(|a| {
+            let mut seen: Vec<String> = Vec::new();
+            for t in (0..n).filter_map(|i| find(columns, a).and_then(|c| c.data.text(i))) {
+                if !seen.contains(&t) {
+                    seen.push(t);
+                }
+            }
+            seen
+        })
+        .collect();
+    let varying: Vec<usize> = (0..results.axes.len()).filter(|&a| distinct[a].len() > 1).collect();
+    for (a, axis) in results.axes.iter().enumerate() {
+        if !varying.contains(&a) {
+            tracing::info!("axis {axis} takes one value; nothing to plot against it");
+        }
+    }
+    let metrics: Vec<&String> = metrics
+        .iter()
+        .filter(|m| {
+            let has = results.has_metric(m);
+            if !has {
+                tracing::info!("no point has a number for {m} yet; no plot of it");
+            }
+            has
+        })
+        .collect();
+
+    let mut figures = Vec::new();
+    for metric in metrics {
+        for &a in &varying {
+            let col = find(columns, &results.axes[a]).expect("every axis has a column");
+            let x = if col.data.is_numeric() {
+                XAxis::numeric(&(0..n).filter_map(|i| col.data.number(i)).collect::<Vec<_>>())
+            } else {
+                XAxis::categorical(distinct[a].clone())
+            };
+            let series = series_for(results, columns, metric, a, &varying, &short, &x);
+            if series.is_empty() {
+                continue;
+            }
+            figures.push(Figure {
+                metric: metric.clone(),
+                axis: results.axes[a].clone(),
+                stem: file_safe(&format!("{metric}-vs-{}", short[a])),
+                title: format!("{metric} vs {} (sweep {})", short[a], results.sweep),
+                x,
+                series,
+            });
+        }
+    }
+    figures
+}
+
+/// Groups the points with a number for `metric` into lines by (family, the other varying
+/// axes' values), in first-appearance order.
+fn series_for(
+    results: &Results,
+    columns: &[Column],
+    metric: &str,
+    axis: usize,
+    varying: &[usize],
+    short: &[String],
+    x: &XAxis,
+) -> Vec<Series> {
+    let col = find(columns, &results.axes[axis]).expect("axis column");
+    // An axis that the family fixes (`model.kind` when families are dr/gr) would only
+    // repeat the family name in the legend.
+    let others: Vec<(&String, &Column)> = varying
+        .iter()
+        .filter(|&&o| o != axis)
+        .map(|&o| (&short[o], find(columns, &results.axes[o]).expect("axis column")))
+        .filter(|(_, c)| !fixed_by_family(results, c))
+        .collect();
+    let mut series: Vec<Series> = Vec::new();
+    for (i, row) in results.rows.iter().enumerate() {
+        let xv = match &x.scale {
+            Scale::Categorical(_) => col.data.text(i).and_then(|t| x.category_index(&t)),
+            _ => col.data.number(i),
+        };
+        let (Some(xv), Some(y)) = (xv, row.metrics.get(metric).and_then(serde_json::Value::as_f64)) else {
+            continue;
+        };
+        let mut label = row.family.clone();
+        for (name, c) in &others {
+            label.push_str(&format!(", {name}={}", c.data.text(i).unwrap_or_else(|| "-".into())));
+        }
+        match series.iter_mut().find(|s| s.label == label) {
+            Some(s) => s.points.push((xv, y)),
+            None => series.push(Series { family: row.family.clone(), label, points: vec![(xv, y)] }),
+        }
+    }
+    for s in &mut series {
+        s.points.sort_by(|a, b| a.0.total_cmp(&b.0));
+    }
+    series
+}
+
+/// Whether every family takes a single value of this column.
+fn fixed_by_family(results: &Results, col: &Column) -> bool {
+    let mut seen: Vec<(&str, Option<String>)> = Vec::new();
+    for (i, row) in results.rows.iter().enumerate() {
+        let v = col.data.text(i);
+        match seen.iter().find(|(f, _)| *f == row.family) {
+            Some((_, w)) if *w != v => return false,
+            Some(_) => {}
+            None => seen.push((row.family.as_str(), v)),
+        }
+    }
+    true
+}
+
+/// The y range: the data padded, with head room for the legend (more series, more room),
+/// and not below 0 for metrics that cannot be negative.
+fn y_range(fig: &Figure) -> (f64, f64) {
+    let ys = || fig.series.iter().flat_map(|s| s.points.iter().map(|p| p.1));
+    let (lo, hi) = (ys().fold(f64::INFINITY, f64::min), ys().fold(f64::NEG_INFINITY, f64::max));
+    let span = if hi > lo { hi - lo } else { hi.abs().max(0.01) * 0.2 };
+    let bottom = if lo >= 0.0 { (lo - span * 0.08).max(0.0) } else { lo - span * 0.08 };
+    // The legend takes ~19 px a line of the ~470 px plot area; keep that fraction of the
+    // height above the data (at most 60%: past that it overlaps rather than squash).
+    let legend = ((19.0 * fig.series.len() as f64 + 20.0) / 470.0).min(0.6);
+    let top = legend * (hi + span * 0.05 - bottom) / (1.0 - legend) + span * 0.05;
+    (bottom, hi + top)
+}
+
+/// Upper left when the lines mostly rise (that corner is empty then), else upper right.
+fn legend_position(fig: &Figure) -> SeriesLabelPosition {
+    let rising: f64 =
+        fig.series.iter().filter_map(|s| Some(s.points.last()?.1 - s.points.first()?.1)).map(f64::signum).sum();
+    if matches!(fig.x.scale, Scale::Categorical(_)) || rising < 0.0 {
+        SeriesLabelPosition::UpperRight
+    } else {
+        SeriesLabelPosition::UpperLeft
+    }
+}
+
+/// One hue per family (DR vs GR reads at a glance, as in the seeds' figures); a family's
+/// lines for other axes' values are shades of it, darkest first.
+fn series_color(fig: &Figure, j: usize) -> RGBColor {
+    let mut families: Vec<&str> = Vec::new();
+    for s in &fig.series {
+        if !families.contains(&s.family.as_str()) {
+            families.push(&s.family);
+        }
+    }
+    let family = &fig.series[j].family;
+    let base = PALETTE[families.iter().position(|f| f == family).unwrap_or(0) % PALETTE.len()];
+    let siblings: Vec<usize> = (0..fig.series.len()).filter(|&k| &fig.series[k].family == family).collect();
+    let rank = siblings.iter().position(|&k| k == j).unwrap_or(0) as f64;
+    // Up to 60% of the way to white for the last sibling.
+    let t = if siblings.len() > 1 { 0.6 * rank / (siblings.len() - 1) as f64 } else { 0.0 };
+    let lighten = |c: u8| (f64::from(c) + (255.0 - f64::from(c)) * t).round() as u8;
+    RGBColor(lighten(base.0), lighten(base.1), lighten(base.2))
+}
+
+/// Categories: the series with a point at category `x` share 60% of its width, side by
+/// side in series order, so each category's markers read as one group.
+fn nudge(fig: &Figure, series: usize, x: f64) -> f64 {
+    let here: Vec<usize> = (0..fig.series.len()).filter(|&j| fig.series[j].points.iter().any(|p| p.0 == x)).collect();
+    let m = here.len() as f64;
+    let rank = here.iter().position(|&j| j == series).unwrap_or(0) as f64;
+    if m > 1.0 {
+        (rank - (m - 1.0) / 2.0) * 0.6 / m
+    } else {
+        0.0
+    }
+}
+
+fn draw<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    fig: &Figure,
+) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
+    root.fill(&WHITE)?;
+    let (ylo, yhi) = y_range(fig);
+    let mut chart = ChartBuilder::on(root)
+        .caption(&fig.title, (FAMILY, 24))
+        .margin(18)
+        .x_label_area_size(56)
+        .y_label_area_size(72)
+        .build_cartesian_2d(fig.x.clone(), ylo..yhi)?;
+    chart
+        .configure_mesh()
+        .x_desc(format!("{}{}", fig.axis, fig.x.suffix()))
+        .y_desc(&fig.metric)
+        .axis_desc_style((FAMILY, 17))
+        .label_style((FAMILY, 14))
+        // A grid at the ticks only, as the seeds' figures have.
+        .max_light_lines(0)
+        .draw()?;
+
+    let categorical = matches!(fig.x.scale, Scale::Categorical(_));
+    for (j, s) in fig.series.iter().enumerate() {
+        let color = series_color(fig, j);
+        let line = color.stroke_width(2);
+        let points: Vec<(f64, f64)> =
+            s.points.iter().map(|&(x, y)| (if categorical { x + nudge(fig, j, x) } else { x }, y)).collect();
+        let markers = points.iter().map(|&p| Circle::new(p, 5, color.filled()));
+        // The legend shows what the plot draws: a line, or a marker alone.
+        if categorical {
+            chart
+                .draw_series(markers)?
+                .label(&s.label)
+                .legend(move |(x, y)| Circle::new((x + 12, y), 5, color.filled()));
+        } else {
+            chart
+                .draw_series(LineSeries::new(points.iter().copied(), line))?
+                .label(&s.label)
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], line));
+            chart.draw_series(markers)?;
+        }
+    }
+    chart
+        .configure_series_labels()
+        .position(legend_position(fig))
+        .label_font((FAMILY, 15))
+        .background_style(&WHITE.mix(0.9))
+        .border_style(&BLACK.mix(0.4))
+        .draw()?;
+    root.present()
+}
+
+fn draw_error(path: &Path, e: impl std::fmt::Display) -> Error {
+    Error::io(path, "cannot draw the plot", std::io::Error::other(e.to_string()))
+}
+
+/// Draws `fig` as `dir/<stem>.png` and `.svg`, each under a temporary name first.
+pub fn write_figure(dir: &Path, fig: &Figure) -> Result<[PathBuf; 2]> {
+    let png = dir.join(format!("{}.png", fig.stem));
+    // The bitmap backend picks the encoder from the extension, so the temp name keeps it.
+    let tmp = dir.join(format!(".{}.tmp-{}.png", fig.stem, std::process::id()));
+    let drawn = {
+        let root = BitMapBackend::new(&tmp, SIZE).into_drawing_area();
+        draw(&root, fig)
+    };
+    if let Err(e) = drawn
+        .map_err(|e| draw_error(&png, e))
+        .and_then(|()| std::fs::rename(&tmp, &png).map_err(|e| Error::io(&png, "cannot rename into place", e)))
+    {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+
+    let svg = dir.join(format!("{}.svg", fig.stem));
+    let mut text = String::new();
+    {
+        let root = SVGBackend::with_string(&mut text, SIZE).into_drawing_area();
+        draw(&root, fig).map_err(|e| draw_error(&svg, e))?;
+    }
+    crate::atomic::write_file(&svg, |w| std::io::Write::write_all(w, text.as_bytes()))?;
+    Ok([png, svg])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_ranges() {
+        assert_eq!(file_safe("nDCG@10-vs-num_negatives"), "nDCG@10-vs-num_negatives");
+        assert_eq!(file_safe("a/b c"), "a_b_c");
+        let fig = Figure {
+            metric: "R@100".into(),
+            axis: "train.num_negatives".into(),
+            stem: "s".into(),
+            title: "t".into(),
+            x: XAxis::numeric(&[1.0, 2.0]),
+            series: vec![Series { family: "dr".into(), label: "dr".into(), points: vec![(1.0, 0.2), (2.0, 0.6)] }],
+        };
+        let (lo, hi) = y_range(&fig);
+        assert!(lo < 0.2 && lo >= 0.0 && hi > 0.6, "{lo} {hi}");
+        assert_eq!(legend_position(&fig), SeriesLabelPosition::UpperLeft);
+    }
+}

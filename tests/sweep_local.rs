@@ -1,0 +1,248 @@
+//! `grdr sweep` without a cluster: every shipped preset expands and validates (counts,
+//! names, resolved configs), bad sweep files are refused naming the file and the key, and
+//! the local backend runs a one-point sweep end to end — stopped by SIGTERM and resumed
+//! from its checkpoint — then a re-run skips it and a changed config is refused by point name.
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use common::*;
+use grdr::config::ModelKind;
+use grdr::sweep::resolve::resolve_all;
+use grdr::sweep::spec::SweepSpec;
+
+fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// SciFact prepared once per test binary.
+fn scifact() -> &'static Path {
+    static DIR: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
+    &DIR.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let out = prepare_scifact(dir.path(), None);
+        (dir, out)
+    })
+    .1
+}
+
+fn data_set() -> String {
+    format!("data.path={}", scifact().display())
+}
+
+#[test]
+fn shipped_presets_expand_into_valid_configs() {
+    let out = Path::new("/nonexistent/sweepdir");
+    let expected = [
+        ("negatives-dr-scifact.toml", 6),
+        ("dim-dr-scifact.toml", 5),
+        ("corpus-size-dr-vs-gr-scifact.toml", 10),
+        ("model-size-gr-scifact.toml", 4),
+        ("tiny-test.toml", 2),
+    ];
+    let mut seen = 0;
+    for e in std::fs::read_dir(repo().join("configs/sweeps")).unwrap() {
+        let path = e.unwrap().path();
+        let name = path.file_name().unwrap().to_str().unwrap().to_string();
+        let spec = SweepSpec::load(&path).unwrap();
+        let points = resolve_all(&spec, &[data_set()], out, repo()).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let want = expected.iter().find(|(n, _)| *n == name).unwrap_or_else(|| panic!("{name}: add it here")).1;
+        assert_eq!(points.len(), want, "{name}");
+        seen += 1;
+        for p in &points {
+            p.config.validate().unwrap();
+            assert!(p.config.data.path.is_absolute(), "{name}: {}", p.config.data.path.display());
+        }
+        match name.as_str() {
+            "negatives-dr-scifact.toml" => {
+                assert_eq!(points[2].name(), "p02-num_negatives=7");
+                assert_eq!(points[2].config.train.num_negatives, Some(7));
+                assert_eq!(points[2].config.train.batch_size, 16, "the base's value");
+                assert_eq!(points[2].config.data.path, scifact());
+                assert_eq!((points[2].family.as_str(), points[2].ranks), ("dr", Some(2)));
+            }
+            "model-size-gr-scifact.toml" => {
+                let sizes: Vec<_> =
+                    points.iter().map(|p| (p.config.model.d_model, p.config.model.num_layers)).collect();
+                assert_eq!(sizes, vec![(128, 2), (256, 4), (384, 6), (512, 8)]);
+                assert_eq!(points[1].name(), "p01-d_model=256");
+                assert_eq!(points[1].config.model.kind, ModelKind::Generative);
+            }
+            "corpus-size-dr-vs-gr-scifact.toml" => {
+                assert_eq!(points[0].name(), "p00-base=dr-minilm-scifact-corpus_docs=500");
+                assert_eq!(points[0].config.data.path, out.join("data/docs-500"));
+                let gr = &points[5];
+                assert_eq!(gr.config.model.kind, ModelKind::Generative);
+                assert_eq!(gr.config.data.path, out.join("data/docs-500"), "DR and GR share the sample");
+                assert_eq!(
+                    gr.config.docids.path.as_deref(),
+                    Some(out.join("data/docs-500/docids-atomic.parquet").as_path())
+                );
+                assert!(gr.family.starts_with("gr"), "{}", gr.family);
+            }
+            "tiny-test.toml" => {
+                assert_eq!(points[1].name(), "p01-corpus_docs=1000");
+                assert_eq!(points[1].config.model.d_model, 32);
+                assert_eq!(points[1].corpus.as_ref().unwrap().docs, 1000);
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(seen, expected.len());
+
+    // The binary's dry run prints the plan and writes nothing.
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("sw");
+    let o = grdr_ok(&[
+        "sweep",
+        "configs/sweeps/negatives-dr-scifact.toml",
+        "--dry-run",
+        "--set",
+        &data_set(),
+        "--output",
+        target.to_str().unwrap(),
+    ]);
+    assert!(o.contains("6 point(s)") && o.contains("p05-num_negatives=63") && o.contains("grdr-launch"), "{o}");
+    assert!(!target.exists());
+}
+
+fn write_spec(dir: &Path, body: &str) -> PathBuf {
+    let base = repo().join("configs/runs/dr-minilm-scifact.toml");
+    let path = dir.join("sweep.toml");
+    std::fs::write(&path, format!("base = \"{}\"\n{body}", base.display())).unwrap();
+    path
+}
+
+#[test]
+fn bad_sweep_files_name_the_file_and_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let cases = [
+        ("bogus = 1\n", vec!["bogus"]),
+        ("[[axis]]\nkey = \"train.bogus\"\nvalues = [1, 2]\n", vec!["train.bogus", "bogus"]),
+        ("[[axis]]\nkey = \"trian.lr\"\nvalues = [1e-3]\n", vec!["trian.lr"]),
+        ("[[axis]]\nkey = \"train.num_negatives\"\nvalues = []\n", vec!["train.num_negatives", "empty"]),
+        ("[[axis]]\nkey = \"train.batch_size\"\nvalues = [0, 8]\n", vec!["train.batch_size"]),
+        ("[[axis]]\nkey = \"data.corpus_docs\"\nvalues = [999999]\n", vec!["data.corpus_docs", "5183"]),
+    ];
+    for (body, needles) in cases {
+        let spec = write_spec(dir.path(), body);
+        let o = grdr(&["sweep", spec.to_str().unwrap(), "--set", &data_set(), "--output", out.to_str().unwrap()]);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{body:?}: {err}");
+        assert!(err.contains(spec.to_str().unwrap()), "{body:?}: the error names the sweep file: {err}");
+        for n in needles {
+            assert!(err.contains(n), "{body:?}: `{n}` missing from: {err}");
+        }
+        assert!(!out.exists(), "{body:?}: nothing written");
+    }
+}
+
+const TINY: &str = r#"
+[set]
+data.query_max_len = 16
+data.doc_max_len = 32
+model.init = "scratch"
+model.arch = "bert"
+model.tokenizer = "minilm"
+model.d_model = 32
+model.num_layers = 1
+model.num_heads = 2
+model.d_ff = 64
+train.batch_size = 8
+train.max_steps = 40
+train.lr = 1e-3
+train.warmup_steps = 2
+train.threads = 1
+eval.doc_max_len = 32
+log.interval = 1
+log.progress = false
+
+[[axis]]
+key = "data.corpus_docs"
+values = [300]
+"#;
+
+#[test]
+fn local_backend_resumes_skips_finished_points_and_refuses_changed_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = write_spec(dir.path(), &format!("name = \"local-one\"\nranks = 1\n{TINY}"));
+    let out = dir.path().join("sw");
+    let args = ["sweep", spec.to_str().unwrap(), "--set", &data_set(), "--output", out.to_str().unwrap()];
+    let name = "p00-corpus_docs=300";
+    let point = out.join("points").join(name);
+    let read = |p: &Path| -> serde_json::Value { serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap() };
+    let t0 = std::time::Instant::now();
+
+    // SIGTERM to `grdr sweep` mid-training: the point checkpoints and is left preempted.
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_grdr"))
+        .args(args)
+        .env("CI", "true")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let steps = || std::fs::read_to_string(point.join("run/metrics.jsonl")).map(|s| s.lines().count()).unwrap_or(0);
+    while steps() < 3 {
+        assert!(t0.elapsed().as_secs() < 120, "no training progress");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(err.contains("run the same `grdr sweep` again to resume"), "{err}");
+    let state = read(&point.join("state.json"));
+    assert_eq!((state["state"].as_str(), state["exit_code"].as_i64()), (Some("preempted"), Some(75)), "{err}");
+    assert!(!grdr::train::checkpoint::list(&point.join("run")).is_empty(), "a checkpoint on SIGTERM");
+
+    // Again: the point resumes from its checkpoint and finishes.
+    let stdout = grdr_ok(&args);
+    eprintln!("local sweep: {:.1}s", t0.elapsed().as_secs_f64());
+    let train = read(&point.join("run/train.json"));
+    assert!(train["resumed_at"].as_u64().unwrap() > 0, "{train}");
+
+    let manifest = read(&out.join("sweep.json"));
+    assert_eq!(manifest["name"], "local-one");
+    assert_eq!(manifest["backend"], "local");
+    assert_eq!(manifest["axes"], serde_json::json!(["data.corpus_docs"]));
+    let p = &manifest["points"][0];
+    assert_eq!((p["name"].as_str(), p["index"].as_u64(), p["family"].as_str()), (Some(name), Some(0), Some("dr")));
+    assert_eq!((p["ranks"].as_u64(), p["dir"].as_str()), (Some(1), Some(format!("points/{name}").as_str())));
+    assert_eq!(p["values"], serde_json::json!({"data.corpus_docs": 300}));
+    assert_eq!(std::fs::read_to_string(out.join("sweep.toml")).unwrap(), std::fs::read_to_string(&spec).unwrap());
+
+    let state = read(&point.join("state.json"));
+    assert_eq!(
+        (state["state"].as_str(), state["attempts"].as_u64(), state["exit_code"].as_i64()),
+        (Some("done"), Some(2), Some(0))
+    );
+    assert!(point.join("run/eval/metrics.json").exists());
+    let config = grdr::config::RunConfig::load(&point.join("config.toml"), &[]).unwrap();
+    assert_eq!(config.data.path, out.join("data/docs-300"));
+    let sample = grdr::data::Dataset::open(&out.join("data/docs-300")).unwrap();
+    assert_eq!(sample.manifest.docs, 300);
+    assert!(stdout.contains(name) && stdout.contains("done"), "{stdout}");
+    if out.join("report").exists() {
+        assert!(out.join("report/results.parquet").exists());
+    }
+
+    // Once more: nothing to do, the point keeps its attempts.
+    let o = grdr(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("done, skipped"), "{}", stderr(&o));
+    assert_eq!(read(&point.join("state.json"))["attempts"], 2);
+
+    // A changed config is refused by point and key; the run is kept.
+    let changed = [&args[..], &["--set", "train.lr=0.002"]].concat();
+    let o = grdr(&changed);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains(name) && err.contains("train.lr") && err.contains("--overwrite"), "{err}");
+    assert!(point.join("run/eval/metrics.json").exists());
+
+    let table = grdr_ok(&["sweep", "status", out.to_str().unwrap()]);
+    assert!(table.contains(name) && table.contains("| done") && table.contains("corpus_docs=300"), "{table}");
+}
