@@ -369,12 +369,36 @@ pub fn write_dataset(
         }
     };
 
-    corpus::write_docs(&dir.join(corpus::DOCS_FILE), &c.docs, doc_tokens.as_deref(), opts.row_group_rows)?;
-    corpus::write_queries(&dir.join(corpus::QUERIES_FILE), &c.queries, query_tokens.as_deref(), opts.row_group_rows)?;
-    corpus::write_qrels(&dir.join(corpus::QRELS_FILE), &c.qrels)?;
+    let source = Source { kind: source_kind, path: source_path };
+    let tokens = (doc_tokens.as_deref(), query_tokens.as_deref());
+    let m = write_files(dir, (&c.docs, &c.queries, &c.qrels), tokens, opts.row_group_rows, tokenizer, &source)?;
+    out.commit()?;
+    Ok(m)
+}
+
+/// Where a dataset came from (recorded in its manifest).
+pub struct Source<'a> {
+    pub kind: &'a str,
+    pub path: &'a Path,
+}
+
+/// Writes a dataset's files into `dir` (the caller's temp dir): docs, queries and qrels as
+/// Parquet with `row_group_rows` rows per group (token ids when given), then manifest.json
+/// describing them. Shared by `grdr prepare` and the corpus samples of `grdr sweep`.
+pub fn write_files(
+    dir: &Path,
+    (docs, queries, qrels): (&[Doc], &[Query], &[Qrel]),
+    (doc_tokens, query_tokens): (Option<&[Vec<u32>]>, Option<&[Vec<u32>]>),
+    row_group_rows: usize,
+    tokenizer: Option<TokenizerInfo>,
+    source: &Source,
+) -> Result<Manifest> {
+    corpus::write_docs(&dir.join(corpus::DOCS_FILE), docs, doc_tokens, row_group_rows)?;
+    corpus::write_queries(&dir.join(corpus::QUERIES_FILE), queries, query_tokens, row_group_rows)?;
+    corpus::write_qrels(&dir.join(corpus::QRELS_FILE), qrels)?;
 
     let mut splits: BTreeMap<String, (HashSet<&str>, usize)> = BTreeMap::new();
-    for q in &c.qrels {
+    for q in qrels {
         let e = splits.entry(q.split.clone()).or_default();
         e.0.insert(q.query_id.as_str());
         e.1 += 1;
@@ -386,16 +410,15 @@ pub fn write_dataset(
     let m = Manifest {
         format: manifest::FORMAT.to_string(),
         grdr_version: crate::VERSION.to_string(),
-        source_kind: source_kind.to_string(),
-        source_path: source_path.display().to_string(),
-        docs: c.docs.len(),
-        queries: c.queries.len(),
+        source_kind: source.kind.to_string(),
+        source_path: source.path.display().to_string(),
+        docs: docs.len(),
+        queries: queries.len(),
         splits: splits.into_iter().map(|(k, (qs, n))| (k, SplitCounts { queries: qs.len(), qrels: n })).collect(),
-        row_group_rows: opts.row_group_rows,
+        row_group_rows,
         tokenizer,
         files,
     };
     write_json(&dir.join(manifest::MANIFEST_FILE), &m)?;
-    out.commit()?;
     Ok(m)
 }

@@ -6,42 +6,14 @@
 //! error naming the file (and the line), never a silently missing number.
 use std::fs;
 use std::io::ErrorKind;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use crate::error::{Error, Location, Result};
-
-/// `SWEEPDIR/sweep.json`, as `grdr sweep` writes it (unknown fields are ignored so that a
-/// newer sweep file still reports).
-#[derive(Debug, Deserialize)]
-pub struct SweepFile {
-    pub name: String,
-    /// The swept keys in `--set` form (`train.num_negatives`), in the sweep's order.
-    pub axes: Vec<String>,
-    pub points: Vec<PointSpec>,
-}
-
-#[derive(Debug, Deserialize)]
-pub struct PointSpec {
-    pub name: String,
-    /// Axis key → the value this point takes (number, string or bool).
-    #[serde(default)]
-    pub values: Map<String, Value>,
-    /// The model family (`dr`, `colbert`, `gr-atomic`, ...): one line per family in plots.
-    pub family: String,
-    /// Relative to the sweep directory.
-    pub dir: PathBuf,
-}
-
-#[derive(Debug, Deserialize)]
-struct StateFile {
-    state: String,
-    #[serde(default)]
-    attempts: Option<i64>,
-}
+use crate::sweep::layout::{PointEntry, PointState, SweepManifest, STATE_JSON, SWEEP_JSON};
 
 #[derive(Debug, Default, Deserialize)]
 struct TrainFile {
@@ -101,14 +73,14 @@ pub const DONE: &str = "done";
 
 /// Reads `sweep.json` and every point under `sweep_dir`.
 pub fn collect(sweep_dir: &Path) -> Result<Results> {
-    let sweep_path = sweep_dir.join("sweep.json");
+    let sweep_path = sweep_dir.join(SWEEP_JSON);
     if !sweep_path.is_file() {
         return Err(Error::usage(
             "SWEEPDIR",
             format!("{} is not a sweep directory (no sweep.json)", sweep_dir.display()),
         ));
     }
-    let sweep: SweepFile = read_json(&sweep_path, "sweep")?
+    let sweep: SweepManifest = read_json(&sweep_path, "sweep")?
         .ok_or_else(|| Error::usage("SWEEPDIR", format!("{} vanished while reading", sweep_path.display())))?;
     let mut rows = Vec::with_capacity(sweep.points.len());
     let mut metric_names: Vec<String> = Vec::new();
@@ -134,12 +106,12 @@ pub fn collect(sweep_dir: &Path) -> Result<Results> {
     Ok(Results { sweep: sweep.name, axes: sweep.axes, metric_names, rows })
 }
 
-fn read_point(sweep_dir: &Path, spec: PointSpec) -> Result<PointRow> {
+fn read_point(sweep_dir: &Path, spec: PointEntry) -> Result<PointRow> {
     let dir = sweep_dir.join(&spec.dir);
     let run = dir.join("run");
-    let state: Option<StateFile> = read_json(&dir.join("state.json"), "state")?;
+    let state: Option<PointState> = read_json(&dir.join(STATE_JSON), "state")?;
     let (state, attempts) = match state {
-        Some(s) => (s.state, s.attempts),
+        Some(s) => (s.state.as_str().to_owned(), Some(i64::from(s.attempts))),
         // As `grdr sweep status` reads it: written, never started.
         None => ("pending".to_owned(), None),
     };

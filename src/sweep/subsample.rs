@@ -22,7 +22,6 @@ use serde::{Deserialize, Serialize};
 use crate::atomic::{write_json, TempDir};
 use crate::data::corpus::{self, Doc, Qrel, Query};
 use crate::data::docid::{self, DocidTable, Scheme};
-use crate::data::manifest::{self, Manifest, SplitCounts};
 use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::rng::SplitMix64;
@@ -116,39 +115,21 @@ pub fn write_subsample(source: &Path, n: usize, seed: u64, dest: &Path) -> Resul
     let row_group_rows = ds.manifest.row_group_rows.min(n.div_ceil(16)).max(1);
     let out = TempDir::new(dest, true)?;
     let dir = out.path();
-    corpus::write_docs(&dir.join(corpus::DOCS_FILE), &new_docs, new_doc_tokens.as_deref(), row_group_rows)?;
-    corpus::write_queries(&dir.join(corpus::QUERIES_FILE), &new_queries, new_query_tokens.as_deref(), row_group_rows)?;
-    corpus::write_qrels(&dir.join(corpus::QRELS_FILE), &new_qrels)?;
-
-    let mut splits: BTreeMap<String, (HashSet<&str>, usize)> = BTreeMap::new();
-    for q in &new_qrels {
-        let e = splits.entry(q.split.clone()).or_default();
-        e.0.insert(q.query_id.as_str());
-        e.1 += 1;
-    }
-    let mut files = BTreeMap::new();
-    for name in [corpus::DOCS_FILE, corpus::QUERIES_FILE, corpus::QRELS_FILE] {
-        files.insert(name.to_string(), manifest::describe_parquet(&dir.join(name))?);
-    }
-    let m = Manifest {
-        format: manifest::FORMAT.to_string(),
-        grdr_version: crate::VERSION.to_string(),
-        source_kind: "subsample".into(),
-        source_path: source.display().to_string(),
-        docs: new_docs.len(),
-        queries: new_queries.len(),
-        splits: splits.iter().map(|(k, (qs, n))| (k.clone(), SplitCounts { queries: qs.len(), qrels: *n })).collect(),
+    let source_info = crate::data::import::Source { kind: "subsample", path: source };
+    let m = crate::data::import::write_files(
+        dir,
+        (&new_docs, &new_queries, &new_qrels),
+        (new_doc_tokens.as_deref(), new_query_tokens.as_deref()),
         row_group_rows,
-        tokenizer: ds.manifest.tokenizer.clone(),
-        files,
-    };
-    write_json(&dir.join(manifest::MANIFEST_FILE), &m)?;
+        ds.manifest.tokenizer.clone(),
+        &source_info,
+    )?;
     let info = SubsampleInfo {
         source: source.display().to_string(),
         source_docs: docs.len(),
         docs: n,
         seed,
-        queries: splits.iter().map(|(k, (qs, _))| (k.clone(), qs.len())).collect(),
+        queries: m.splits.iter().map(|(k, c)| (k.clone(), c.queries)).collect(),
         rule: "first N of a seeded permutation; queries with >= 1 relevant document inside".into(),
     };
     write_json(&dir.join(SUBSAMPLE_JSON), &info)?;
