@@ -6,9 +6,10 @@
         OUT:  {"W": [[{"tokens": [...], "score": s}, ...] per query], ...}
         generate(num_beams=W, num_return_sequences=W, length_penalty=0.0 (score = Σ log p),
         prefix_allowed_tokens_fn=trie) — one query at a time, no padding.
-    bench:  python bench_eval_hf_generate.py bench --model DIR --spec SPEC.json --out OUT.json
-        SPEC as above with "threads"; OUT: {"W": {"seconds": s, "queries": n}} (batched queries,
-        same generate call), timing the generate calls only.
+    bench:  python bench_eval_hf_generate.py bench --model DIR --spec SPEC.json --out OUT.json [--threads N] [--profile FILE]
+        SPEC as above with "threads"; OUT: {"W": {"seconds": s, "queries": n, "threads": t}} (batched queries,
+        same generate call), timing the generate calls only. --profile: after timing, one more
+        batch per W under torch.profiler, its op table (self CPU time) written to FILE.
 
 Both build the prefix → allowed-tokens map once (a dict over all docid prefixes), the usual
 way GR code (DSI/NCI/SEAL-style repos) feeds `prefix_allowed_tokens_fn`.
@@ -35,9 +36,11 @@ def main():
     ap.add_argument("--model", required=True)
     ap.add_argument("--spec", required=True)
     ap.add_argument("--out", required=True)
+    ap.add_argument("--profile", help="bench: write a torch.profiler op table of one batch per W here")
+    ap.add_argument("--threads", type=int, help="intra-op threads (default: the spec's \"threads\", else 1)")
     args = ap.parse_args()
     spec = json.load(open(args.spec))
-    torch.set_num_threads(int(spec.get("threads", 1)))
+    torch.set_num_threads(args.threads or int(spec.get("threads", 1)))
     model = T5ForConditionalGeneration.from_pretrained(args.model).eval()
     eos = model.config.eos_token_id
     allowed = build_allowed(spec["docids"])
@@ -90,9 +93,8 @@ def main():
                     ids = torch.tensor(qs[:1])
                     model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), num_beams=w, max_new_tokens=depth,
                                    length_penalty=0.0, prefix_allowed_tokens_fn=prefix_fn)
-                t0 = time.perf_counter()
-                for i in range(0, len(qs), batch):
-                    part = qs[i : i + batch]
+
+                def run(part):
                     L = max(len(q) for q in part)
                     ids = torch.tensor([q + [0] * (L - len(q)) for q in part])
                     mask = torch.tensor([[1] * len(q) + [0] * (L - len(q)) for q in part])
@@ -106,7 +108,21 @@ def main():
                         max_new_tokens=depth,
                         prefix_allowed_tokens_fn=prefix_fn,
                     )
-                out[str(w)] = {"seconds": time.perf_counter() - t0, "queries": len(qs)}
+
+                t0 = time.perf_counter()
+                for i in range(0, len(qs), batch):
+                    run(qs[i : i + batch])
+                out[str(w)] = {"seconds": time.perf_counter() - t0, "queries": len(qs), "threads": torch.get_num_threads()}
+                if args.profile:
+                    from torch.profiler import ProfilerActivity, profile
+
+                    with profile(activities=[ProfilerActivity.CPU]) as prof:
+                        t1 = time.perf_counter()
+                        run(qs[:batch])
+                        t1 = time.perf_counter() - t1
+                    with open(args.profile, "a") as f:
+                        f.write(f"## W={w}, one batch of {min(batch, len(qs))} queries, {t1 * 1e3:.0f} ms under the profiler\n")
+                        f.write(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=20) + "\n")
     json.dump(out, open(args.out, "w"))
 
 

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use grdr::data::synth::Rng;
-use grdr::search::beam::BeamSearch;
+use grdr::search::beam::{BeamProfile, BeamSearch};
 use grdr::search::flat::{self, EmbeddingStore};
 use grdr::search::trie::DocidTrie;
 use tch::{Device, Kind, Tensor};
@@ -77,8 +77,11 @@ fn flat_search() {
 }
 
 /// GR decoding: a random-init T5 of the shipped scratch size (d_model 256, 4 layers, 4 heads,
-/// d_ff 1024, the T5 vocabulary), $BENCH_DOCIDS semantic-style docids (3 levels × 32 values
-/// + eos), $BENCH_GR_QUERIES random 16-token queries; beams 10 and 100, top-10 returned.
+/// d_ff 1024, the T5 vocabulary), $BENCH_DOCIDS semantic-style docids (3 levels × 32
+/// values, then eos), $BENCH_GR_QUERIES random 16-token queries; beams 10 and 100, top-10
+/// returned. Each beam is timed three ways: batch after batch with all intra-op threads, the
+/// same with one thread, and as `grdr eval` runs on the CPU (one batch per single-threaded
+/// worker), with a per-part profile (`BeamProfile`) of each.
 #[test]
 #[ignore]
 fn beam_search() {
@@ -121,22 +124,56 @@ fn beam_search() {
     BeamSearch::new(&model, &trie, 10).search(&warm, &warm.ones_like());
     for w in [10usize, 100] {
         let search = BeamSearch::new(&model, &trie, w);
-        let t0 = Instant::now();
-        // The same batches of 8 queries as the HF side, decoded one after the other.
-        for part in queries.chunks(batch) {
-            let ids = Tensor::from_slice(&part.concat()).view([part.len() as i64, 16]);
-            let mask = ids.ones_like();
-            let got = search.search(&ids, &mask);
+        // The same batches of 8 queries as the HF side, decoded one after the other with `n`
+        // intra-op threads.
+        let sequential = |n: i32| {
+            tch::set_num_threads(n);
+            let mut profile = BeamProfile::default();
+            let t0 = Instant::now();
+            for part in queries.chunks(batch) {
+                let ids = Tensor::from_slice(&part.concat()).view([part.len() as i64, 16]);
+                let got = search.search_profiled(&ids, &ids.ones_like(), &mut profile);
+                assert!(got.iter().all(|g| g.iter().all(|x| trie.is_valid(&x.tokens))));
+            }
+            let secs = t0.elapsed().as_secs_f64();
+            tch::set_num_threads(threads);
+            serde_json::json!({"seconds": secs, "queries_per_second": nq as f64 / secs, "profile": profile})
+        };
+        let all_threads = sequential(threads);
+        let one_thread = sequential(1);
+        // The same batches as `grdr eval` decodes them on the CPU (`run_gr.rs`): one batch per
+        // worker thread, as many workers as intra-op threads, libtorch single-threaded in each.
+        let units: Vec<Tensor> = queries
+            .chunks(batch)
+            .map(|part| Tensor::from_slice(&part.concat()).view([part.len() as i64, 16]))
+            .collect();
+        let shared = grdr::eval::run_eval::Shared(&search);
+        let t1 = Instant::now();
+        let parts = grdr::eval::run_eval::parallel_map(Device::Cpu, units, |ids| {
+            let mut p = BeamProfile::default();
+            let got = shared.get().search_profiled(&ids, &ids.ones_like(), &mut p);
             assert!(got.iter().all(|g| g.iter().all(|x| trie.is_valid(&x.tokens))));
-        }
-        let secs = t0.elapsed().as_secs_f64();
+            p
+        });
+        let eval_secs = t1.elapsed().as_secs_f64();
+        let mut eval_profile = BeamProfile::default();
+        parts.iter().for_each(|p| eval_profile.add(p));
         out.insert(
             w.to_string(),
-            serde_json::json!({"seconds": secs, "queries": nq, "queries_per_second": nq as f64 / secs}),
+            serde_json::json!({
+                "queries": nq,
+                "search": all_threads,
+                "search_1_thread": one_thread,
+                "eval": {
+                    "workers": threads.min(nq.div_ceil(batch) as i32), "seconds": eval_secs,
+                    "queries_per_second": nq as f64 / eval_secs, "profile": eval_profile,
+                },
+            }),
         );
     }
     out.insert("trie".into(), serde_json::json!({"docids": trie.num_docids(), "nodes": trie.num_nodes(), "bytes": trie.memory_bytes(), "build_seconds": trie_secs}));
     out.insert("threads".into(), serde_json::json!(threads));
+    out.insert("omp_wait_policy".into(), serde_json::json!(std::env::var("OMP_WAIT_POLICY").ok()));
     std::fs::write(dir.join("grdr_beam.json"), serde_json::Value::Object(out.clone()).to_string()).unwrap();
     eprintln!("{}", serde_json::Value::Object(out));
 }

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use tch::{nn, Kind, Tensor};
 
 use super::nn_util::{additive_causal_mask, linear, padding_bias, Activation};
-use super::t5_attention::{KeyValue, LayerCache, T5Attention, T5Cache};
+use super::t5_attention::{CrossRows, Gemm, KeyValue, LayerCache, T5Attention, T5Cache};
 use crate::error::{Error, Result};
 
 /// HF `T5Config`; unknown keys are kept in `extra` so an export writes them back.
@@ -177,12 +177,17 @@ impl T5DenseActDense {
     }
 
     pub fn forward(&self, xs: &Tensor, train: bool) -> Tensor {
+        self.forward_with(xs, train, Gemm::Linear)
+    }
+
+    /// [`Self::forward`] with the products computed by `gemm`.
+    pub fn forward_with(&self, xs: &Tensor, train: bool, gemm: Gemm) -> Tensor {
         let h = match (&self.wi, &self.wi_0, &self.wi_1) {
-            (Some(wi), _, _) => self.act.apply(&xs.apply(wi)),
-            (None, Some(w0), Some(w1)) => self.act.apply(&xs.apply(w0)) * xs.apply(w1),
+            (Some(wi), _, _) => self.act.apply(&gemm.apply(xs, wi)),
+            (None, Some(w0), Some(w1)) => self.act.apply(&gemm.apply(xs, w0)) * gemm.apply(xs, w1),
             _ => unreachable!("T5DenseActDense has either wi or wi_0 and wi_1"),
         };
-        h.dropout(self.dropout, train).apply(&self.wo)
+        gemm.apply(&h.dropout(self.dropout, train), &self.wo)
     }
 }
 
@@ -223,9 +228,10 @@ impl T5Block {
 /// Where a decoder block's keys/values come from for one forward.
 pub(crate) enum BlockKv<'a> {
     /// Full sequence (encoder, or teacher-forced decoder over `enc` states).
-    Full { enc: Option<&'a Tensor>, cross_mask: Option<&'a Tensor> },
-    /// Incremental decoding against the cache.
-    Cached { layer: &'a mut LayerCache, cross_mask: Option<&'a Tensor> },
+    Full { enc: Option<&'a Tensor>, cross_mask: Option<&'a Tensor>, gemm: Gemm },
+    /// Incremental decoding against the cache; `rows` maps decoder rows to the cache's
+    /// per-source cross-attention keys/values (`None`: row i is source i).
+    Cached { layer: &'a mut LayerCache, cross_mask: Option<&'a Tensor>, rows: Option<&'a CrossRows>, gemm: Gemm },
 }
 
 impl T5Block {
@@ -240,28 +246,40 @@ impl T5Block {
         need_cross_weights: bool,
     ) -> (Tensor, Option<Tensor>) {
         let normed = self.self_attention_norm.forward(xs);
+        let gemm = match &kv {
+            BlockKv::Full { gemm, .. } | BlockKv::Cached { gemm, .. } => *gemm,
+        };
         let (cross_kv, cross_mask, self_kv) = match kv {
-            BlockKv::Full { enc, cross_mask } => (enc.map(KvSrc::Enc), cross_mask, KeyValue::SelfOnly),
-            BlockKv::Cached { layer, cross_mask } => (
-                Some(KvSrc::Proj(layer.cross_k.shallow_clone(), layer.cross_v.shallow_clone())),
+            BlockKv::Full { enc, cross_mask, .. } => (enc.map(KvSrc::Enc), cross_mask, KeyValue::SelfOnly),
+            BlockKv::Cached { layer, cross_mask, rows, .. } => (
+                Some(match rows {
+                    Some(rows) => KvSrc::Grouped(layer.cross_k.shallow_clone(), layer.cross_v.shallow_clone(), rows),
+                    None => KvSrc::Proj(layer.cross_k.shallow_clone(), layer.cross_v.shallow_clone()),
+                }),
                 cross_mask,
                 KeyValue::SelfCached(&mut layer.self_kv),
             ),
         };
-        let (h, _) = self.self_attention.forward(&normed, self_kv, Some(self_bias), train, false);
+        let (h, _) = self.self_attention.forward_with(&normed, self_kv, Some(self_bias), train, false, gemm);
         let mut xs = xs + h.dropout(self.dropout, train);
         let mut weights = None;
         if let (Some((attn, norm)), Some(src)) = (&self.cross_attention, cross_kv) {
             let normed = norm.forward(&xs);
-            let kv = match &src {
-                KvSrc::Enc(enc) => KeyValue::Cross(enc),
-                KvSrc::Proj(k, v) => KeyValue::CrossCached(k, v),
+            let (h, w) = match &src {
+                KvSrc::Enc(enc) => {
+                    attn.forward_with(&normed, KeyValue::Cross(enc), cross_mask, train, need_cross_weights, gemm)
+                }
+                KvSrc::Proj(k, v) => {
+                    attn.forward_with(&normed, KeyValue::CrossCached(k, v), cross_mask, train, need_cross_weights, gemm)
+                }
+                KvSrc::Grouped(k, v, rows) => {
+                    attn.forward_grouped(&normed, (k, v), rows, cross_mask, need_cross_weights, gemm)
+                }
             };
-            let (h, w) = attn.forward(&normed, kv, cross_mask, train, need_cross_weights);
             xs = xs + h.dropout(self.dropout, train);
             weights = w;
         }
-        let h = self.ff.forward(&self.ff_norm.forward(&xs), train);
+        let h = self.ff.forward_with(&self.ff_norm.forward(&xs), train, gemm);
         (xs + h.dropout(self.dropout, train), weights)
     }
 }
@@ -269,6 +287,7 @@ impl T5Block {
 enum KvSrc<'a> {
     Enc(&'a Tensor),
     Proj(Tensor, Tensor),
+    Grouped(Tensor, Tensor, &'a CrossRows),
 }
 
 /// HF `T5Stack`: `embed_tokens` (tied to `shared`), `block.{i}`, `final_layer_norm`.
@@ -317,6 +336,11 @@ impl T5Stack {
 
     /// Encoder forward: `ids` (B, L), `mask` (B, L) → (B, L, D).
     pub fn encode(&self, ids: &Tensor, mask: &Tensor, train: bool) -> Tensor {
+        self.encode_with(ids, mask, train, Gemm::Linear)
+    }
+
+    /// [`Self::encode`] with the products computed by `gemm`.
+    pub fn encode_with(&self, ids: &Tensor, mask: &Tensor, train: bool, gemm: Gemm) -> Tensor {
         let mut xs = self.embed(ids, train);
         let l = ids.size()[1];
         let position = self.position_bias(l, l, 0, ids.device()); // (1, H, L, L)
@@ -325,7 +349,7 @@ impl T5Stack {
             None => position,
         };
         for block in &self.block {
-            xs = block.forward(&xs, &bias, BlockKv::Full { enc: None, cross_mask: None }, train, false).0;
+            xs = block.forward(&xs, &bias, BlockKv::Full { enc: None, cross_mask: None, gemm }, train, false).0;
         }
         self.final_layer_norm.forward(&xs).dropout(self.dropout, train)
     }
@@ -346,7 +370,7 @@ impl T5Stack {
         let cross_mask = padding_bias(enc_mask, xs.kind());
         let mut cross = need_cross.then(Vec::new);
         for block in &self.block {
-            let kv = BlockKv::Full { enc: Some(enc), cross_mask: cross_mask.as_ref() };
+            let kv = BlockKv::Full { enc: Some(enc), cross_mask: cross_mask.as_ref(), gemm: Gemm::Linear };
             let (h, w) = block.forward(&xs, &bias, kv, train, need_cross);
             xs = h;
             if let (Some(c), Some(w)) = (cross.as_mut(), w) {
@@ -362,16 +386,22 @@ impl T5Stack {
     /// A cache for decoding against `enc` (B, L, D): projects every block's cross-attention
     /// keys/values once.
     pub fn new_cache(&self, enc: &Tensor, enc_mask: &Tensor) -> T5Cache {
+        self.new_cache_with(enc, enc_mask, Gemm::Linear)
+    }
+
+    /// [`Self::new_cache`] whose products, and those of every step decoded with it, are
+    /// computed by `gemm`.
+    pub fn new_cache_with(&self, enc: &Tensor, enc_mask: &Tensor, gemm: Gemm) -> T5Cache {
         let layers = self
             .block
             .iter()
             .map(|b| {
                 let (attn, _) = b.cross_attention.as_ref().expect("decoder block");
-                let (cross_k, cross_v) = attn.project_kv(enc);
+                let (cross_k, cross_v) = attn.project_kv(enc, gemm);
                 LayerCache { self_kv: None, cross_k, cross_v }
             })
             .collect();
-        T5Cache { layers, cross_mask: padding_bias(enc_mask, enc.kind()), len: 0 }
+        T5Cache { layers, cross_mask: padding_bias(enc_mask, enc.kind()), len: 0, rows: None, gemm }
     }
 
     /// Incremental decoder forward of the next `ids` (B, t) (usually t = 1) after the
@@ -382,9 +412,9 @@ impl T5Stack {
         let bias =
             self.position_bias(t, off + t, off, ids.device()) + additive_causal_mask(t, off, xs.kind(), ids.device());
         let mut cross = need_cross.then(Vec::new);
-        let cross_mask = cache.cross_mask.as_ref().map(|m| m.shallow_clone());
-        for (block, layer) in self.block.iter().zip(cache.layers.iter_mut()) {
-            let kv = BlockKv::Cached { layer, cross_mask: cross_mask.as_ref() };
+        let T5Cache { layers, cross_mask, rows, gemm, .. } = cache;
+        for (block, layer) in self.block.iter().zip(layers.iter_mut()) {
+            let kv = BlockKv::Cached { layer, cross_mask: cross_mask.as_ref(), rows: rows.as_ref(), gemm: *gemm };
             let (h, w) = block.forward(&xs, &bias, kv, false, need_cross);
             xs = h;
             if let (Some(c), Some(w)) = (cross.as_mut(), w) {

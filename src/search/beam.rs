@@ -10,10 +10,20 @@
 //! finished docids are kept; a query stops when its worst kept docid beats its best running
 //! prefix. With W ≥ number of docids nothing is ever pruned, so the search returns every
 //! docid with its exact sequence log-likelihood (invariant 6, `tests/eval_beam.rs`).
+//!
+//! A step's work (profiled in docs/BENCHMARKS.md): one decoder forward of every running beam
+//! of the batch, whose cross-attention keys/values stay one per query (`T5Cache::reorder`
+//! gathers only the self-attention cache); then the vocabulary logits and their log-softmax
+//! over the whole vocabulary — the exact normaliser, needed for every beam — a chunk of rows
+//! at a time, gathered at the allowed tokens. On the CPU in f32 every product runs through
+//! oneDNN ([`Gemm::OneDnn`]); scores equal `linear`'s up to f32 rounding.
 use std::collections::HashMap;
+use std::time::Instant;
 
+use serde::Serialize;
 use tch::{Device, Kind, Tensor};
 
+use crate::model::t5_attention::Gemm;
 use crate::model::T5ForConditionalGeneration;
 use crate::search::topk::{Hit, TopK};
 use crate::search::trie::{DocidTrie, NodeId};
@@ -21,6 +31,9 @@ use crate::search::trie::{DocidTrie, NodeId};
 /// Rows whose trie node allows more tokens than this select their best continuations on the
 /// device (e.g. the root of atomic docids: one token per document).
 const DEVICE_FANOUT: usize = 4096;
+
+/// Elements of vocabulary logits made and normalised at once (16 MB in f32): rows × V.
+const CHUNK_ELEMS: i64 = 1 << 22;
 
 /// A finished docid: its tokens (eos included), its leaf in the trie, Σ log p.
 #[derive(Debug, Clone, PartialEq)]
@@ -37,12 +50,67 @@ struct Beam {
     tokens: Vec<u32>,
 }
 
+/// What the steps of one search share.
+struct Scratch {
+    /// How the decoder's and the vocabulary's products are computed.
+    gemm: Gemm,
+    /// Continuations kept per beam: 2W.
+    limit: usize,
+    /// Allowed tokens of nodes with more than [`DEVICE_FANOUT`] children, on the device.
+    big: HashMap<NodeId, Tensor>,
+    /// The log-softmax of a chunk of rows (see `continuations`).
+    logp: Option<Tensor>,
+}
+
 /// One candidate continuation: (score, parent row, token).
 #[derive(Clone, Copy)]
 struct Cand {
     score: f32,
     row: usize,
     token: u32,
+}
+
+/// Where a search spends its wall time, summed over its steps (seconds): the benchmark's
+/// profile (`tests/eval_bench.rs`). CPU ops run synchronously, so on the CPU each part is
+/// its own; on CUDA the time of queued kernels lands on the next part that waits for them.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct BeamProfile {
+    /// Encoder forward and the cross-attention keys/values.
+    pub encode: f64,
+    /// Decoder blocks of every step.
+    pub decoder: f64,
+    /// Vocabulary logits (lm_head).
+    pub lm_head: f64,
+    /// Log-probabilities of the allowed tokens: normaliser, gather, copy to the host.
+    pub log_probs: f64,
+    /// Host: HF's selection rule, finished docids, the next beams.
+    pub select: f64,
+    /// Reordering the decoding cache to the surviving beams.
+    pub reorder: f64,
+    pub steps: usize,
+    /// Decoder rows summed over steps.
+    pub rows: usize,
+}
+
+impl BeamProfile {
+    pub fn add(&mut self, o: &BeamProfile) {
+        self.encode += o.encode;
+        self.decoder += o.decoder;
+        self.lm_head += o.lm_head;
+        self.log_probs += o.log_probs;
+        self.select += o.select;
+        self.reorder += o.reorder;
+        self.steps += o.steps;
+        self.rows += o.rows;
+    }
+}
+
+/// Seconds since `t`, restarting it.
+fn lap(t: &mut Instant) -> f64 {
+    let now = Instant::now();
+    let s = now.duration_since(*t).as_secs_f64();
+    *t = now;
+    s
 }
 
 pub struct BeamSearch<'a> {
@@ -60,31 +128,46 @@ impl<'a> BeamSearch<'a> {
     /// Decodes a batch of queries `input_ids` (B, L) under `attention_mask` (B, L). Returns per
     /// query up to W finished docids, best first (ties: earlier found first).
     pub fn search(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Vec<Vec<Generated>> {
-        tch::no_grad(|| self.search_inner(input_ids, attention_mask))
+        tch::no_grad(|| self.search_inner(input_ids, attention_mask, &mut BeamProfile::default()))
     }
 
-    fn search_inner(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Vec<Vec<Generated>> {
+    /// [`Self::search`], adding where the time went to `profile`.
+    pub fn search_profiled(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        profile: &mut BeamProfile,
+    ) -> Vec<Vec<Generated>> {
+        tch::no_grad(|| self.search_inner(input_ids, attention_mask, profile))
+    }
+
+    fn search_inner(&self, input_ids: &Tensor, attention_mask: &Tensor, prof: &mut BeamProfile) -> Vec<Vec<Generated>> {
+        let mut clock = Instant::now();
         let w = self.beam;
         let b = input_ids.size()[0] as usize;
         let dev = input_ids.device();
         let cfg = &self.model.config;
-        let enc = self.model.encode(input_ids, attention_mask, false); // (B, L, D)
-        let mut cache = self.model.new_cache(&enc, attention_mask);
+        let gemm = Gemm::for_decoding(dev, self.model.shared.kind());
+        let enc = self.model.encode_with(input_ids, attention_mask, gemm); // (B, L, D)
+        let mut cache = self.model.new_cache_with(&enc, attention_mask, gemm);
+        prof.encode += lap(&mut clock);
         let mut beams: Vec<Beam> =
             (0..b).map(|q| Beam { query: q, node: DocidTrie::ROOT, score: 0.0, tokens: Vec::new() }).collect();
         let mut next_input: Vec<i64> = vec![cfg.decoder_start_token_id; b];
         let mut finished: Vec<Vec<Generated>> = vec![Vec::new(); b];
-        let mut root_allowed: HashMap<NodeId, Tensor> = HashMap::new();
+        let mut scratch = Scratch { gemm, limit: 2 * w, big: HashMap::new(), logp: None };
         let eos = self.trie.eos();
 
         for _step in 0..self.trie.max_depth() {
             if beams.is_empty() {
                 break;
             }
+            prof.steps += 1;
+            prof.rows += beams.len();
             let ids = Tensor::from_slice(&next_input).view([-1, 1]).to_device(dev);
-            let logits = self.model.step(&ids, &mut cache); // (R, 1, V)
-            let logp = logits.squeeze_dim(1).log_softmax(-1, Kind::Float); // (R, V)
-            let cands = self.continuations(&beams, &logp, 2 * w, &mut root_allowed);
+            let hidden = self.model.decoder.decode_step(&ids, &mut cache, false).hidden.squeeze_dim(1); // (R, D)
+            prof.decoder += lap(&mut clock);
+            let cands = self.continuations(&beams, &hidden, &mut scratch, prof, &mut clock);
 
             // HF's rule per query: of the best 2W, an eos ranked < W finishes; the best W
             // others run on.
@@ -136,55 +219,84 @@ impl<'a> BeamSearch<'a> {
                 }
             }
             beams = new_beams;
+            prof.select += lap(&mut clock);
             if !beams.is_empty() {
-                cache = cache.index_select(&Tensor::from_slice(&parents).to_device(dev));
+                cache = cache.reorder(&parents);
             }
+            prof.reorder += lap(&mut clock);
         }
         finished
     }
 
     /// For every running beam, its best `limit` allowed continuations (all of them when the
-    /// node allows fewer), scored `beam score + log p(token)` in f32 as HF accumulates.
+    /// node allows fewer), scored `beam score + log p(token)` in f32 as HF accumulates, where
+    /// log p is the log-softmax over the whole vocabulary of the beam's decoder state
+    /// `hidden` (R, D). The vocabulary logits are made and normalised a chunk of rows at a
+    /// time ([`CHUNK_ELEMS`]), each gathered while it is in cache, its log-softmax written to
+    /// `scratch.logp`, one buffer for the whole search, rather than to (R × V) of fresh memory
+    /// whose pages the kernel faults in and zeroes every step.
     fn continuations(
         &self,
         beams: &[Beam],
-        logp: &Tensor,
-        limit: usize,
-        big: &mut HashMap<NodeId, Tensor>,
+        hidden: &Tensor,
+        scratch: &mut Scratch,
+        prof: &mut BeamProfile,
+        clock: &mut Instant,
     ) -> Vec<Cand> {
-        let v = logp.size()[1];
-        let dev = logp.device();
+        let (gemm, limit) = (scratch.gemm, scratch.limit);
+        let dev = hidden.device();
+        let v = self.model.lm_head_rows();
+        let chunk = (CHUNK_ELEMS / v).max(1) as usize;
         let mut out = Vec::new();
-        let mut flat_idx: Vec<i64> = Vec::new();
-        let mut owners: Vec<(usize, u32)> = Vec::new();
-        for (row, beam) in beams.iter().enumerate() {
-            let allowed = self.trie.allowed(beam.node);
-            if allowed.len() > DEVICE_FANOUT && allowed.len() > limit {
-                // Device path: gather this row's allowed log-probs, keep the best `limit`.
-                let toks = big.entry(beam.node).or_insert_with(|| {
-                    Tensor::from_slice(&allowed.iter().map(|&t| t as i64).collect::<Vec<_>>()).to_device(dev)
-                });
-                let vals = logp.get(row as i64).index_select(0, toks); // (F,)
-                let (top, pos) = vals.topk(limit as i64, 0, true, true);
-                let top: Vec<f32> = Vec::try_from(top.to_device(Device::Cpu)).expect("f32");
-                let pos: Vec<i64> = Vec::try_from(pos.to_device(Device::Cpu)).expect("i64");
-                for (s, p) in top.into_iter().zip(pos) {
-                    out.push(Cand { score: beam.score + s, row, token: allowed[p as usize] });
-                }
+        for r0 in (0..beams.len()).step_by(chunk) {
+            let r1 = (r0 + chunk).min(beams.len());
+            let logits = self.model.lm_logits_with(&hidden.narrow(0, r0 as i64, (r1 - r0) as i64), gemm); // (c, V)
+            prof.lm_head += lap(clock);
+            let logp = if logits.kind() == Kind::Float {
+                // Into one buffer reused by every chunk and step of the search.
+                let n = (r1 - r0) as i64;
+                let buf = match scratch.logp.take() {
+                    Some(t) if t.size() == [chunk as i64, v] => t,
+                    _ => Tensor::empty([chunk as i64, v], (Kind::Float, dev)),
+                };
+                let out = logits.internal_log_softmax_out(&buf.narrow(0, 0, n), -1, false);
+                scratch.logp = Some(buf);
+                out
             } else {
-                for &t in allowed {
-                    flat_idx.push(row as i64 * v + t as i64);
-                    owners.push((row, t));
+                logits.log_softmax(-1, Kind::Float)
+            };
+            let mut flat_idx: Vec<i64> = Vec::new();
+            let mut owners: Vec<(usize, u32)> = Vec::new();
+            for (row, beam) in beams.iter().enumerate().take(r1).skip(r0) {
+                let allowed = self.trie.allowed(beam.node);
+                if allowed.len() > DEVICE_FANOUT && allowed.len() > limit {
+                    // Device path: gather this row's allowed log-probs, keep the best `limit`.
+                    let toks = scratch.big.entry(beam.node).or_insert_with(|| {
+                        Tensor::from_slice(&allowed.iter().map(|&t| t as i64).collect::<Vec<_>>()).to_device(dev)
+                    });
+                    let vals = logp.get((row - r0) as i64).index_select(0, toks); // (F,)
+                    let (top, pos) = vals.topk(limit as i64, 0, true, true);
+                    let top: Vec<f32> = Vec::try_from(top.to_device(Device::Cpu)).expect("f32");
+                    let pos: Vec<i64> = Vec::try_from(pos.to_device(Device::Cpu)).expect("i64");
+                    for (s, p) in top.into_iter().zip(pos) {
+                        out.push(Cand { score: beam.score + s, row, token: allowed[p as usize] });
+                    }
+                } else {
+                    for &t in allowed {
+                        flat_idx.push((row - r0) as i64 * v + t as i64);
+                        owners.push((row, t));
+                    }
                 }
             }
-        }
-        if !flat_idx.is_empty() {
-            let idx = Tensor::from_slice(&flat_idx).to_device(dev);
-            let vals: Vec<f32> =
-                Vec::try_from(logp.view([-1]).index_select(0, &idx).to_device(Device::Cpu)).expect("f32");
-            for ((row, token), s) in owners.into_iter().zip(vals) {
-                out.push(Cand { score: beams[row].score + s, row, token });
+            if !flat_idx.is_empty() {
+                let idx = Tensor::from_slice(&flat_idx).to_device(dev);
+                let vals: Vec<f32> =
+                    Vec::try_from(logp.view([-1]).index_select(0, &idx).to_device(Device::Cpu)).expect("f32");
+                for ((row, token), s) in owners.into_iter().zip(vals) {
+                    out.push(Cand { score: beams[row].score + s, row, token });
+                }
             }
+            prof.log_probs += lap(clock);
         }
         out
     }
