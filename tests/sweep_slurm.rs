@@ -169,14 +169,10 @@ fn a_two_point_sweep_survives_a_preemption_on_a_real_slurm_cluster() {
     // Both points finish; the report job runs after them.
     wait_for(t0, 200, &cluster, &sweep, "both points to finish", || names.iter().all(|n| state(n)["state"] == "done"));
     let report = sweep.join("report");
-    if grdr::sweep::launch::Programs::has_report() {
-        wait_for(t0, 200, &cluster, &sweep, "the report job", || {
-            report.join("results.parquet").exists()
-                && std::fs::read_dir(&report)
-                    .map(|d| d.filter_map(|e| e.ok()).any(|e| e.path().extension().is_some_and(|x| x == "png")))
-                    .unwrap_or(false)
-        });
-    }
+    let plots = ["nDCG@10-vs-corpus_docs.png", "nDCG@10-vs-corpus_docs.svg", "R@100-vs-corpus_docs.png"];
+    wait_for(t0, 200, &cluster, &sweep, "the report job", || {
+        report.join("results.csv").exists() && plots.iter().all(|p| report.join(p).exists())
+    });
     eprintln!("sweep finished at {:.1}s", t0.elapsed().as_secs_f64());
 
     for n in names {
@@ -184,6 +180,30 @@ fn a_two_point_sweep_survives_a_preemption_on_a_real_slurm_cluster() {
         assert_eq!(s["exit_code"], 0, "{n}: {s}");
         let metrics = read_json(&sweep.join("points").join(n).join("run/eval/metrics.json")).expect("metrics.json");
         assert!(metrics["nDCG@10"].as_f64().is_some(), "{n}: {metrics}");
+    }
+    // The report's table: one row per point, the points' own metrics.
+    let file = std::fs::File::open(report.join("results.parquet")).unwrap();
+    let batches: Vec<_> = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+        .unwrap()
+        .build()
+        .unwrap()
+        .map(|b| b.unwrap())
+        .collect();
+    let mut rows: Vec<(String, f64)> = Vec::new();
+    for batch in &batches {
+        let points = batch.column_by_name("point").expect("point column");
+        let points = points.as_any().downcast_ref::<arrow_array::StringArray>().unwrap();
+        let ndcg = batch.column_by_name("nDCG@10").expect("nDCG@10 column");
+        let ndcg = ndcg.as_any().downcast_ref::<arrow_array::Float64Array>().unwrap();
+        rows.extend((0..batch.num_rows()).map(|i| (points.value(i).to_string(), ndcg.value(i))));
+    }
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    for (point, ndcg) in &rows {
+        let m = read_json(&sweep.join("points").join(point).join("run/eval/metrics.json")).unwrap();
+        assert!((ndcg - m["nDCG@10"].as_f64().unwrap()).abs() < 1e-12, "{point}: {ndcg} vs {m}");
+    }
+    for p in plots {
+        assert!(std::fs::metadata(report.join(p)).unwrap().len() > 1000, "{p} is empty");
     }
     let preempted = state(&victim);
     assert!(preempted["attempts"].as_u64().unwrap() >= 2, "{preempted}{}", dump(&cluster, &sweep));

@@ -268,12 +268,9 @@ fn print_plan(spec: &SweepSpec, points: &[ResolvedPoint], ranks: &[usize], backe
     }
 }
 
-/// `grdr report SWEEPDIR` after local points, when this binary has it; a failing report
-/// does not fail the sweep (the runs are there; the report can be re-run).
+/// `grdr report SWEEPDIR` after local points; a failing report does not fail the sweep
+/// (the runs are there; the report can be re-run).
 fn run_local_report(programs: &Programs, dir: &SweepDir) {
-    if !Programs::has_report() {
-        return;
-    }
     let status = std::process::Command::new(&programs.grdr).arg("report").arg(&dir.root).status();
     match status {
         Ok(s) if s.success() => {}

@@ -51,13 +51,6 @@ impl Programs {
             "--resume".into(),
         ]
     }
-
-    /// Whether this binary has `grdr report` (built in parallel with the sweep; the sweep
-    /// runs it after the points when it is there).
-    pub fn has_report() -> bool {
-        use clap::CommandFactory;
-        crate::cli::Cli::command().find_subcommand("report").is_some()
-    }
 }
 
 /// A word for a POSIX shell: bare when safe, else single-quoted.

@@ -230,7 +230,7 @@ pub fn submit(
         append_submission(dir, s.clone())?;
         subs.push(s);
     }
-    if points.is_empty() || !Programs::has_report() {
+    if points.is_empty() {
         return Ok(subs);
     }
     let script = render_report(name, dir, workdir, settings, programs)?;
