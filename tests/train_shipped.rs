@@ -50,12 +50,13 @@ fn the_regression_table_names_shipped_configs_and_dr_beats_the_baselines() {
     assert!(ndcg > bm25_ndcg, "recorded DR nDCG@10 {ndcg} does not beat BM25 {bm25_ndcg}");
 }
 
-/// The README's main job: 2 ranks train the DR config on SciFact train, evaluate on test.
-#[test]
-#[ignore]
-fn dr_minilm_scifact_reproduces() {
+/// Trains the shipped config `name` on 2 ranks on SciFact and checks every metric recorded
+/// in the regression table within its tolerance.
+fn reproduces(name: &str) {
+    let t = table();
+    let want = &t["runs"][name];
     let dir = tempfile::tempdir().unwrap();
-    let cfg = root().join("configs/runs/dr-minilm-scifact.toml");
+    let cfg = root().join(want["config"].as_str().unwrap());
     let out = dir.path().join("run");
     let data = format!("data.path={}", dataset().display());
     let o = std::process::Command::new(launcher())
@@ -66,11 +67,23 @@ fn dr_minilm_scifact_reproduces() {
     ok(&o);
     let got: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("eval/metrics.json")).unwrap()).unwrap();
-    let t = table();
-    let want = &t["runs"]["dr-minilm-scifact"];
     let tol = want["tolerance"].as_f64().unwrap();
     for (k, v) in want["metrics"].as_object().unwrap() {
         let (g, w) = (got[k].as_f64().unwrap(), v.as_f64().unwrap());
-        assert!((g - w).abs() <= tol, "{k}: {g} vs expected {w} (±{tol})");
+        assert!((g - w).abs() <= tol, "{name} {k}: {g} vs expected {w} (±{tol})");
     }
+}
+
+/// The README's main job: 2 ranks train the DR config on SciFact train, evaluate on test.
+#[test]
+#[ignore]
+fn dr_minilm_scifact_reproduces() {
+    reproduces("dr-minilm-scifact");
+}
+
+/// ColBERT on 2 ranks (~25 CPU-minutes per rank).
+#[test]
+#[ignore]
+fn colbert_minilm_scifact_reproduces() {
+    reproduces("colbert-minilm-scifact");
 }
