@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 use tch::{nn, Kind, Tensor};
 
+use super::gemm::Gemm;
 use super::nn_util::{layer_norm, linear, padding_bias, weight, Activation};
 use super::Encoder;
 use crate::error::{Error, Result};
@@ -220,14 +221,16 @@ impl BertLayer {
         let a = &self.attention;
         let (b, l, d) = xs.size3().unwrap();
         let k = d / a.heads;
+        let gemm = Gemm::fastest_for(xs);
+        let dense = |xs: &Tensor, layer: &nn::Linear| gemm.apply(xs, layer);
         let heads = |t: Tensor| t.view([b, l, a.heads, k]).transpose(1, 2); // (B, H, L, K)
-        let (q, kk, v) = (heads(xs.apply(&a.query)), heads(xs.apply(&a.key)), heads(xs.apply(&a.value)));
+        let (q, kk, v) = (heads(dense(xs, &a.query)), heads(dense(xs, &a.key)), heads(dense(xs, &a.value)));
         let p = if train { a.attention_dropout } else { 0.0 };
         let ctx = Tensor::scaled_dot_product_attention(&q, &kk, &v, mask, p, false, None, false);
         let ctx = ctx.transpose(1, 2).contiguous().view([b, l, d]);
-        let attn = (ctx.apply(&a.output_dense).dropout(self.dropout, train) + xs).apply(&a.output_layer_norm);
-        let h = self.act.apply(&attn.apply(&self.intermediate_dense));
-        (h.apply(&self.output_dense).dropout(self.dropout, train) + attn).apply(&self.output_layer_norm)
+        let attn = (dense(&ctx, &a.output_dense).dropout(self.dropout, train) + xs).apply(&a.output_layer_norm);
+        let h = self.act.apply(&dense(&attn, &self.intermediate_dense));
+        (dense(&h, &self.output_dense).dropout(self.dropout, train) + attn).apply(&self.output_layer_norm)
     }
 }
 

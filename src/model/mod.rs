@@ -16,6 +16,7 @@ pub mod colbert;
 pub mod dual;
 pub mod encode;
 pub mod encoder;
+pub mod gemm;
 pub mod generative;
 pub mod hf;
 pub mod nn_util;
@@ -27,6 +28,7 @@ pub mod text;
 
 pub use bert::{BertConfig, BertModel};
 pub use encoder::{Pooling, TextEncoderModel};
+pub use gemm::Gemm;
 pub use hf::{LoadOptions, LoadReport};
 pub use t5::T5Config;
 pub use t5_attention::T5Cache;

@@ -5,8 +5,9 @@
 use serde::{Deserialize, Serialize};
 use tch::{nn, Kind, Tensor};
 
+use super::gemm::Gemm;
 use super::nn_util::{additive_causal_mask, linear, padding_bias, Activation};
-use super::t5_attention::{CrossRows, Gemm, KeyValue, LayerCache, T5Attention, T5Cache};
+use super::t5_attention::{CrossRows, KeyValue, LayerCache, T5Attention, T5Cache};
 use crate::error::{Error, Result};
 
 /// HF `T5Config`; unknown keys are kept in `extra` so an export writes them back.
@@ -177,7 +178,7 @@ impl T5DenseActDense {
     }
 
     pub fn forward(&self, xs: &Tensor, train: bool) -> Tensor {
-        self.forward_with(xs, train, Gemm::Linear)
+        self.forward_with(xs, train, Gemm::fastest_for(xs))
     }
 
     /// [`Self::forward`] with the products computed by `gemm`.
@@ -336,7 +337,7 @@ impl T5Stack {
 
     /// Encoder forward: `ids` (B, L), `mask` (B, L) → (B, L, D).
     pub fn encode(&self, ids: &Tensor, mask: &Tensor, train: bool) -> Tensor {
-        self.encode_with(ids, mask, train, Gemm::Linear)
+        self.encode_with(ids, mask, train, Gemm::fastest(ids.device(), self.embed_tokens.kind()))
     }
 
     /// [`Self::encode`] with the products computed by `gemm`.
@@ -370,7 +371,7 @@ impl T5Stack {
         let cross_mask = padding_bias(enc_mask, xs.kind());
         let mut cross = need_cross.then(Vec::new);
         for block in &self.block {
-            let kv = BlockKv::Full { enc: Some(enc), cross_mask: cross_mask.as_ref(), gemm: Gemm::Linear };
+            let kv = BlockKv::Full { enc: Some(enc), cross_mask: cross_mask.as_ref(), gemm: Gemm::fastest_for(enc) };
             let (h, w) = block.forward(&xs, &bias, kv, train, need_cross);
             xs = h;
             if let (Some(c), Some(w)) = (cross.as_mut(), w) {
@@ -386,7 +387,7 @@ impl T5Stack {
     /// A cache for decoding against `enc` (B, L, D): projects every block's cross-attention
     /// keys/values once.
     pub fn new_cache(&self, enc: &Tensor, enc_mask: &Tensor) -> T5Cache {
-        self.new_cache_with(enc, enc_mask, Gemm::Linear)
+        self.new_cache_with(enc, enc_mask, Gemm::fastest_for(enc))
     }
 
     /// [`Self::new_cache`] whose products, and those of every step decoded with it, are

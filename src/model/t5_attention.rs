@@ -3,6 +3,7 @@
 //! initialisation of `q`, so every path below uses scale 1.
 use tch::{nn, Device, Kind, Tensor};
 
+use super::gemm::Gemm;
 use super::nn_util::linear;
 use super::t5::T5Config;
 
@@ -97,7 +98,7 @@ impl T5Attention {
         train: bool,
         need_weights: bool,
     ) -> (Tensor, Option<Tensor>) {
-        self.forward_with(xs, kv, bias, train, need_weights, Gemm::Linear)
+        self.forward_with(xs, kv, bias, train, need_weights, Gemm::fastest_for(xs))
     }
 
     /// [`Self::forward`] with the projections multiplied by `gemm`.
@@ -166,53 +167,6 @@ impl T5Attention {
             a.view([s, h, w, t, l]).transpose(1, 2).reshape([s * w, h, t, l]).index_select(0, &rows.slot)
         });
         (gemm.apply(&out, &self.o), weights)
-    }
-}
-
-/// How a decoding step multiplies activations by weight matrices.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum Gemm {
-    /// `linear`, as every forward of the model (on the CPU: MKL's sgemm).
-    #[default]
-    Linear,
-    /// oneDNN's inner product (`mkldnn_linear`) where it applies (CPU, f32), else `linear`.
-    /// On the AVX-512 AMD CPUs measured in docs/BENCHMARKS.md it runs the decoder's and the
-    /// vocabulary's products up to 2× faster than MKL. The same products summed in another
-    /// order: results equal `linear`'s up to f32 rounding (≤ 1e-6 relative).
-    OneDnn,
-}
-
-impl Gemm {
-    /// The faster choice for decoding states of `kind` on `device`.
-    pub fn for_decoding(device: Device, kind: Kind) -> Gemm {
-        if device == Device::Cpu && kind == Kind::Float && tch::utils::has_mkldnn() {
-            Gemm::OneDnn
-        } else {
-            Gemm::Linear
-        }
-    }
-
-    /// `xs` (…, in) · weightᵀ (+ bias) → (…, out).
-    pub fn apply(self, xs: &Tensor, layer: &nn::Linear) -> Tensor {
-        self.matmul_t(xs, &layer.ws, layer.bs.as_ref())
-    }
-
-    /// `xs` (…, in) · `w`ᵀ (+ `b`) with `w` (out, in).
-    pub fn matmul_t(self, xs: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Tensor {
-        if self == Gemm::OneDnn && xs.device() == Device::Cpu && xs.kind() == Kind::Float && w.kind() == Kind::Float {
-            let mut shape = xs.size();
-            let d_in = *shape.last().expect("at least one dimension");
-            let out = xs
-                .reshape([-1, d_in])
-                .f_to_mkldnn(None)
-                .and_then(|x| x.f_mkldnn_linear(w, b))
-                .and_then(|y| y.f_to_dense(None, false));
-            if let Ok(out) = out {
-                *shape.last_mut().unwrap() = w.size()[0];
-                return out.view(shape.as_slice());
-            }
-        }
-        xs.linear(w, b)
     }
 }
 
@@ -454,17 +408,5 @@ mod tests {
         assert_eq!(re.layers[0].cross_k.size(), [2, 1, 3, 4]);
         // Rows back in source order: no map.
         assert!(re.reorder(&[2, 0]).rows.is_none());
-    }
-
-    #[test]
-    fn onednn_products_equal_linear() {
-        tch::manual_seed(4);
-        let x = Tensor::randn([7, 3, 32], (Kind::Float, Device::Cpu));
-        let w = Tensor::randn([48, 32], (Kind::Float, Device::Cpu));
-        let b = Tensor::randn([48], (Kind::Float, Device::Cpu));
-        let want = x.linear(&w, Some(&b));
-        let got = Gemm::OneDnn.matmul_t(&x, &w, Some(&b));
-        assert_eq!(got.size(), [7, 3, 48]);
-        assert!(max_abs_diff(&got, &want) < 1e-4 * f64::try_from(want.abs().max()).unwrap());
     }
 }

@@ -2,8 +2,9 @@
 //! (T5 dual encoders, T5-ColBERT).
 use tch::{nn, Kind, Tensor};
 
+use super::gemm::Gemm;
 use super::t5::{DecoderOutput, T5Config, T5Stack};
-use super::t5_attention::{Gemm, T5Cache};
+use super::t5_attention::T5Cache;
 use super::Encoder;
 use crate::error::Result;
 
@@ -65,12 +66,7 @@ impl T5ForConditionalGeneration {
     /// Vocabulary logits of decoder states (B, T, D) → (B, T, V). v1.0 models rescale the
     /// states by d_model^-0.5 first, as the tied matrix was trained at embedding scale.
     pub fn lm_logits(&self, hidden: &Tensor) -> Tensor {
-        let w = self.lm_head.as_ref().unwrap_or(&self.shared);
-        if self.config.scales_decoder_outputs() {
-            (hidden * (self.config.d_model as f64).powf(-0.5)).linear::<Tensor>(w, None)
-        } else {
-            hidden.linear::<Tensor>(w, None)
-        }
+        self.lm_logits_with(hidden, Gemm::fastest_for(hidden))
     }
 
     /// Rows of the vocabulary projection (the vocabulary size the logits have).
@@ -78,8 +74,7 @@ impl T5ForConditionalGeneration {
         self.lm_head.as_ref().unwrap_or(&self.shared).size()[0]
     }
 
-    /// [`Self::lm_logits`] with the vocabulary projection multiplied by `gemm` (see
-    /// [`Gemm`]): decoding, where that projection is most of the work.
+    /// [`Self::lm_logits`] with the vocabulary projection multiplied by `gemm`.
     pub fn lm_logits_with(&self, hidden: &Tensor, gemm: Gemm) -> Tensor {
         let w = self.lm_head.as_ref().unwrap_or(&self.shared);
         if self.config.scales_decoder_outputs() {

@@ -23,7 +23,7 @@ use std::time::Instant;
 use serde::Serialize;
 use tch::{Device, Kind, Tensor};
 
-use crate::model::t5_attention::Gemm;
+use crate::model::Gemm;
 use crate::model::T5ForConditionalGeneration;
 use crate::search::topk::{Hit, TopK};
 use crate::search::trie::{DocidTrie, NodeId};
@@ -147,7 +147,7 @@ impl<'a> BeamSearch<'a> {
         let b = input_ids.size()[0] as usize;
         let dev = input_ids.device();
         let cfg = &self.model.config;
-        let gemm = Gemm::for_decoding(dev, self.model.shared.kind());
+        let gemm = Gemm::fastest(dev, self.model.shared.kind());
         let enc = self.model.encode_with(input_ids, attention_mask, gemm); // (B, L, D)
         let mut cache = self.model.new_cache_with(&enc, attention_mask, gemm);
         prof.encode += lap(&mut clock);
