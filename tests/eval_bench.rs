@@ -76,18 +76,25 @@ fn flat_search() {
     eprintln!("{out}");
 }
 
-/// GR decoding: a random-init T5 of the shipped scratch size (d_model 256, 4 layers, 4 heads,
-/// d_ff 1024, the T5 vocabulary), $BENCH_DOCIDS semantic-style docids (3 levels × 32
-/// values, then eos), $BENCH_GR_QUERIES random 16-token queries; beams 10 and 100, top-10
-/// returned. Each beam is timed three ways: batch after batch with all intra-op threads, the
-/// same with one thread, and as `grdr eval` runs on the CPU (one batch per single-threaded
-/// worker), with a per-part profile (`BeamProfile`) of each.
-#[test]
-#[ignore]
-fn beam_search() {
+/// What a GR decoding benchmark runs on: the model, its HF directory (the reference loads
+/// it), the docid trie and its sequences, and the queries' token ids.
+struct GrBench {
+    model: grdr::model::T5ForConditionalGeneration,
+    /// Keeps the model's parameters alive.
+    _owner: Box<dyn std::any::Any>,
+    model_dir: PathBuf,
+    trie: DocidTrie,
+    docids: Vec<Vec<u32>>,
+    queries: Vec<Vec<i64>>,
+    label: String,
+}
+
+/// A random-init T5 of the shipped scratch size (d_model 256, 4 layers, 4 heads, d_ff 1024,
+/// the T5 vocabulary), $BENCH_DOCIDS semantic-style docids (3 levels × 32 values, then eos)
+/// and random 16-token queries. Its log-probabilities are nearly flat: beam search's worst
+/// case (nothing to prune).
+fn random_gr(dir: &std::path::Path, n_docids: usize, nq: usize) -> GrBench {
     use grdr::model::{T5Config, T5ForConditionalGeneration};
-    let dir = bench_dir();
-    let (n_docids, nq) = (env_usize("BENCH_DOCIDS", 10_000), env_usize("BENCH_GR_QUERIES", 32));
     tch::manual_seed(1);
     let cfg = T5Config::from_json(&serde_json::json!({
         "vocab_size": 32128, "d_model": 256, "d_kv": 64, "d_ff": 1024, "num_layers": 4, "num_heads": 4,
@@ -106,24 +113,92 @@ fn beam_search() {
         let s: Vec<u32> = (0..3).map(|l| 1000 + 100 * l + rng.range(0, 31) as u32).chain([1]).collect();
         seen.insert(s);
     }
-    let docids: Vec<(i64, Vec<u32>)> = seen.into_iter().enumerate().map(|(i, s)| (i as i64, s)).collect();
+    let docids: Vec<Vec<u32>> = seen.into_iter().collect();
     let queries: Vec<Vec<i64>> = (0..nq).map(|_| (0..16).map(|_| rng.range(100, 32000) as i64).collect()).collect();
+    let indexed: Vec<(i64, Vec<u32>)> = docids.iter().cloned().enumerate().map(|(i, s)| (i as i64, s)).collect();
+    let trie = DocidTrie::build(&indexed, 1).unwrap();
+    GrBench {
+        model,
+        _owner: Box::new(vs),
+        model_dir,
+        trie,
+        docids,
+        queries,
+        label: "random-init T5 d_model 256 × 4 layers".into(),
+    }
+}
+
+/// A trained GR run ($BENCH_GR_RUN, e.g. `dsi-semantic-scifact`): its newest checkpoint, its
+/// docids, and the first `nq` queries of its evaluation split, tokenised as `grdr eval` does.
+/// The reference loads the run's exported `model/`.
+fn trained_gr(run: &std::path::Path, nq: usize) -> GrBench {
+    use grdr::train::task::{Net, Task};
+    let cfg = grdr::config::RunConfig::load(&run.join("config.toml"), &[]).unwrap();
+    let table = grdr::data::docid::DocidTable::read(cfg.docids.path.as_ref().expect("a GR run")).unwrap();
+    let mut model_cfg = cfg.model.clone();
+    model_cfg.no_dropout = true;
+    let task = Task::build(&model_cfg, Device::Cpu, Some(&table)).unwrap();
+    grdr::train::checkpoint::load_model(&grdr::train::checkpoint::latest(run).expect("a checkpoint"), &task.vs)
+        .unwrap();
+    let trie = grdr::eval::run_gr::build_trie(&task, &table).unwrap();
+    let docids = task.targets(&table).unwrap().into_iter().map(|t| t.into_iter().map(|x| x as u32).collect()).collect();
+    let ds = grdr::data::Dataset::open(&cfg.data.path).unwrap();
+    let texts: Vec<String> = ds.split_queries(&cfg.eval.split).unwrap().into_iter().take(nq).map(|q| q.text).collect();
+    let tok = grdr::model::text::TextTokenizer::from_path(&task.tokenizer_json, cfg.data.query_max_len).unwrap();
+    let queries = tok.encode(&texts.iter().map(String::as_str).collect::<Vec<_>>()).unwrap();
+    let Net::Generative { model, .. } = task.net else { panic!("{}: not a generative run", run.display()) };
+    GrBench {
+        model,
+        _owner: Box::new(task.vs),
+        model_dir: run.join("model"),
+        trie,
+        docids,
+        queries,
+        label: format!("trained {} ({} {} queries)", run.display(), texts.len(), cfg.eval.split),
+    }
+}
+
+/// Right-padded ids and mask of a batch of token-id lists (pad 0, as the reference pads).
+fn padded(part: &[Vec<i64>]) -> (Tensor, Tensor) {
+    let l = part.iter().map(Vec::len).max().unwrap_or(0);
+    let ids: Vec<i64> =
+        part.iter().flat_map(|q| q.iter().copied().chain(std::iter::repeat(0).take(l - q.len()))).collect();
+    let mask: Vec<i64> = part.iter().flat_map(|q| (0..l).map(move |i| i64::from(i < q.len()))).collect();
+    let shape = [part.len() as i64, l as i64];
+    (Tensor::from_slice(&ids).view(shape), Tensor::from_slice(&mask).view(shape))
+}
+
+/// GR decoding, beams 10 and 100, top-10 returned, on [`random_gr`] or, with $BENCH_GR_RUN,
+/// [`trained_gr`]; $BENCH_GR_QUERIES queries in batches of 8. Each beam is timed three ways:
+/// batch after batch with all intra-op threads, the same with one thread, and as `grdr eval`
+/// runs on the CPU (one batch per single-threaded worker), with a per-part profile
+/// (`BeamProfile`) of each.
+#[test]
+#[ignore]
+fn beam_search() {
+    let dir = bench_dir();
+    let (n_docids, nq) = (env_usize("BENCH_DOCIDS", 10_000), env_usize("BENCH_GR_QUERIES", 32));
     let t0 = Instant::now();
-    let trie = DocidTrie::build(&docids, 1).unwrap();
+    let bench = match std::env::var_os("BENCH_GR_RUN") {
+        Some(run) => trained_gr(std::path::Path::new(&run), nq),
+        None => random_gr(&dir, n_docids, nq),
+    };
     let trie_secs = t0.elapsed().as_secs_f64();
+    let GrBench { model, model_dir, trie, docids, queries, label, .. } = &bench;
+    let nq = queries.len();
     let threads = tch::get_num_threads();
     let batch = 8usize;
     let spec = serde_json::json!({
-        "docids": docids.iter().map(|d| &d.1).collect::<Vec<_>>(), "queries": queries, "beams": [10, 100],
+        "docids": docids, "queries": queries, "beams": [10, 100],
         "threads": threads, "batch": batch, "k": 10,
     });
     std::fs::write(dir.join("beam_spec.json"), spec.to_string()).unwrap();
     let mut out = serde_json::Map::new();
     // Warm-up (thread pools, first allocations), as the HF side does.
-    let warm = Tensor::from_slice(&queries[0]).view([1, 16]);
-    BeamSearch::new(&model, &trie, 10).search(&warm, &warm.ones_like());
+    let (warm, warm_mask) = padded(&queries[..1]);
+    BeamSearch::new(model, trie, 10).search(&warm, &warm_mask);
     for w in [10usize, 100] {
-        let search = BeamSearch::new(&model, &trie, w);
+        let search = BeamSearch::new(model, trie, w);
         // The same batches of 8 queries as the HF side, decoded one after the other with `n`
         // intra-op threads.
         let sequential = |n: i32| {
@@ -131,8 +206,8 @@ fn beam_search() {
             let mut profile = BeamProfile::default();
             let t0 = Instant::now();
             for part in queries.chunks(batch) {
-                let ids = Tensor::from_slice(&part.concat()).view([part.len() as i64, 16]);
-                let got = search.search_profiled(&ids, &ids.ones_like(), &mut profile);
+                let (ids, mask) = padded(part);
+                let got = search.search_profiled(&ids, &mask, &mut profile);
                 assert!(got.iter().all(|g| g.iter().all(|x| trie.is_valid(&x.tokens))));
             }
             let secs = t0.elapsed().as_secs_f64();
@@ -143,15 +218,12 @@ fn beam_search() {
         let one_thread = sequential(1);
         // The same batches as `grdr eval` decodes them on the CPU (`run_gr.rs`): one batch per
         // worker thread, as many workers as intra-op threads, libtorch single-threaded in each.
-        let units: Vec<Tensor> = queries
-            .chunks(batch)
-            .map(|part| Tensor::from_slice(&part.concat()).view([part.len() as i64, 16]))
-            .collect();
+        let units: Vec<(Tensor, Tensor)> = queries.chunks(batch).map(padded).collect();
         let shared = grdr::eval::run_eval::Shared(&search);
         let t1 = Instant::now();
-        let parts = grdr::eval::run_eval::parallel_map(Device::Cpu, units, |ids| {
+        let parts = grdr::eval::run_eval::parallel_map(Device::Cpu, units, |(ids, mask)| {
             let mut p = BeamProfile::default();
-            let got = shared.get().search_profiled(&ids, &ids.ones_like(), &mut p);
+            let got = shared.get().search_profiled(&ids, &mask, &mut p);
             assert!(got.iter().all(|g| g.iter().all(|x| trie.is_valid(&x.tokens))));
             p
         });
@@ -173,6 +245,8 @@ fn beam_search() {
     }
     out.insert("trie".into(), serde_json::json!({"docids": trie.num_docids(), "nodes": trie.num_nodes(), "bytes": trie.memory_bytes(), "build_seconds": trie_secs}));
     out.insert("threads".into(), serde_json::json!(threads));
+    out.insert("model".into(), serde_json::json!(label));
+    out.insert("model_dir".into(), serde_json::json!(model_dir));
     out.insert("omp_wait_policy".into(), serde_json::json!(std::env::var("OMP_WAIT_POLICY").ok()));
     std::fs::write(dir.join("grdr_beam.json"), serde_json::Value::Object(out.clone()).to_string()).unwrap();
     eprintln!("{}", serde_json::Value::Object(out));

@@ -14,9 +14,12 @@
 //! A step's work (profiled in docs/BENCHMARKS.md): one decoder forward of every running beam
 //! of the batch, whose cross-attention keys/values stay one per query (`T5Cache::reorder`
 //! gathers only the self-attention cache); then the vocabulary logits and their log-softmax
-//! over the whole vocabulary — the exact normaliser, needed for every beam — a chunk of rows
-//! at a time, gathered at the allowed tokens. On the CPU in f32 every product runs through
-//! oneDNN ([`Gemm::OneDnn`]); scores equal `linear`'s up to f32 rounding.
+//! over the whole vocabulary — the exact normaliser — a chunk of rows at a time, gathered at
+//! the allowed tokens. Those rows are most of the work, and a beam needs one only while its
+//! score can still reach its query's selection: beams are scored best first in rounds and
+//! the rest are pruned, exactly (`continuations`; a third of all rows on the shipped DSI
+//! model). On the CPU in f32 every product runs through oneDNN ([`Gemm::OneDnn`]); scores
+//! equal `linear`'s up to f32 rounding.
 use std::collections::HashMap;
 use std::time::Instant;
 
@@ -34,6 +37,10 @@ const DEVICE_FANOUT: usize = 4096;
 
 /// Elements of vocabulary logits made and normalised at once (16 MB in f32): rows × V.
 const CHUNK_ELEMS: i64 = 1 << 22;
+
+/// The fewest beams (over all queries of a batch) whose vocabulary rows one pruning round
+/// makes; measured on the shipped DSI model (docs/BENCHMARKS.md).
+const MIN_ROUND_ROWS: usize = 48;
 
 /// A finished docid: its tokens (eos included), its leaf in the trie, Σ log p.
 #[derive(Debug, Clone, PartialEq)]
@@ -90,6 +97,8 @@ pub struct BeamProfile {
     pub steps: usize,
     /// Decoder rows summed over steps.
     pub rows: usize,
+    /// Of those, the rows whose vocabulary logits were computed (the others were pruned).
+    pub vocab_rows: usize,
 }
 
 impl BeamProfile {
@@ -102,6 +111,7 @@ impl BeamProfile {
         self.reorder += o.reorder;
         self.steps += o.steps;
         self.rows += o.rows;
+        self.vocab_rows += o.vocab_rows;
     }
 }
 
@@ -118,11 +128,14 @@ pub struct BeamSearch<'a> {
     pub trie: &'a DocidTrie,
     /// Running beams per query (W).
     pub beam: usize,
+    /// Skip the vocabulary row of a beam none of whose continuations can be among its
+    /// query's best 2W (see `continuations`). Exact; on by default, off only to test that.
+    pub prune: bool,
 }
 
 impl<'a> BeamSearch<'a> {
     pub fn new(model: &'a T5ForConditionalGeneration, trie: &'a DocidTrie, beam: usize) -> Self {
-        BeamSearch { model, trie, beam: beam.max(1) }
+        BeamSearch { model, trie, beam: beam.max(1), prune: true }
     }
 
     /// Decodes a batch of queries `input_ids` (B, L) under `attention_mask` (B, L). Returns per
@@ -228,13 +241,17 @@ impl<'a> BeamSearch<'a> {
         finished
     }
 
-    /// For every running beam, its best `limit` allowed continuations (all of them when the
-    /// node allows fewer), scored `beam score + log p(token)` in f32 as HF accumulates, where
+    /// Every running beam's allowed continuations that can matter to HF's rule (see
+    /// `search_inner`), scored `beam score + log p(token)` in f32 as HF accumulates, where
     /// log p is the log-softmax over the whole vocabulary of the beam's decoder state
-    /// `hidden` (R, D). The vocabulary logits are made and normalised a chunk of rows at a
-    /// time ([`CHUNK_ELEMS`]), each gathered while it is in cache, its log-softmax written to
-    /// `scratch.logp`, one buffer for the whole search, rather than to (R × V) of fresh memory
-    /// whose pages the kernel faults in and zeroes every step.
+    /// `hidden` (R, D).
+    ///
+    /// Pruning, exact: log p ≤ 0, so no continuation of a beam scores above the beam itself.
+    /// The rule reads a query's candidates best first only down to its W-th non-eos one (the
+    /// last that runs on; an eos after it ranks ≥ W) or its 2W-th overall. The beams of each
+    /// query are therefore taken best first, a few per round, and a beam scoring below that
+    /// floor (as far as the candidates so far set it) can add nothing: its vocabulary row,
+    /// most of a step's work, is never made.
     fn continuations(
         &self,
         beams: &[Beam],
@@ -243,21 +260,111 @@ impl<'a> BeamSearch<'a> {
         prof: &mut BeamProfile,
         clock: &mut Instant,
     ) -> Vec<Cand> {
+        let (w, limit, eos) = (self.beam, scratch.limit, self.trie.eos());
+        let queries = beams.iter().map(|b| b.query + 1).max().unwrap_or(0);
+        // Each query's rows, best beam last (popped first).
+        let mut pending: Vec<Vec<usize>> = vec![Vec::new(); queries];
+        for (row, beam) in beams.iter().enumerate() {
+            pending[beam.query].push(row);
+        }
+        for rows in &mut pending {
+            rows.sort_by(|&a, &b| beams[a].score.total_cmp(&beams[b].score).then(b.cmp(&a)));
+        }
+        if !self.prune {
+            let all: Vec<usize> = (0..beams.len()).collect();
+            return self.score_rows(beams, hidden, &all, scratch, prof, clock);
+        }
+        // A quarter of the beams per query and round, but rounds of at least MIN_ROUND_ROWS
+        // rows: a smaller vocabulary product costs more per row than pruning saves.
+        let per_round = w.div_ceil(4).max(MIN_ROUND_ROWS.div_ceil(queries));
+        // Per query, the best 2W candidate scores so far and the best W of non-eos ones.
+        let mut best: Vec<(Vec<f32>, Vec<f32>)> = vec![(Vec::new(), Vec::new()); queries];
+        let mut out = Vec::new();
+        loop {
+            let mut rows = Vec::new();
+            for (q, pend) in pending.iter_mut().enumerate() {
+                let (all, running) = &best[q];
+                let floor = f32::max(
+                    if all.len() == limit { all[limit - 1] } else { f32::NEG_INFINITY },
+                    if running.len() == w { running[w - 1] } else { f32::NEG_INFINITY },
+                );
+                for _ in 0..per_round {
+                    match pend.last() {
+                        Some(&r) if beams[r].score >= floor => {
+                            rows.push(r);
+                            pend.pop();
+                        }
+                        Some(_) => {
+                            pend.clear(); // this beam and every worse one are pruned
+                            break;
+                        }
+                        None => break,
+                    }
+                }
+            }
+            if rows.is_empty() {
+                return out;
+            }
+            rows.sort_unstable();
+            let cands = self.score_rows(beams, hidden, &rows, scratch, prof, clock);
+            for c in &cands {
+                let (all, running) = &mut best[beams[c.row].query];
+                all.push(c.score);
+                if c.token != eos {
+                    running.push(c.score);
+                }
+            }
+            let keep = |v: &mut Vec<f32>, n: usize| {
+                v.sort_unstable_by(|a, b| b.total_cmp(a));
+                v.truncate(n);
+            };
+            for (all, running) in &mut best {
+                keep(all, limit);
+                keep(running, w);
+            }
+            out.extend(cands);
+        }
+    }
+
+    /// For the beams at `rows` (indices into `beams` and `hidden`), their best `limit`
+    /// allowed continuations (all of them when the node allows fewer). The vocabulary logits
+    /// are made and normalised a chunk of rows at a time ([`CHUNK_ELEMS`]), each gathered
+    /// while it is in cache, its log-softmax written to `scratch.logp`, one buffer for the
+    /// whole search, rather than to (R × V) of fresh memory whose pages the kernel faults in
+    /// and zeroes every step.
+    fn score_rows(
+        &self,
+        beams: &[Beam],
+        hidden: &Tensor,
+        rows: &[usize],
+        scratch: &mut Scratch,
+        prof: &mut BeamProfile,
+        clock: &mut Instant,
+    ) -> Vec<Cand> {
         let (gemm, limit) = (scratch.gemm, scratch.limit);
         let dev = hidden.device();
         let v = self.model.lm_head_rows();
-        let chunk = (CHUNK_ELEMS / v).max(1) as usize;
+        let max_chunk = (CHUNK_ELEMS / v).max(1) as usize;
+        // Equal chunks of at most `max_chunk` rows (no small remainder product).
+        let chunk = rows.len().div_ceil(rows.len().div_ceil(max_chunk).max(1)).max(1);
+        let everything = rows.len() == beams.len();
+        prof.vocab_rows += rows.len();
         let mut out = Vec::new();
-        for r0 in (0..beams.len()).step_by(chunk) {
-            let r1 = (r0 + chunk).min(beams.len());
-            let logits = self.model.lm_logits_with(&hidden.narrow(0, r0 as i64, (r1 - r0) as i64), gemm); // (c, V)
+        for part in rows.chunks(chunk) {
+            let states = if everything {
+                hidden.narrow(0, part[0] as i64, part.len() as i64) // rows 0..R in order
+            } else {
+                let idx: Vec<i64> = part.iter().map(|&r| r as i64).collect();
+                hidden.index_select(0, &Tensor::from_slice(&idx).to_device(dev))
+            };
+            let logits = self.model.lm_logits_with(&states, gemm); // (c, V)
             prof.lm_head += lap(clock);
             let logp = if logits.kind() == Kind::Float {
                 // Into one buffer reused by every chunk and step of the search.
-                let n = (r1 - r0) as i64;
+                let n = part.len() as i64;
                 let buf = match scratch.logp.take() {
-                    Some(t) if t.size() == [chunk as i64, v] => t,
-                    _ => Tensor::empty([chunk as i64, v], (Kind::Float, dev)),
+                    Some(t) if t.size() == [max_chunk as i64, v] => t,
+                    _ => Tensor::empty([max_chunk as i64, v], (Kind::Float, dev)),
                 };
                 let out = logits.internal_log_softmax_out(&buf.narrow(0, 0, n), -1, false);
                 scratch.logp = Some(buf);
@@ -267,14 +374,15 @@ impl<'a> BeamSearch<'a> {
             };
             let mut flat_idx: Vec<i64> = Vec::new();
             let mut owners: Vec<(usize, u32)> = Vec::new();
-            for (row, beam) in beams.iter().enumerate().take(r1).skip(r0) {
+            for (i, &row) in part.iter().enumerate() {
+                let beam = &beams[row];
                 let allowed = self.trie.allowed(beam.node);
                 if allowed.len() > DEVICE_FANOUT && allowed.len() > limit {
                     // Device path: gather this row's allowed log-probs, keep the best `limit`.
                     let toks = scratch.big.entry(beam.node).or_insert_with(|| {
                         Tensor::from_slice(&allowed.iter().map(|&t| t as i64).collect::<Vec<_>>()).to_device(dev)
                     });
-                    let vals = logp.get((row - r0) as i64).index_select(0, toks); // (F,)
+                    let vals = logp.get(i as i64).index_select(0, toks); // (F,)
                     let (top, pos) = vals.topk(limit as i64, 0, true, true);
                     let top: Vec<f32> = Vec::try_from(top.to_device(Device::Cpu)).expect("f32");
                     let pos: Vec<i64> = Vec::try_from(pos.to_device(Device::Cpu)).expect("i64");
@@ -283,7 +391,7 @@ impl<'a> BeamSearch<'a> {
                     }
                 } else {
                     for &t in allowed {
-                        flat_idx.push((row - r0) as i64 * v + t as i64);
+                        flat_idx.push(i as i64 * v + t as i64);
                         owners.push((row, t));
                     }
                 }
