@@ -3,6 +3,12 @@
 //! through [`Gemm`], in training (both products have gradients) and in inference.
 use tch::{nn, Device, Kind, Tensor};
 
+/// oneDNN spends ~50 µs a call before it multiplies (1 thread, this project's CPU): below
+/// 64 rows MKL is faster, unless the output is vocabulary-wide, where oneDNN wins at any row
+/// count (24 × 256 · 256 × 32,261: 3.8 ms against 7.3; `scripts/bench-eval`'s beam search).
+const ONEDNN_MIN_ROWS: i64 = 64;
+const ONEDNN_MIN_OUT: i64 = 4096;
+
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Gemm {
     /// `linear` (on the CPU: MKL's sgemm; on CUDA: cuBLAS, under autocast too).
@@ -40,6 +46,10 @@ impl Gemm {
         if self == Gemm::OneDnn && xs.device() == Device::Cpu && xs.kind() == Kind::Float && w.kind() == Kind::Float {
             let mut shape = xs.size();
             let d_in = *shape.last().expect("at least one dimension");
+            let rows = xs.numel() as i64 / d_in.max(1);
+            if rows < ONEDNN_MIN_ROWS && w.size()[0] < ONEDNN_MIN_OUT {
+                return xs.linear(w, b);
+            }
             let out = xs
                 .reshape([-1, d_in])
                 .f_to_mkldnn(None)
@@ -69,13 +79,16 @@ mod tests {
     #[test]
     fn onednn_products_equal_linear() {
         tch::manual_seed(4);
-        let x = Tensor::randn([7, 3, 32], (Kind::Float, Device::Cpu));
+        let x = Tensor::randn([7, 13, 32], (Kind::Float, Device::Cpu)); // 91 rows: oneDNN's
         let w = Tensor::randn([48, 32], (Kind::Float, Device::Cpu));
         let b = Tensor::randn([48], (Kind::Float, Device::Cpu));
         let want = x.linear(&w, Some(&b));
         let got = Gemm::OneDnn.matmul_t(&x, &w, Some(&b));
-        assert_eq!(got.size(), [7, 3, 48]);
+        assert_eq!(got.size(), [7, 13, 48]);
         assert!(rel(&got, &want) < 1e-5);
+        // Few rows go to `linear` itself: bit-identical.
+        let few = x.narrow(1, 0, 2); // 14 rows
+        assert!(Gemm::OneDnn.matmul_t(&few, &w, Some(&b)).equal(&few.linear(&w, Some(&b))));
     }
 
     /// Training goes through oneDNN too: its gradients for input, weight and bias equal
@@ -85,7 +98,7 @@ mod tests {
         tch::manual_seed(5);
         let grads = |gemm: Gemm| {
             tch::manual_seed(6);
-            let x = Tensor::randn([5, 4, 32], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+            let x = Tensor::randn([5, 20, 32], (Kind::Float, Device::Cpu)).set_requires_grad(true);
             let w = Tensor::randn([24, 32], (Kind::Float, Device::Cpu)).set_requires_grad(true);
             let b = Tensor::randn([24], (Kind::Float, Device::Cpu)).set_requires_grad(true);
             let y = gemm.matmul_t(&x, &w, Some(&b));
