@@ -160,6 +160,10 @@ pub fn push_block(scores: &Tensor, first_doc: i64, tops: &mut [TopK]) {
     }
 }
 
+/// The most scores one (query block × document slice) product makes: 64 MB in f32, per
+/// worker thread. Memory of a search is bounded by this, not by the chunk or corpus size.
+pub const SCORE_BLOCK_ELEMS: i64 = 1 << 24;
+
 /// Exact top-k by inner product for every query `queries` (Q, D) over the store, queries
 /// processed `query_block` at a time. Returns one [`TopK`] per query (unsorted heaps, so
 /// sharded callers can merge before sorting).
@@ -223,11 +227,17 @@ pub fn search_observed(
                 }
                 .to_kind(queries.kind()); // (C, D); bf16 stores score in f32
                 let docs_t = docs.transpose(0, 1); // (D, C)
-                for start in (0..nq).step_by(block as usize) {
-                    let n = block.min(nq - start);
-                    let scores = queries.narrow(0, start, n).matmul(&docs_t); // (Qb, C)
-                    observe(start, first_doc, &scores);
-                    push_block(&scores, first_doc, &mut tops[start as usize..(start + n) as usize]);
+                                                   // Column slices of the chunk bound a score block to SCORE_BLOCK_ELEMS (a
+                                                   // ColBERT token pool's chunk is a whole row group's tokens, ~10⁵ rows).
+                let width = (SCORE_BLOCK_ELEMS / block).max(1);
+                for c0 in (0..rows).step_by(width as usize) {
+                    let part = docs_t.narrow(1, c0, width.min(rows - c0)); // (D, c)
+                    for start in (0..nq).step_by(block as usize) {
+                        let n = block.min(nq - start);
+                        let scores = queries.narrow(0, start, n).matmul(&part); // (Qb, c)
+                        observe(start, first_doc + c0, &scores);
+                        push_block(&scores, first_doc + c0, &mut tops[start as usize..(start + n) as usize]);
+                    }
                 }
             }
             Ok(())
@@ -328,6 +338,28 @@ mod tests {
             let d: Vec<f32> = (0..nd * dim).map(|_| next()).collect();
             prop_assert_eq!(run(&q, &d, dim, k, chunk, block, spill), brute_force(&q, &d, dim, k));
         }
+    }
+
+    /// A chunk far wider than a score block allows (a token pool's row group) is searched in
+    /// column slices: the same top-k as brute force, the chunk never scored whole.
+    #[test]
+    fn chunks_wider_than_a_score_block_are_sliced() {
+        let (dim, block) = (2usize, 1i64 << 13);
+        let width = (SCORE_BLOCK_ELEMS / block) as usize; // 2,048 columns
+        let nd = 2 * width + 37;
+        let d: Vec<f32> = (0..nd * dim).map(|i| ((i * 7919) % 13) as f32 - 6.0).collect();
+        let q: Vec<f32> = (0..3 * dim).map(|i| (i % 5) as f32 - 2.0).collect();
+        assert_eq!(run(&q, &d, dim, 9, nd, block, false), brute_force(&q, &d, dim, 9));
+        let mut store = EmbeddingStore::new(dim as i64, Device::Cpu, None).unwrap();
+        store.push(0, &Tensor::from_slice(&d).view([nd as i64, dim as i64])).unwrap();
+        let largest = std::sync::Mutex::new(0i64);
+        let qs = Tensor::from_slice(&vec![1f32; block as usize * dim]).view([block, dim as i64]);
+        search_observed(&store, &qs, 1, block, &|_, _, scores| {
+            let mut l = largest.lock().unwrap();
+            *l = (*l).max(scores.numel() as i64);
+        })
+        .unwrap();
+        assert_eq!(largest.into_inner().unwrap(), SCORE_BLOCK_ELEMS);
     }
 
     #[test]
