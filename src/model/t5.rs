@@ -337,12 +337,8 @@ impl T5Stack {
 
     /// Encoder forward: `ids` (B, L), `mask` (B, L) → (B, L, D).
     pub fn encode(&self, ids: &Tensor, mask: &Tensor, train: bool) -> Tensor {
-        self.encode_with(ids, mask, train, Gemm::fastest(ids.device(), self.embed_tokens.kind()))
-    }
-
-    /// [`Self::encode`] with the products computed by `gemm`.
-    pub fn encode_with(&self, ids: &Tensor, mask: &Tensor, train: bool, gemm: Gemm) -> Tensor {
         let mut xs = self.embed(ids, train);
+        let gemm = Gemm::fastest_for(&xs);
         let l = ids.size()[1];
         let position = self.position_bias(l, l, 0, ids.device()); // (1, H, L, L)
         let bias = match padding_bias(mask, xs.kind()) {
@@ -387,12 +383,7 @@ impl T5Stack {
     /// A cache for decoding against `enc` (B, L, D): projects every block's cross-attention
     /// keys/values once.
     pub fn new_cache(&self, enc: &Tensor, enc_mask: &Tensor) -> T5Cache {
-        self.new_cache_with(enc, enc_mask, Gemm::fastest_for(enc))
-    }
-
-    /// [`Self::new_cache`] whose products, and those of every step decoded with it, are
-    /// computed by `gemm`.
-    pub fn new_cache_with(&self, enc: &Tensor, enc_mask: &Tensor, gemm: Gemm) -> T5Cache {
+        let gemm = Gemm::fastest_for(enc);
         let layers = self
             .block
             .iter()

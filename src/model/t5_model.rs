@@ -58,30 +58,21 @@ impl T5ForConditionalGeneration {
         self.encoder.encode(input_ids, attention_mask, train)
     }
 
-    /// [`Self::encode`] with the products computed by `gemm` (decoding: see [`Gemm`]).
-    pub fn encode_with(&self, input_ids: &Tensor, attention_mask: &Tensor, gemm: Gemm) -> Tensor {
-        self.encoder.encode_with(input_ids, attention_mask, false, gemm)
-    }
-
     /// Vocabulary logits of decoder states (B, T, D) → (B, T, V). v1.0 models rescale the
     /// states by d_model^-0.5 first, as the tied matrix was trained at embedding scale.
     pub fn lm_logits(&self, hidden: &Tensor) -> Tensor {
-        self.lm_logits_with(hidden, Gemm::fastest_for(hidden))
-    }
-
-    /// Rows of the vocabulary projection (the vocabulary size the logits have).
-    pub fn lm_head_rows(&self) -> i64 {
-        self.lm_head.as_ref().unwrap_or(&self.shared).size()[0]
-    }
-
-    /// [`Self::lm_logits`] with the vocabulary projection multiplied by `gemm`.
-    pub fn lm_logits_with(&self, hidden: &Tensor, gemm: Gemm) -> Tensor {
         let w = self.lm_head.as_ref().unwrap_or(&self.shared);
+        let gemm = Gemm::fastest_for(hidden);
         if self.config.scales_decoder_outputs() {
             gemm.matmul_t(&(hidden * (self.config.d_model as f64).powf(-0.5)), w, None)
         } else {
             gemm.matmul_t(hidden, w, None)
         }
+    }
+
+    /// Rows of the vocabulary projection (the vocabulary size the logits have).
+    pub fn lm_head_rows(&self) -> i64 {
+        self.lm_head.as_ref().unwrap_or(&self.shared).size()[0]
     }
 
     /// Teacher forcing: full-sequence decoder logits for `decoder_input_ids` (B, T) (the
@@ -112,12 +103,6 @@ impl T5ForConditionalGeneration {
     /// A decoding cache for encoder states `enc` (B, L, D) under `enc_mask` (B, L).
     pub fn new_cache(&self, enc: &Tensor, enc_mask: &Tensor) -> T5Cache {
         self.decoder.new_cache(enc, enc_mask)
-    }
-
-    /// [`Self::new_cache`] whose products, and those of every step decoded with it, are
-    /// computed by `gemm`.
-    pub fn new_cache_with(&self, enc: &Tensor, enc_mask: &Tensor, gemm: Gemm) -> T5Cache {
-        self.decoder.new_cache_with(enc, enc_mask, gemm)
     }
 
     /// One incremental step: logits (B, t, V) of `ids` (B, t) after the cached prefix.

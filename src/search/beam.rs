@@ -18,7 +18,7 @@
 //! the allowed tokens. Those rows are most of the work, and a beam needs one only while its
 //! score can still reach its query's selection: beams are scored best first in rounds and
 //! the rest are pruned, exactly (`continuations`; 21–31% of all rows on the shipped DSI
-//! model). On the CPU in f32 every product runs through oneDNN ([`Gemm::OneDnn`]); scores
+//! model). On the CPU in f32 every product runs through oneDNN ([`crate::model::Gemm`]); scores
 //! equal `linear`'s up to f32 rounding.
 use std::collections::HashMap;
 use std::time::Instant;
@@ -26,7 +26,6 @@ use std::time::Instant;
 use serde::Serialize;
 use tch::{Device, Kind, Tensor};
 
-use crate::model::Gemm;
 use crate::model::T5ForConditionalGeneration;
 use crate::search::topk::{Hit, TopK};
 use crate::search::trie::{DocidTrie, NodeId};
@@ -59,8 +58,6 @@ struct Beam {
 
 /// What the steps of one search share.
 struct Scratch {
-    /// How the decoder's and the vocabulary's products are computed.
-    gemm: Gemm,
     /// Continuations kept per beam: 2W.
     limit: usize,
     /// Allowed tokens of nodes with more than [`DEVICE_FANOUT`] children, on the device.
@@ -160,15 +157,14 @@ impl<'a> BeamSearch<'a> {
         let b = input_ids.size()[0] as usize;
         let dev = input_ids.device();
         let cfg = &self.model.config;
-        let gemm = Gemm::fastest(dev, self.model.shared.kind());
-        let enc = self.model.encode_with(input_ids, attention_mask, gemm); // (B, L, D)
-        let mut cache = self.model.new_cache_with(&enc, attention_mask, gemm);
+        let enc = self.model.encode(input_ids, attention_mask, false); // (B, L, D)
+        let mut cache = self.model.new_cache(&enc, attention_mask);
         prof.encode += lap(&mut clock);
         let mut beams: Vec<Beam> =
             (0..b).map(|q| Beam { query: q, node: DocidTrie::ROOT, score: 0.0, tokens: Vec::new() }).collect();
         let mut next_input: Vec<i64> = vec![cfg.decoder_start_token_id; b];
         let mut finished: Vec<Vec<Generated>> = vec![Vec::new(); b];
-        let mut scratch = Scratch { gemm, limit: 2 * w, big: HashMap::new(), logp: None };
+        let mut scratch = Scratch { limit: 2 * w, big: HashMap::new(), logp: None };
         let eos = self.trie.eos();
 
         for _step in 0..self.trie.max_depth() {
@@ -341,7 +337,7 @@ impl<'a> BeamSearch<'a> {
         prof: &mut BeamProfile,
         clock: &mut Instant,
     ) -> Vec<Cand> {
-        let (gemm, limit) = (scratch.gemm, scratch.limit);
+        let limit = scratch.limit;
         let dev = hidden.device();
         let v = self.model.lm_head_rows();
         let max_chunk = (CHUNK_ELEMS / v).max(1) as usize;
@@ -357,7 +353,7 @@ impl<'a> BeamSearch<'a> {
                 let idx: Vec<i64> = part.iter().map(|&r| r as i64).collect();
                 hidden.index_select(0, &Tensor::from_slice(&idx).to_device(dev))
             };
-            let logits = self.model.lm_logits_with(&states, gemm); // (c, V)
+            let logits = self.model.lm_logits(&states); // (c, V)
             prof.lm_head += lap(clock);
             let logp = if logits.kind() == Kind::Float {
                 // Into one buffer reused by every chunk and step of the search.
