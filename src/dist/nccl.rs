@@ -45,11 +45,39 @@ pub fn nccl_available() -> std::result::Result<(), String> {
     if !tch::Cuda::is_available() {
         missing.push("libtorch sees no CUDA device");
     }
-    if missing.is_empty() {
-        Ok(())
-    } else {
-        Err(missing.join("; "))
+    if !missing.is_empty() {
+        return Err(missing.join("; "));
     }
+    // cudarc asks for `libnccl.so`; libtorch_cuda links `libnccl.so.2`. Where those resolve
+    // to two files (a system NCCL beside pip's), both load, the second's calls bind to the
+    // first's symbols, and every collective fails with "corrupted comm object". The probe
+    // above unloads what it opened: load cudarc's NCCL for good, then look.
+    // SAFETY: presence checked above, so this does not panic.
+    let _ = unsafe { sys::culib() };
+    let loaded = mapped_libraries("/libnccl.so");
+    if loaded.len() > 1 {
+        return Err(format!(
+            "two NCCL libraries are loaded ({}): put a `libnccl.so` link to the one libtorch \
+             uses first on LD_LIBRARY_PATH (launcher/grdr-launch does)",
+            loaded.join(", ")
+        ));
+    }
+    Ok(())
+}
+
+/// Distinct files mapped into this process whose path contains `needle` (Linux; empty
+/// elsewhere).
+fn mapped_libraries(needle: &str) -> Vec<String> {
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
+    let mut paths: Vec<String> = maps
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(5))
+        .filter(|p| p.contains(needle))
+        .map(|p| std::fs::canonicalize(p).map_or_else(|_| p.to_string(), |c| c.display().to_string()))
+        .collect();
+    paths.sort();
+    paths.dedup();
+    paths
 }
 
 /// The loaded NCCL's version code (e.g. 22809 for 2.28.9); `None` when not loadable.
@@ -439,4 +467,17 @@ fn nccl_op(op: ReduceOp) -> sys::ncclRedOp_t {
 
 fn nccl_err(world: World, what: &str, e: nccl::NcclError) -> crate::Error {
     dist_err(world, what, format!("{:?}", e.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::mapped_libraries;
+
+    #[test]
+    fn mapped_libraries_finds_each_file_once() {
+        // libtorch_cpu is mapped in several segments of one file; nothing maps a made-up name.
+        let torch = mapped_libraries("/libtorch_cpu.so");
+        assert_eq!(torch.len(), 1, "{torch:?}");
+        assert!(mapped_libraries("/libgrdr-no-such-library.so").is_empty());
+    }
 }
