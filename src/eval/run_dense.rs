@@ -114,7 +114,7 @@ pub fn dual(ctx: &Context, info: &mut Info, metrics: &mut Info) -> Result<Vec<Ve
 /// the candidate stage (relevant documents among the candidates).
 /// The token pool of this shard's documents that `keep` accepts (every document end to end,
 /// the candidates when reranking), in doc order.
-pub fn build_pool(ctx: &Context, keep: &dyn Fn(i64) -> bool) -> Result<TokenPool> {
+pub fn build_pool(ctx: &Context, keep: &(dyn Fn(i64) -> bool + Sync)) -> Result<TokenPool> {
     let Net::Colbert(m) = &ctx.task.net else { unreachable!("colbert only") };
     let opts = ctx.opts;
     let dim = m.head.config.dim;

@@ -253,31 +253,53 @@ impl<'a> Context<'a> {
 
     /// [`Context::for_each_group`] over the documents `keep` accepts only (rerank candidates);
     /// batches are still formed inside each group, so embeddings stay rank-count independent.
+    /// A second thread reads, tokenizes and pads the next groups while `each` encodes this
+    /// one (on a GPU the CPU-side preparation otherwise leaves the device idle).
     pub fn for_each_group_of(
         &self,
-        keep: &dyn Fn(i64) -> bool,
+        keep: &(dyn Fn(i64) -> bool + Sync),
         mut each: impl FnMut(&RowGroup, Vec<(Vec<usize>, Tensor, Tensor)>) -> Result<()>,
     ) -> Result<()> {
-        let mut store = DocStore::new(&self.ds.docs_path(), self.my_groups.clone(), 1);
-        let bar = crate::progress::bar(self.my_groups.iter().map(|g| g.rows).sum(), "encode docs");
-        for g in &self.my_groups {
+        type Batches = Vec<(Vec<usize>, Tensor, Tensor)>;
+        let (docs_path, groups, tok) = (self.ds.docs_path(), &self.my_groups, &self.doc_tok);
+        let (batch_size, device) = (self.opts.batch_size.max(1), self.opts.device);
+        let prepare = |store: &mut DocStore, g: &RowGroup| -> Result<Batches> {
             let kept: Vec<usize> = (0..g.rows as usize).filter(|&i| keep(g.first_row as i64 + i as i64)).collect();
             let texts: Vec<String> =
                 kept.iter().map(|&i| store.text((g.first_row as usize + i) as u32)).collect::<Result<_>>()?;
-            let ids = self.doc_tok.encode(&texts.iter().map(String::as_str).collect::<Vec<_>>())?;
+            let ids = tok.encode(&texts.iter().map(String::as_str).collect::<Vec<_>>())?;
             let mut order: Vec<usize> = (0..ids.len()).collect();
             order.sort_by_key(|&i| (std::cmp::Reverse(ids[i].len()), i));
-            let batches = order
-                .chunks(self.opts.batch_size.max(1))
+            Ok(order
+                .chunks(batch_size)
                 .map(|c| {
                     let rows: Vec<Vec<i64>> = c.iter().map(|&i| ids[i].clone()).collect();
-                    let (t, m) = self.doc_tok.batch(&rows, self.opts.device);
+                    let (t, m) = tok.batch(&rows, device);
                     (c.iter().map(|&i| kept[i]).collect(), t, m)
                 })
-                .collect();
-            each(g, batches)?;
-            bar.inc(g.rows);
-        }
+                .collect())
+        };
+        let bar = crate::progress::bar(groups.iter().map(|g| g.rows).sum(), "encode docs");
+        std::thread::scope(|s| {
+            // Two groups ahead at most: bounded memory, and enough to hide the preparation.
+            let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Batches>>(2);
+            s.spawn(move || {
+                let mut store = DocStore::new(&docs_path, groups.clone(), 1);
+                for g in groups {
+                    let prepared = prepare(&mut store, g);
+                    let failed = prepared.is_err();
+                    // A closed channel means the consumer stopped on an error: stop too.
+                    if tx.send(prepared).is_err() || failed {
+                        break;
+                    }
+                }
+            });
+            for (g, prepared) in groups.iter().zip(rx) {
+                each(g, prepared?)?;
+                bar.inc(g.rows);
+            }
+            Ok::<(), crate::error::Error>(())
+        })?;
         bar.finish_and_clear();
         Ok(())
     }
