@@ -6,10 +6,11 @@
         OUT:  {"W": [[{"tokens": [...], "score": s}, ...] per query], ...}
         generate(num_beams=W, num_return_sequences=W, length_penalty=0.0 (score = Σ log p),
         prefix_allowed_tokens_fn=trie) — one query at a time, no padding.
-    bench:  python bench_eval_hf_generate.py bench --model DIR --spec SPEC.json --out OUT.json [--threads N] [--profile FILE]
+    bench:  python bench_eval_hf_generate.py bench --model DIR --spec SPEC.json --out OUT.json [--threads N] [--profile FILE] [--device cuda]
         SPEC as above with "threads"; OUT: {"W": {"seconds": s, "queries": n, "threads": t}} (batched queries,
         same generate call), timing the generate calls only. --profile: after timing, one more
         batch per W under torch.profiler, its op table (self CPU time) written to FILE.
+        --device cuda: model and inputs on the GPU, timed up to a synchronize.
 
 Both build the prefix → allowed-tokens map once (a dict over all docid prefixes), the usual
 way GR code (DSI/NCI/SEAL-style repos) feeds `prefix_allowed_tokens_fn`.
@@ -38,10 +39,12 @@ def main():
     ap.add_argument("--out", required=True)
     ap.add_argument("--profile", help="bench: write a torch.profiler op table of one batch per W here")
     ap.add_argument("--threads", type=int, help="intra-op threads (default: the spec's \"threads\", else 1)")
+    ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
     spec = json.load(open(args.spec))
     torch.set_num_threads(args.threads or int(spec.get("threads", 1)))
-    model = T5ForConditionalGeneration.from_pretrained(args.model).eval()
+    model = T5ForConditionalGeneration.from_pretrained(args.model).eval().to(args.device)
+    cuda = args.device.startswith("cuda")
     eos = model.config.eos_token_id
     allowed = build_allowed(spec["docids"])
     depth = max(len(d) for d in spec["docids"])
@@ -89,15 +92,15 @@ def main():
             else:
                 batch = int(spec.get("batch", 8))
                 qs = spec["queries"]
-                if w == spec["beams"][0]:  # warm-up (thread pools, first allocations)
-                    ids = torch.tensor(qs[:1])
+                if w == spec["beams"][0] or cuda:  # warm-up (thread pools, first allocations; CUDA kernels per W)
+                    ids = torch.tensor(qs[:1], device=args.device)
                     model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), num_beams=w, max_new_tokens=depth,
                                    length_penalty=0.0, prefix_allowed_tokens_fn=prefix_fn)
 
                 def run(part):
                     L = max(len(q) for q in part)
-                    ids = torch.tensor([q + [0] * (L - len(q)) for q in part])
-                    mask = torch.tensor([[1] * len(q) + [0] * (L - len(q)) for q in part])
+                    ids = torch.tensor([q + [0] * (L - len(q)) for q in part], device=args.device)
+                    mask = torch.tensor([[1] * len(q) + [0] * (L - len(q)) for q in part], device=args.device)
                     model.generate(
                         input_ids=ids,
                         attention_mask=mask,
@@ -112,7 +115,10 @@ def main():
                 t0 = time.perf_counter()
                 for i in range(0, len(qs), batch):
                     run(qs[i : i + batch])
-                out[str(w)] = {"seconds": time.perf_counter() - t0, "queries": len(qs), "threads": torch.get_num_threads()}
+                if cuda:
+                    torch.cuda.synchronize()
+                out[str(w)] = {"seconds": time.perf_counter() - t0, "queries": len(qs), "threads": torch.get_num_threads(),
+                               "device": args.device}
                 if args.profile:
                     from torch.profiler import ProfilerActivity, profile
 

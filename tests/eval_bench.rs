@@ -22,6 +22,11 @@ fn bench_dir() -> PathBuf {
     d
 }
 
+/// The device of the GR benchmark: $BENCH_DEVICE (`cpu`, the default, or `cuda`/`cuda:N`).
+fn bench_device() -> Device {
+    grdr::model::encode::parse_device(&std::env::var("BENCH_DEVICE").unwrap_or_else(|_| "cpu".into())).unwrap()
+}
+
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
@@ -93,7 +98,7 @@ struct GrBench {
 /// the T5 vocabulary), $BENCH_DOCIDS semantic-style docids (3 levels × 32 values, then eos)
 /// and random 16-token queries. Its log-probabilities are nearly flat: beam search's worst
 /// case (nothing to prune).
-fn random_gr(dir: &std::path::Path, n_docids: usize, nq: usize) -> GrBench {
+fn random_gr(dir: &std::path::Path, n_docids: usize, nq: usize, device: Device) -> GrBench {
     use grdr::model::{T5Config, T5ForConditionalGeneration};
     tch::manual_seed(1);
     let cfg = T5Config::from_json(&serde_json::json!({
@@ -102,10 +107,12 @@ fn random_gr(dir: &std::path::Path, n_docids: usize, nq: usize) -> GrBench {
         "decoder_start_token_id": 0, "model_type": "t5",
     }))
     .unwrap();
-    let vs = tch::nn::VarStore::new(Device::Cpu);
+    let mut vs = tch::nn::VarStore::new(Device::Cpu);
     let model = T5ForConditionalGeneration::new(&vs.root(), cfg).unwrap();
     let model_dir = dir.join("t5-bench");
     grdr::model::hf::export(&model, &vs, None, &model_dir, &[]).unwrap();
+    // The same initial weights on every device (made on the CPU, then moved in place).
+    vs.set_device(device);
     // Docids: level l uses tokens 1000 + 100·l + c (c < 32), distinct, then eos.
     let mut rng = Rng::new(5);
     let mut seen = std::collections::BTreeSet::new();
@@ -131,13 +138,13 @@ fn random_gr(dir: &std::path::Path, n_docids: usize, nq: usize) -> GrBench {
 /// A trained GR run ($BENCH_GR_RUN, e.g. `dsi-semantic-scifact`): its newest checkpoint, its
 /// docids, and the first `nq` queries of its evaluation split, tokenised as `grdr eval` does.
 /// The reference loads the run's exported `model/`.
-fn trained_gr(run: &std::path::Path, nq: usize) -> GrBench {
+fn trained_gr(run: &std::path::Path, nq: usize, device: Device) -> GrBench {
     use grdr::train::task::{Net, Task};
     let cfg = grdr::config::RunConfig::load(&run.join("config.toml"), &[]).unwrap();
     let table = grdr::data::docid::DocidTable::read(cfg.docids.path.as_ref().expect("a GR run")).unwrap();
     let mut model_cfg = cfg.model.clone();
     model_cfg.no_dropout = true;
-    let task = Task::build(&model_cfg, Device::Cpu, Some(&table)).unwrap();
+    let task = Task::build(&model_cfg, device, Some(&table)).unwrap();
     grdr::train::checkpoint::load_model(&grdr::train::checkpoint::latest(run).expect("a checkpoint"), &task.vs)
         .unwrap();
     let trie = grdr::eval::run_gr::build_trie(&task, &table).unwrap();
@@ -169,19 +176,20 @@ fn padded(part: &[Vec<i64>]) -> (Tensor, Tensor) {
 }
 
 /// GR decoding, beams 10 and 100, top-10 returned, on [`random_gr`] or, with $BENCH_GR_RUN,
-/// [`trained_gr`]; $BENCH_GR_QUERIES queries in batches of 8. Each beam is timed three ways:
-/// batch after batch with all intra-op threads, the same with one thread, and as `grdr eval`
-/// runs on the CPU (one batch per single-threaded worker), with a per-part profile
-/// (`BeamProfile`) of each.
+/// [`trained_gr`]; $BENCH_GR_QUERIES queries in batches of 8. On the CPU each beam is timed
+/// three ways: batch after batch with all intra-op threads, the same with one thread, and as
+/// `grdr eval` runs on the CPU (one batch per single-threaded worker), with a per-part
+/// profile (`BeamProfile`) of each. With $BENCH_DEVICE=cuda, batch after batch on the GPU.
 #[test]
 #[ignore]
 fn beam_search() {
     let dir = bench_dir();
+    let device = bench_device();
     let (n_docids, nq) = (env_usize("BENCH_DOCIDS", 10_000), env_usize("BENCH_GR_QUERIES", 32));
     let t0 = Instant::now();
     let bench = match std::env::var_os("BENCH_GR_RUN") {
-        Some(run) => trained_gr(std::path::Path::new(&run), nq),
-        None => random_gr(&dir, n_docids, nq),
+        Some(run) => trained_gr(std::path::Path::new(&run), nq, device),
+        None => random_gr(&dir, n_docids, nq, device),
     };
     let trie_secs = t0.elapsed().as_secs_f64();
     let GrBench { model, model_dir, trie, docids, queries, label, .. } = &bench;
@@ -190,13 +198,15 @@ fn beam_search() {
     let batch = 8usize;
     let spec = serde_json::json!({
         "docids": docids, "queries": queries, "beams": [10, 100],
-        "threads": threads, "batch": batch, "k": 10,
+        "threads": threads, "batch": batch, "k": 10, "device": format!("{device:?}"),
     });
     std::fs::write(dir.join("beam_spec.json"), spec.to_string()).unwrap();
+    let on_device = |(ids, mask): (Tensor, Tensor)| (ids.to_device(device), mask.to_device(device));
     let mut out = serde_json::Map::new();
-    // Warm-up (thread pools, first allocations), as the HF side does.
-    let (warm, warm_mask) = padded(&queries[..1]);
+    // Warm-up (thread pools, first allocations, CUDA kernels), as the HF side does.
+    let (warm, warm_mask) = on_device(padded(&queries[..1]));
     BeamSearch::new(model, trie, 10).search(&warm, &warm_mask);
+    BeamSearch::new(model, trie, 100).search(&warm, &warm_mask);
     for w in [10usize, 100] {
         let search = BeamSearch::new(model, trie, w);
         // The same batches of 8 queries as the HF side, decoded one after the other with `n`
@@ -206,7 +216,7 @@ fn beam_search() {
             let mut profile = BeamProfile::default();
             let t0 = Instant::now();
             for part in queries.chunks(batch) {
-                let (ids, mask) = padded(part);
+                let (ids, mask) = on_device(padded(part));
                 let got = search.search_profiled(&ids, &mask, &mut profile);
                 assert!(got.iter().all(|g| g.iter().all(|x| trie.is_valid(&x.tokens))));
             }
@@ -215,6 +225,10 @@ fn beam_search() {
             serde_json::json!({"seconds": secs, "queries_per_second": nq as f64 / secs, "profile": profile})
         };
         let all_threads = sequential(threads);
+        if device.is_cuda() {
+            out.insert(w.to_string(), serde_json::json!({"queries": nq, "search": all_threads}));
+            continue;
+        }
         let one_thread = sequential(1);
         // The same batches as `grdr eval` decodes them on the CPU (`run_gr.rs`): one batch per
         // worker thread, as many workers as intra-op threads, libtorch single-threaded in each.
