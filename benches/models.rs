@@ -1,4 +1,4 @@
-//! Throughput of our models for scripts/bench-models.py (issue 3). Not run by `cargo test`:
+//! Throughput of our models for scripts/bench-models.py. Not run by `cargo test`:
 //! the script runs `cargo test --bench models -- --ignored --nocapture` with GRDR_BENCH set to
 //! a JSON spec and reads one JSON line per case from stdout ("BENCH {...}").
 use std::time::Instant;

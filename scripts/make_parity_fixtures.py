@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Writes the HF-parity fixtures that tests/model_*.rs check (issue 3).
+"""Writes the HF-parity fixtures that tests/model_*.rs check.
 
 For three random-init tiny models (T5 v1.0, T5 v1.1, BERT) it writes, under
 tests/fixtures/parity/<name>/: the HF directory (config.json, model.safetensors) and io.safetensors

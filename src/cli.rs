@@ -17,6 +17,8 @@ pub struct Cli {
     pub command: Command,
 }
 
+// Parsed once per process: the size of the largest variant (`grdr eval`'s flags) costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Validate a collection and import it as a dataset directory (Parquet + manifest.json).
@@ -29,7 +31,7 @@ pub enum Command {
     /// Show this installation: versions, libtorch, named artefacts.
     Info(cmd::info::InfoArgs),
     /// Embed a dataset's documents or queries with a dense encoder into a Parquet file.
-    Encode(crate::model::encode::EncodeArgs),
+    Encode(cmd::encode::EncodeArgs),
     /// Build a docid file for generative retrieval: atomic, semantic, title or n-gram ids.
     Docids(cmd::docids::DocidsArgs),
     /// Train a DR, ColBERT or GR model from a TOML config (launch N ranks with grdr-launch).

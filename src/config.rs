@@ -4,7 +4,7 @@
 //!
 //! ```toml
 //! [data]    dataset, lengths, negatives, GR example mix     → data::examples, data::batch
-//! [model]   what to train and from which weights             → train::task
+//! [model]   what to train and from which weights             → model::task
 //! [docids]  the docid file of a GR run                       → data::docid
 //! [train]   optimiser, schedule, steps, seed, checkpoints    → train::{optim, schedule, trainer}
 //! [dist]    collectives backend, DDP buckets                 → dist
@@ -202,7 +202,7 @@ pub enum Decay {
 #[serde(rename_all = "lowercase")]
 pub enum Precision {
     Fp32,
-    /// bf16 autocast on CUDA (parameters and optimizer state stay f32); same as fp32 on CPU.
+    /// bf16 autocast on CUDA (parameters and optimizer state stay f32); refused on the CPU.
     Bf16,
 }
 
@@ -314,6 +314,13 @@ pub struct EvalConfig {
     pub doc_max_len: Option<usize>,
     /// GR: documents whose indexing example is checked for memorisation (R@1). Default 500.
     pub memorization_docs: usize,
+    /// GR: beam width; none = `k` (a beam as wide as the run file is deep).
+    pub beam: Option<usize>,
+    /// Also compute the Brier score (DR: full softmax over the corpus; GR: over the docid
+    /// set) and DR's in-batch-vs-full-softmax gap. Default false.
+    pub calibration: bool,
+    /// Batch sizes K of the in-batch gap. Default [16, 64, 256, 1024].
+    pub gap_k: Vec<usize>,
 }
 
 impl Default for EvalConfig {
@@ -325,6 +332,9 @@ impl Default for EvalConfig {
             batch_size: 64,
             doc_max_len: None,
             memorization_docs: 500,
+            beam: None,
+            calibration: false,
+            gap_k: vec![16, 64, 256, 1024],
         }
     }
 }
@@ -379,7 +389,11 @@ fn apply_override(table: &mut toml::Table, path: &[String], value: toml::Value, 
 impl RunConfig {
     /// Reads `path`, applies `overrides` (`section.key=value`), deserialises and validates.
     pub fn load(path: &Path, overrides: &[String]) -> Result<RunConfig> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, "cannot read the config", e))?;
+        let text = std::fs::read_to_string(path).map_err(|e| match e.kind() {
+            // A config named on the command line that is not there is a usage error (exit 2).
+            std::io::ErrorKind::NotFound => Error::usage(path.display().to_string(), "no such config file"),
+            _ => Error::io(path, "cannot read the config", e),
+        })?;
         Self::from_toml(&text, &path.display().to_string(), overrides)
     }
 
@@ -423,11 +437,22 @@ impl RunConfig {
             ("eval.k", self.eval.k),
             ("eval.batch_size", self.eval.batch_size),
             ("train.keep_checkpoints", t.keep_checkpoints),
+            ("train.threads", t.threads.unwrap_or(1)),
+            ("eval.beam", self.eval.beam.unwrap_or(1)),
+            ("model.colbert_dim", self.model.colbert_dim.max(0) as usize),
+            ("model.colbert_query_len", self.model.colbert_query_len.max(0) as usize),
+            ("model.dim", self.model.dim.unwrap_or(1).max(0) as usize),
         ];
         for (key, v) in positive {
             if v == 0 {
                 return Err(Error::usage(key, "must be at least 1"));
             }
+        }
+        if self.model.query_augment_token < 0 {
+            return Err(Error::usage("model.query_augment_token", "must be a token id (≥ 0)"));
+        }
+        if self.eval.gap_k.contains(&0) {
+            return Err(Error::usage("eval.gap_k", "batch sizes must be at least 1"));
         }
         if d.query_max_len < 2 || d.doc_max_len < 2 {
             return Err(Error::usage("data.query_max_len/doc_max_len", "must be at least 2 (room for special tokens)"));
@@ -435,10 +460,10 @@ impl RunConfig {
         if !(t.lr > 0.0 && t.lr.is_finite()) {
             return Err(Error::usage("train.lr", format!("{} is not a positive learning rate", t.lr)));
         }
-        if !(t.temperature > 0.0) {
+        if t.temperature.is_nan() || t.temperature <= 0.0 {
             return Err(Error::usage("train.temperature", "must be positive"));
         }
-        if t.max_steps == 0 && !(t.epochs > 0.0) {
+        if t.max_steps == 0 && (t.epochs.is_nan() || t.epochs <= 0.0) {
             return Err(Error::usage("train.epochs", "must be positive when train.max_steps is 0"));
         }
         if !(0.0..1.0).contains(&t.beta1) || !(0.0..1.0).contains(&t.beta2) {
@@ -453,9 +478,12 @@ impl RunConfig {
         if !["cpu", "cuda", "auto"].contains(&t.device.as_str()) && !t.device.starts_with("cuda:") {
             return Err(Error::usage("train.device", format!("`{}`: expected cpu, cuda, cuda:N or auto", t.device)));
         }
-        self.dist.backend.parse::<crate::dist::Backend>()?;
+        self.dist.backend.parse::<Backend>()?;
         if !["mean", "first", "cls"].contains(&self.model.pooling.as_str()) {
-            return Err(Error::usage("model.pooling", format!("`{}`: expected mean or first", self.model.pooling)));
+            return Err(Error::usage(
+                "model.pooling",
+                format!("`{}`: expected mean, first or cls", self.model.pooling),
+            ));
         }
         if self.model.init == "scratch" && self.model.tokenizer.is_none() {
             return Err(Error::usage("model.tokenizer", "required with model.init = \"scratch\""));
@@ -487,6 +515,33 @@ impl RunConfig {
     pub fn write(&self, path: &Path) -> Result<()> {
         let text = self.to_toml();
         crate::atomic::write_file(path, |w| std::io::Write::write_all(w, text.as_bytes()))
+    }
+}
+
+/// Which collectives a job uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// MPI when started by a launcher, else the world of one; NCCL on top when `device`
+    /// is CUDA and NCCL loads.
+    Auto,
+    /// MPI for everything (CUDA tensors staged through host memory).
+    Mpi,
+    /// NCCL for CUDA tensors, MPI (or the world of one) for the rest.
+    Nccl,
+    /// The world of one, whatever the environment says.
+    Local,
+}
+
+impl std::str::FromStr for Backend {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Backend> {
+        match s {
+            "auto" => Ok(Backend::Auto),
+            "mpi" => Ok(Backend::Mpi),
+            "nccl" => Ok(Backend::Nccl),
+            "local" => Ok(Backend::Local),
+            other => Err(Error::usage("dist.backend", format!("`{other}`: expected auto, mpi, nccl or local"))),
+        }
     }
 }
 

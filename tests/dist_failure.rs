@@ -1,4 +1,4 @@
-//! Invariant 7 of DESIGN.md, for the distributed core: a rank that dies, returns an
+//! No hang, no silent loss, for the distributed core: a rank that dies, returns an
 //! error, panics or hangs ends the whole 2-rank job within 30 s, with a message naming
 //! the rank. In every case rank 0 is blocked in a collective waiting for rank 1.
 mod dist_common;

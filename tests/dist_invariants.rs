@@ -1,4 +1,4 @@
-//! Invariant 1 of DESIGN.md: N ranks × batch B ≡ 1 rank × batch N·B. Same loss and the
+//! N ranks × batch B ≡ 1 rank × batch N·B. Same loss and the
 //! same (DDP-averaged) gradients, ≤ 1e-5 relative, for
 //!   (a) single-vector InfoNCE with cross-rank (and hard) negatives,
 //!   (b) ColBERT MaxSim contrastive loss over the padded token gather,

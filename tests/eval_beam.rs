@@ -1,4 +1,4 @@
-//! Invariant 6 (constrained decoding is exact) on the tiny parity-fixture T5 models:
+//! Constrained decoding is exact on the tiny parity-fixture T5 models:
 //! - beam ≥ number of docids returns every docid ranked exactly as brute-force teacher-forced
 //!   scoring of all docids ranks them;
 //! - smaller beams return only valid docids, with their true scores;

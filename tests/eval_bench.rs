@@ -24,7 +24,8 @@ fn bench_dir() -> PathBuf {
 
 /// The device of the GR benchmark: $BENCH_DEVICE (`cpu`, the default, or `cuda`/`cuda:N`).
 fn bench_device() -> Device {
-    grdr::model::encode::parse_device(&std::env::var("BENCH_DEVICE").unwrap_or_else(|_| "cpu".into())).unwrap()
+    grdr::device::parse_device(&std::env::var("BENCH_DEVICE").unwrap_or_else(|_| "cpu".into()), 0, "BENCH_DEVICE")
+        .unwrap()
 }
 
 fn env_usize(name: &str, default: usize) -> usize {
@@ -139,7 +140,7 @@ fn random_gr(dir: &std::path::Path, n_docids: usize, nq: usize, device: Device) 
 /// docids, and the first `nq` queries of its evaluation split, tokenised as `grdr eval` does.
 /// The reference loads the run's exported `model/`.
 fn trained_gr(run: &std::path::Path, nq: usize, device: Device) -> GrBench {
-    use grdr::train::task::{Net, Task};
+    use grdr::model::task::{Net, Task};
     let cfg = grdr::config::RunConfig::load(&run.join("config.toml"), &[]).unwrap();
     let table = grdr::data::docid::DocidTable::read(cfg.docids.path.as_ref().expect("a GR run")).unwrap();
     let mut model_cfg = cfg.model.clone();
@@ -151,7 +152,7 @@ fn trained_gr(run: &std::path::Path, nq: usize, device: Device) -> GrBench {
     let docids = task.targets(&table).unwrap().into_iter().map(|t| t.into_iter().map(|x| x as u32).collect()).collect();
     let ds = grdr::data::Dataset::open(&cfg.data.path).unwrap();
     let texts: Vec<String> = ds.split_queries(&cfg.eval.split).unwrap().into_iter().take(nq).map(|q| q.text).collect();
-    let tok = grdr::model::text::TextTokenizer::from_path(&task.tokenizer_json, cfg.data.query_max_len).unwrap();
+    let tok = grdr::data::text::TextTokenizer::from_path(&task.tokenizer_json, cfg.data.query_max_len).unwrap();
     let queries = tok.encode(&texts.iter().map(String::as_str).collect::<Vec<_>>()).unwrap();
     let Net::Generative { model, .. } = task.net else { panic!("{}: not a generative run", run.display()) };
     GrBench {
@@ -169,7 +170,7 @@ fn trained_gr(run: &std::path::Path, nq: usize, device: Device) -> GrBench {
 fn padded(part: &[Vec<i64>]) -> (Tensor, Tensor) {
     let l = part.iter().map(Vec::len).max().unwrap_or(0);
     let ids: Vec<i64> =
-        part.iter().flat_map(|q| q.iter().copied().chain(std::iter::repeat(0).take(l - q.len()))).collect();
+        part.iter().flat_map(|q| q.iter().copied().chain(std::iter::repeat_n(0, l - q.len()))).collect();
     let mask: Vec<i64> = part.iter().flat_map(|q| (0..l).map(move |i| i64::from(i < q.len()))).collect();
     let shape = [part.len() as i64, l as i64];
     (Tensor::from_slice(&ids).view(shape), Tensor::from_slice(&mask).view(shape))
@@ -233,9 +234,9 @@ fn beam_search() {
         // The same batches as `grdr eval` decodes them on the CPU (`run_gr.rs`): one batch per
         // worker thread, as many workers as intra-op threads, libtorch single-threaded in each.
         let units: Vec<(Tensor, Tensor)> = queries.chunks(batch).map(padded).collect();
-        let shared = grdr::eval::run_eval::Shared(&search);
+        let shared = grdr::parallel::Shared(&search);
         let t1 = Instant::now();
-        let parts = grdr::eval::run_eval::parallel_map(Device::Cpu, units, |(ids, mask)| {
+        let parts = grdr::parallel::parallel_map(Device::Cpu, units, |(ids, mask)| {
             let mut p = BeamProfile::default();
             let got = shared.get().search_profiled(&ids, &mask, &mut p);
             assert!(got.iter().all(|g| g.iter().all(|x| trie.is_valid(&x.tokens))));

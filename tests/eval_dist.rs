@@ -1,4 +1,4 @@
-//! Invariant 2: `grdr eval` on 2 ranks (launcher/grdr-launch, MPI) writes the same run.trec,
+//! N ranks ≡ 1 rank for evaluation: `grdr eval` on 2 ranks (launcher/grdr-launch, MPI) writes the same run.trec,
 //! byte for byte, as on 1 rank — for DR (with calibration), ColBERT (token-pool candidates +
 //! MaxSim) and GR (trie-constrained beam search), and for the rerank setting. The corpus is
 //! synthetic (`grdr synth`: throughput data, not accuracy), split into 6 row groups so both

@@ -23,6 +23,8 @@ fn minilm_zero_shot_reproduces_the_published_ndcg() {
         "test",
         "--output",
         out.to_str().unwrap(),
+        "--k",
+        "1000",
         "--calibration",
     ]);
     let got: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("metrics.json")).unwrap()).unwrap();

@@ -1,4 +1,4 @@
-//! Metrics parity (DESIGN.md invariant 5): grdr's evaluator against pytrec_eval
+//! Metrics parity: grdr's evaluator against pytrec_eval
 //! (`scripts/pytrec_reference.py`, run with the reference venv) on runs built over the
 //! real SciFact qrels and corpus ids, every mean and every per-query value to 1e-6.
 //!

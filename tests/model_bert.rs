@@ -6,10 +6,10 @@ mod common;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+use grdr::data::text::TextTokenizer;
 use grdr::model::dual::{DualConfig, DualEncoder, DualHead};
 use grdr::model::encoder::{l2_normalize, pool, Pooling};
 use grdr::model::hf::{self, LoadOptions};
-use grdr::model::text::TextTokenizer;
 use grdr::model::{BertModel, Encoder};
 use tch::{nn, nn::OptimizerConfig, Kind, Tensor};
 

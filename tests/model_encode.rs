@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use grdr::model::encode::read_embeddings;
+use grdr::data::embeddings::read_embeddings;
 use tch::{Kind, Tensor};
 
 fn fixture(name: &str) -> PathBuf {

@@ -139,7 +139,7 @@ fn resize_keeps_old_logits_and_scores_equal_teacher_forcing() {
         let (ids, mask, dec) = (&io["input_ids"], &io["attention_mask"], &io["decoder_input_ids"]);
         let before = tch::no_grad(|| l.model.forward(ids, mask, dec, false, false).logits);
         let v = l.model.config.vocab_size;
-        resize_token_embeddings(&mut l.model, &l.vs, v + 7, v).unwrap();
+        resize_token_embeddings(&mut l.model, v + 7, v).unwrap();
         let after = tch::no_grad(|| l.model.forward(ids, mask, dec, false, false).logits);
         assert_eq!(after.size()[2], v + 7);
         assert!(close(&after.narrow(2, 0, v), &before, 1e-6), "{name}");
@@ -178,7 +178,8 @@ fn docid_tokens_extend_model_and_tokenizer() {
     assert_eq!(base, 32100);
     let mut l = hf::load::<T5ForConditionalGeneration>(&fixture("t5_v11"), LoadOptions::default()).unwrap();
     let vocab = DocidVocab::Atomic { base, n_docs: 5 };
-    grdr::model::generative::install_docid_tokens(&mut l.model, &l.vs, &vocab, Some(&mut tok)).unwrap();
+    grdr::model::generative::add_docid_tokens(&mut tok, &vocab).unwrap();
+    resize_token_embeddings(&mut l.model, base + vocab.n_new_tokens(), base).unwrap();
     assert_eq!(l.model.config.vocab_size, base + 5);
     assert_eq!(tok.token_to_id("<d3>"), Some(32103));
     let enc = tok.encode("<d3>", true).unwrap();

@@ -1,4 +1,4 @@
-//! The sweep on a real Slurm cluster (issue 7's "done when"): `slurm/test-cluster` starts
+//! The sweep on a real Slurm cluster: `slurm/test-cluster` starts
 //! a one-node Slurm on this machine; `grdr sweep configs/sweeps/tiny-test.toml --backend
 //! slurm` submits a 2-point × 2-rank job array; one point is preempted mid-training with
 //! `scancel -b -s USR1` (what `--signal=B:USR1@…` does before a time limit), checkpoints,

@@ -1,4 +1,4 @@
-//! Invariant 1 of DESIGN.md through the real `grdr train`: 2 ranks × batch B log the losses
+//! N ranks × batch B ≡ 1 rank × batch N·B through the real `grdr train`: 2 ranks × batch B log the losses
 //! and end with the parameters of 1 rank × batch 2B (relative distance ≤ 1e-5, see
 //! `param_distance` for the measure), for DR with cross-rank and BM25 hard
 //! negatives, for ColBERT, and for GR (atomic docids, globally normalised token NLL) —

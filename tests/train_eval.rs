@@ -1,6 +1,6 @@
 //! The evaluation at the end of `grdr train` is `grdr eval --run` on the same checkpoint:
 //! both go through `eval::run_eval`, so the run files are byte-identical — for DR trained
-//! and evaluated on 2 ranks against `grdr eval` on 1 rank (invariant 2 as well), and for GR,
+//! and evaluated on 2 ranks against `grdr eval` on 1 rank (N ranks ≡ 1 rank as well), and for GR,
 //! whose end-of-run evaluation also reports memorisation (R@1 of decoding documents' own
 //! indexing inputs) and never returns an unknown docid.
 mod train_common;
@@ -79,4 +79,42 @@ fn generative_end_of_run_eval_reports_memorization_and_only_real_docids() {
     let again = eval_run(&run, &dir.path().join("again"), &["--k", "10", "--beam", "10", "--batch-size", "32"]);
     assert_eq!(trec, read(&dir.path().join("again/run.trec")).replace("grdr-eval", "grdr-train"));
     assert_eq!(again["memorization_R@1"], at_end["memorization_R@1"]);
+}
+
+/// The exported GR model (`RUNDIR/model/`) is usable with transformers alone: its tokenizer
+/// knows the docid tokens at the ids the model gives them, so a docid the model scores best
+/// decodes to its name and the name encodes back to the docid's token.
+#[test]
+fn generative_export_decodes_docids_in_transformers() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), "run.toml", &tiny_generative(dataset(), dir.path()));
+    let run = dir.path().join("run");
+    ok(&train(&cfg, &run, &[]));
+    let py = grdr::assets::reference_python().expect("reference python (launcher/setup --reference)");
+    let code = r#"
+import json, sys, torch
+from transformers import PreTrainedTokenizerFast, T5ForConditionalGeneration
+d, n_docs = sys.argv[1], int(sys.argv[2])
+tok = PreTrainedTokenizerFast(tokenizer_file=d + "/tokenizer.json")
+m = T5ForConditionalGeneration.from_pretrained(d).eval()
+base = m.config.vocab_size - n_docs
+enc = tok(["protein folding in yeast"], return_tensors="pt")
+with torch.no_grad():
+    logits = m(**enc, decoder_input_ids=torch.tensor([[m.config.decoder_start_token_id]])).logits[0, -1]
+best = base + int(logits[base:].argmax())
+name = tok.decode([best])
+print(json.dumps({"len": len(tok), "vocab": m.config.vocab_size, "base": base, "best": best, "name": name,
+                  "back": tok(name, add_special_tokens=False).input_ids, "d7": tok.convert_tokens_to_ids("<d7>")}))
+"#;
+    let n_docs = grdr::data::Dataset::open(dataset()).unwrap().docs().unwrap().len();
+    let out = Command::new(py).arg("-c").arg(code).arg(run.join("model")).arg(n_docs.to_string()).output().unwrap();
+    assert!(out.status.success(), "transformers: {}", String::from_utf8_lossy(&out.stderr));
+    let got: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let base = got["base"].as_i64().unwrap();
+    assert_eq!(base, 32100, "atomic docid tokens follow the T5 tokenizer's 32,100 tokens");
+    assert_eq!(got["len"], got["vocab"], "the tokenizer names every row of the model's vocabulary");
+    assert_eq!(got["d7"].as_i64(), Some(base + 7));
+    let best = got["best"].as_i64().unwrap();
+    assert_eq!(got["name"].as_str().unwrap(), format!("<d{}>", best - base));
+    assert_eq!(got["back"], serde_json::json!([best]));
 }

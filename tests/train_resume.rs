@@ -1,4 +1,4 @@
-//! Invariant 3 of DESIGN.md: resume ≡ uninterrupted. A run resumed from its step-3
+//! Resume ≡ uninterrupted. A run resumed from its step-3
 //! checkpoint logs the same losses and ends with the same parameters, bit for bit, as the
 //! run that never stopped; SIGUSR1 mid-run (one rank) or SIGTERM to the 2-rank launcher
 //! checkpoints, exits 75, and the resumed run again ends where the uninterrupted one does. A damaged checkpoint is refused by name.

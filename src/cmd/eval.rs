@@ -1,6 +1,10 @@
 //! `grdr eval`: distributed evaluation of a trained run or a pretrained model on one split,
 //! written as a run directory (run.trec, metrics.json, run.json). Launch N ranks with
 //! `launcher/grdr-launch -n N -- grdr eval …`; the files equal a one-process run's.
+//!
+//! Defaults: with `--run`, the run's own `[eval]` section (what the end of `grdr train`
+//! evaluated with — `EvalOptions::for_run`); with `--model`, `[eval]`'s defaults. A flag
+//! changes only what it names.
 use std::path::{Path, PathBuf};
 
 use clap::{Args, ValueEnum};
@@ -13,10 +17,11 @@ use crate::data::docid::DocidTable;
 use crate::data::Dataset;
 use crate::dist::{self, Comm};
 use crate::error::{Error, Result};
-use crate::eval::run_eval::{self, EvalOptions, RerankOptions};
+use crate::eval::run_eval::{self, EvalSummary};
+use crate::eval::{EvalOptions, RerankOptions};
 use crate::model::colbert::Alignment;
 use crate::model::encode::EncodeSpec;
-use crate::train::task::{Task, HEAD_PREFIX};
+use crate::model::task::{Task, HEAD_PREFIX};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ModelKindArg {
@@ -41,39 +46,42 @@ pub struct EvalArgs {
     /// A training run directory: its config.toml and newest checkpoints/step-N/ are evaluated.
     #[arg(long)]
     pub run: Option<PathBuf>,
+    /// With --run: evaluate this checkpoint (`step-N`) instead of the newest.
+    #[arg(long, requires = "run")]
+    pub checkpoint: Option<String>,
     /// A model to evaluate as is: an artefact name (`minilm`) or an HF directory.
     #[arg(long)]
     pub model: Option<String>,
-    /// With --model: what it is.
-    #[arg(long, value_enum, default_value = "dual")]
-    pub kind: ModelKindArg,
+    /// With --model: what it is (default dual; a run's config says it).
+    #[arg(long, value_enum)]
+    pub kind: Option<ModelKindArg>,
     /// The docid file (`grdr docids`) of a generative --model (a run names its own).
     #[arg(long)]
     pub docids: Option<PathBuf>,
     /// A dataset directory (default with --run: the run's `data.path`).
     #[arg(long)]
     pub data: Option<PathBuf>,
-    /// The split whose judged queries are evaluated (default with --run: `eval.split`, else test).
+    /// The split whose judged queries are evaluated (default: `eval.split`, i.e. test).
     #[arg(long)]
     pub split: Option<String>,
     /// The run directory to write: run.trec, metrics.json, run.json.
     #[arg(long)]
     pub output: PathBuf,
-    /// Documents per query in the run file.
-    #[arg(long, default_value_t = 1000)]
-    pub k: usize,
-    /// Texts per encoder forward pass.
-    #[arg(long, default_value_t = 64)]
-    pub batch_size: usize,
+    /// Documents per query in the run file (default: `eval.k`, 100).
+    #[arg(long)]
+    pub k: Option<usize>,
+    /// Texts per encoder forward pass (default: `eval.batch_size`, 64).
+    #[arg(long)]
+    pub batch_size: Option<usize>,
     /// Query truncation (tokens, special ones included). Default: the run's, else the model's.
     #[arg(long)]
     pub query_max_len: Option<usize>,
     /// Document truncation. Default: the run's, else the model's (sentence-transformers' max_seq_length).
     #[arg(long)]
     pub doc_max_len: Option<usize>,
-    /// Queries per score block (memory: block × row-group rows scores).
-    #[arg(long, default_value_t = 1024)]
-    pub query_block: i64,
+    /// Queries per score block (memory: block × row-group rows scores; default 1024).
+    #[arg(long)]
+    pub query_block: Option<i64>,
     /// Spill document embeddings to this directory instead of keeping them in memory (DR).
     #[arg(long)]
     pub spill: Option<PathBuf>,
@@ -86,51 +94,62 @@ pub struct EvalArgs {
     /// Intra-op CPU threads per rank (default: libtorch's, i.e. OMP_NUM_THREADS).
     #[arg(long)]
     pub threads: Option<i32>,
-    /// ColBERT: pool tokens retrieved per query token (candidate stage).
-    #[arg(long, default_value_t = 100)]
-    pub token_k: usize,
-    /// ColBERT: token alignment of the final score.
-    #[arg(long, value_enum, default_value = "q2d")]
-    pub alignment: AlignArg,
-    /// GR: beam width (returns at most this many docids per query).
-    #[arg(long, default_value_t = 100)]
-    pub beam: usize,
-    /// GR: beams decoded together (bounds the KV cache).
-    #[arg(long, default_value_t = 1024)]
-    pub beam_rows: usize,
+    /// ColBERT: pool tokens retrieved per query token (candidate stage; default 100).
+    #[arg(long)]
+    pub token_k: Option<usize>,
+    /// ColBERT: token alignment of the final score (default q2d).
+    #[arg(long, value_enum)]
+    pub alignment: Option<AlignArg>,
+    /// GR: beam width, returns at most this many docids per query (default: `eval.beam`, else k).
+    #[arg(long)]
+    pub beam: Option<usize>,
+    /// GR: beams decoded together (bounds the KV cache; default 1024).
+    #[arg(long)]
+    pub beam_rows: Option<usize>,
     /// The rerank setting: score BM25's top candidates instead of retrieving end to end.
     #[arg(long)]
     pub rerank: bool,
-    /// Rerank: BM25 candidates per query.
-    #[arg(long, default_value_t = 100)]
-    pub rerank_depth: usize,
+    /// Rerank: BM25 candidates per query (default 100).
+    #[arg(long)]
+    pub rerank_depth: Option<usize>,
     /// Rerank: add the relevant documents to the candidates (inflates every metric; recorded).
     #[arg(long)]
     pub rerank_add_gold: bool,
     /// Brier score (DR: full softmax over the corpus; GR: over the docid set) and DR's
-    /// in-batch-vs-full-softmax gap.
+    /// in-batch-vs-full-softmax gap (default: `eval.calibration`, off).
     #[arg(long)]
     pub calibration: bool,
     /// Softmax temperature of the calibration (default: the run's train.temperature, else 0.05).
     #[arg(long)]
     pub temperature: Option<f64>,
-    /// Batch sizes K of the in-batch gap, comma-separated.
-    #[arg(long, default_value = "16,64,256,1024", value_delimiter = ',')]
-    pub gap_k: Vec<usize>,
+    /// Batch sizes K of the in-batch gap, comma-separated (default: `eval.gap_k`, 16,64,256,1024).
+    #[arg(long, value_delimiter = ',')]
+    pub gap_k: Option<Vec<usize>>,
     /// GR: decode this many sampled documents' indexing inputs and report memorisation R@1
-    /// (default with --run: the run's `eval.memorization_docs`, else 0).
+    /// (default: `eval.memorization_docs`).
     #[arg(long)]
     pub memorization_docs: Option<usize>,
-    /// With --model, ColBERT: per-token dimension, query length, query augmentation token.
-    #[arg(long, default_value_t = 128)]
-    pub colbert_dim: i64,
-    #[arg(long, default_value_t = 32)]
-    pub colbert_query_len: i64,
-    #[arg(long, default_value_t = 103)]
-    pub query_augment_token: i64,
+    /// With --model, ColBERT: per-token dimension, query length, query augmentation token
+    /// (defaults 128, 32, 103; a run's config fixes them).
+    #[arg(long)]
+    pub colbert_dim: Option<i64>,
+    #[arg(long)]
+    pub colbert_query_len: Option<i64>,
+    #[arg(long)]
+    pub query_augment_token: Option<i64>,
     /// Replace an existing output directory.
     #[arg(long)]
     pub overwrite: bool,
+}
+
+/// What is evaluated: the model's config, its weights, where its data and docids are.
+struct Subject {
+    model: ModelConfig,
+    checkpoint: Option<PathBuf>,
+    data: PathBuf,
+    docids: Option<PathBuf>,
+    /// The options before this invocation's flags: the run's, or the defaults for a model.
+    opts: EvalOptions,
 }
 
 /// Copies `grdr_head.*` tensors of an HF directory's weights into `task`'s heads, if any.
@@ -151,9 +170,10 @@ fn load_head_weights(dir: &Path, task: &Task) -> Result<usize> {
 
 impl EvalArgs {
     pub fn run(&self) -> Result<()> {
-        if let Some(t) = self.threads {
-            tch::set_num_threads(t);
+        if self.threads.is_some_and(|t| t < 1) {
+            return Err(Error::usage("--threads", "must be at least 1"));
         }
+        let _threads = self.threads.map(crate::parallel::IntraOpThreads::set);
         // Hits and normalisers travel as small CPU tensors: MPI (or the world of one) suffices.
         let comm = dist::init(dist::Backend::Mpi, Device::Cpu)?;
         let result = self.run_rank(&*comm);
@@ -162,75 +182,216 @@ impl EvalArgs {
 
     fn run_rank(&self, comm: &dyn Comm) -> Result<()> {
         let world = comm.world();
-        let local_rank = world.local_rank;
-        let device = crate::train::trainer::pick_device(&self.device, local_rank)?;
+        let device = crate::device::parse_device(&self.device, world.local_rank, "--device")?;
         let bf16 = match self.precision.as_str() {
             "auto" => device.is_cuda(),
-            "bf16" => true,
+            "bf16" if device.is_cuda() => true,
+            "bf16" => {
+                return Err(Error::usage("--precision", "bf16 needs a CUDA device (--device); use fp32 on the CPU"))
+            }
             "fp32" => false,
             other => return Err(Error::usage("--precision", format!("`{other}`: expected auto, fp32 or bf16"))),
         };
+        let subject = self.subject(device)?;
+        let mut opts = self.apply_flags(subject.opts.clone(), subject.model.kind)?;
+        opts.spill = self.spill.as_ref().map(|s| s.join(format!("rank-{}", world.rank)));
+        opts.bf16_store = bf16;
+        opts.validate()?;
         // Rank 0 owns the output; refuse an existing one before any work.
         let out = if world.is_coordinator() { Some(TempDir::new(&self.output, self.overwrite)?) } else { None };
 
-        // ---- The model: a run's config + newest checkpoint, or a model as is -------------
-        let (mut model_cfg, data, split, temperature, q_len, d_len, docids_path, ckpt, memorization) =
-            match (&self.run, &self.model) {
-                (Some(run), _) => {
-                    let cfg = RunConfig::load(&run.join("config.toml"), &[])?;
-                    let ckpt = crate::train::checkpoint::latest(run)
-                        .ok_or_else(|| Error::usage("--run", format!("{} has no checkpoints/step-N", run.display())))?;
-                    (
-                        cfg.model.clone(),
-                        self.data.clone().unwrap_or(cfg.data.path.clone()),
-                        self.split.clone().unwrap_or(cfg.eval.split.clone()),
-                        self.temperature.unwrap_or(cfg.train.temperature),
-                        self.query_max_len.unwrap_or(cfg.data.query_max_len),
-                        self.doc_max_len.unwrap_or(cfg.eval.doc_max_len.unwrap_or(cfg.data.doc_max_len)),
-                        self.docids.clone().or(cfg.docids.path.clone()),
-                        Some(ckpt),
-                        (self.memorization_docs.unwrap_or(cfg.eval.memorization_docs), cfg.train.seed),
-                    )
+        let docids = subject.docids.as_deref().map(DocidTable::read).transpose()?;
+        let mut task = self.build_task(&subject, device, docids.as_ref())?;
+        task.check_lengths(&[("--query-max-len", opts.query_max_len), ("--doc-max-len", opts.doc_max_len)])?;
+        if bf16 {
+            task.vs.bfloat16();
+        }
+        let ds = Dataset::open(&subject.data)?;
+        let outcome = run_eval::evaluate(comm, &task, &ds, docids.as_ref(), &opts)?;
+        let (Some(outcome), Some(out)) = (outcome, out) else { return Ok(()) };
+
+        // ---- Rank 0: metrics and files -------------------------------------------------
+        let model_name = self.run.as_ref().map(|r| r.display().to_string()).or(self.model.clone());
+        let mut info = serde_json::Map::new();
+        info.insert("command".into(), json!("eval"));
+        info.insert("grdr_version".into(), json!(crate::VERSION));
+        info.insert("model".into(), json!(model_name));
+        info.insert("checkpoint".into(), json!(subject.checkpoint.as_ref().map(|c| c.display().to_string())));
+        info.insert("kind".into(), json!(format!("{:?}", subject.model.kind).to_lowercase()));
+        info.insert("data".into(), json!(subject.data.display().to_string()));
+        info.insert("split".into(), json!(opts.split));
+        info.insert("k".into(), json!(opts.k));
+        info.insert("device".into(), json!(format!("{device:?}")));
+        info.insert("precision".into(), json!(if bf16 { "bf16" } else { "fp32" }));
+        info.insert("query_max_len".into(), json!(opts.query_max_len));
+        info.insert("doc_max_len".into(), json!(opts.doc_max_len));
+        info.insert("threads".into(), json!(tch::get_num_threads()));
+        let metrics = run_eval::write_outcome(out.path(), &ds, &opts, &outcome, info, "grdr-eval")?;
+        let dest = out.commit()?;
+        let title = format!(
+            "{} {} ({} queries){}",
+            model_name.as_deref().unwrap_or("model"),
+            opts.split,
+            metrics.queries,
+            if self.rerank_add_gold { " — rerank with gold added: inflated" } else { "" }
+        );
+        super::print_summary(&EvalSummary { title, metrics, extra: outcome.metrics_extra });
+        tracing::info!("wrote {}", dest.display());
+        Ok(())
+    }
+
+    /// The model and the options it starts from: a run's config + newest checkpoint, or a
+    /// model directory as it is.
+    fn subject(&self, device: Device) -> Result<Subject> {
+        match (&self.run, &self.model) {
+            (Some(run), _) => {
+                // The run's config fixes what the model is: flags that would contradict it
+                // are refused rather than silently ignored.
+                let fixed = [
+                    ("--kind", self.kind.is_some()),
+                    ("--colbert-dim", self.colbert_dim.is_some()),
+                    ("--colbert-query-len", self.colbert_query_len.is_some()),
+                    ("--query-augment-token", self.query_augment_token.is_some()),
+                ];
+                if let Some((flag, _)) = fixed.iter().find(|(_, given)| *given) {
+                    return Err(Error::usage(*flag, "only with --model: the run's config.toml fixes it"));
                 }
-                (None, Some(model)) => {
-                    let dir = crate::assets::resolve(model)?;
-                    let spec = EncodeSpec::from_model_dir(&dir);
-                    let cfg = ModelConfig {
-                        kind: match self.kind {
-                            ModelKindArg::Dual => ModelKind::Dual,
-                            ModelKindArg::Colbert => ModelKind::Colbert,
-                            ModelKindArg::Generative => ModelKind::Generative,
-                        },
-                        init: model.clone(),
-                        pooling: format!("{:?}", spec.pooling).to_lowercase(),
-                        normalize: spec.normalize,
-                        colbert_dim: self.colbert_dim,
-                        colbert_query_len: self.colbert_query_len,
-                        query_augment_token: self.query_augment_token,
-                        ..ModelConfig::default()
-                    };
-                    let data = self.data.clone().ok_or_else(|| Error::usage("--data", "required with --model"))?;
-                    (
-                        cfg,
-                        data,
-                        self.split.clone().unwrap_or_else(|| "test".into()),
-                        self.temperature.unwrap_or(0.05),
-                        self.query_max_len.unwrap_or(spec.max_len),
-                        self.doc_max_len.unwrap_or(spec.max_len),
-                        self.docids.clone(),
-                        None,
-                        (self.memorization_docs.unwrap_or(0), 42),
-                    )
+                if !run.join("config.toml").is_file() {
+                    return Err(Error::usage(
+                        "--run",
+                        format!("{} is not a run directory (no config.toml)", run.display()),
+                    ));
                 }
-                (None, None) => unreachable!("clap requires --run or --model"),
+                let cfg = RunConfig::load(&run.join("config.toml"), &[])?;
+                let checkpoint = match &self.checkpoint {
+                    Some(name) => crate::train::checkpoint::dir(run).join(name),
+                    None => crate::train::checkpoint::latest(run)
+                        .ok_or_else(|| Error::usage("--run", format!("{} has no checkpoints/step-N", run.display())))?,
+                };
+                if !checkpoint.is_dir() {
+                    let have = crate::train::checkpoint::list(run);
+                    return Err(Error::usage(
+                        "--checkpoint",
+                        format!("{} does not exist (steps: {have:?})", checkpoint.display()),
+                    ));
+                }
+                // Every file of the checkpoint against its recorded size and sha256: a damaged
+                // checkpoint is refused (exit 3, the file named), never evaluated.
+                crate::train::checkpoint::verify(&checkpoint)?;
+                Ok(Subject {
+                    opts: EvalOptions::for_run(&cfg, device),
+                    data: self.data.clone().unwrap_or(cfg.data.path.clone()),
+                    docids: self.docids.clone().or(cfg.docids.path.clone()),
+                    checkpoint: Some(checkpoint),
+                    model: cfg.model,
+                })
+            }
+            (None, Some(model)) => {
+                let dir = crate::assets::resolve(model)?;
+                let spec = EncodeSpec::from_model_dir(&dir);
+                let defaults = ModelConfig::default();
+                let cfg = ModelConfig {
+                    kind: match self.kind.unwrap_or(ModelKindArg::Dual) {
+                        ModelKindArg::Dual => ModelKind::Dual,
+                        ModelKindArg::Colbert => ModelKind::Colbert,
+                        ModelKindArg::Generative => ModelKind::Generative,
+                    },
+                    init: model.clone(),
+                    pooling: format!("{:?}", spec.pooling).to_lowercase(),
+                    normalize: spec.normalize,
+                    colbert_dim: self.colbert_dim.unwrap_or(defaults.colbert_dim),
+                    colbert_query_len: self.colbert_query_len.unwrap_or(defaults.colbert_query_len),
+                    query_augment_token: self.query_augment_token.unwrap_or(defaults.query_augment_token),
+                    ..defaults
+                };
+                Ok(Subject {
+                    opts: EvalOptions::for_model(spec.max_len, device),
+                    data: self.data.clone().ok_or_else(|| Error::usage("--data", "required with --model"))?,
+                    docids: self.docids.clone(),
+                    checkpoint: None,
+                    model: cfg,
+                })
+            }
+            (None, None) => unreachable!("clap requires --run or --model"),
+        }
+    }
+
+    /// `opts` with every flag given on the command line applied (and only those).
+    fn apply_flags(&self, mut opts: EvalOptions, kind: ModelKind) -> Result<EvalOptions> {
+        if self.rerank_add_gold && !self.rerank {
+            return Err(Error::usage("--rerank-add-gold", "only with --rerank"));
+        }
+        if self.rerank_depth.is_some() && !self.rerank {
+            return Err(Error::usage("--rerank-depth", "only with --rerank"));
+        }
+        let gr_only = [("--beam", self.beam.is_some()), ("--beam-rows", self.beam_rows.is_some())];
+        if kind != ModelKind::Generative {
+            if let Some((flag, _)) = gr_only.iter().find(|(_, given)| *given) {
+                return Err(Error::usage(*flag, "applies to generative models only"));
+            }
+        }
+        let colbert_only = [("--token-k", self.token_k.is_some()), ("--alignment", self.alignment.is_some())];
+        if kind != ModelKind::Colbert {
+            if let Some((flag, _)) = colbert_only.iter().find(|(_, given)| *given) {
+                return Err(Error::usage(*flag, "applies to ColBERT models only"));
+            }
+        }
+        let set = |slot: &mut usize, v: Option<usize>| {
+            if let Some(v) = v {
+                *slot = v;
+            }
+        };
+        if let Some(s) = &self.split {
+            opts.split = s.clone();
+        }
+        set(&mut opts.k, self.k);
+        set(&mut opts.batch_size, self.batch_size);
+        set(&mut opts.query_max_len, self.query_max_len);
+        set(&mut opts.doc_max_len, self.doc_max_len);
+        set(&mut opts.token_k, self.token_k);
+        if self.beam.is_some() {
+            opts.beam = self.beam;
+        }
+        set(&mut opts.beam_rows, self.beam_rows);
+        set(&mut opts.memorization_docs, self.memorization_docs);
+        if let Some(b) = self.query_block {
+            opts.query_block = b;
+        }
+        if let Some(a) = self.alignment {
+            opts.alignment = match a {
+                AlignArg::Q2d => Alignment::QueryToDoc,
+                AlignArg::D2qSoft => Alignment::DocToQuerySoft,
+                AlignArg::D2qMax => Alignment::DocToQueryMax,
             };
+        }
+        if self.rerank {
+            opts.rerank = Some(RerankOptions {
+                depth: self.rerank_depth.unwrap_or(RerankOptions::DEFAULT_DEPTH),
+                add_gold: self.rerank_add_gold,
+            });
+        }
+        opts.calibration |= self.calibration;
+        if let Some(t) = self.temperature {
+            opts.temperature = t;
+        }
+        if let Some(g) = &self.gap_k {
+            opts.gap_ks = g.clone();
+        }
+        if kind != ModelKind::Generative {
+            opts.memorization_docs = 0;
+        }
+        Ok(opts)
+    }
+
+    /// The model with its trained weights: a run's checkpoint, or a model directory's heads.
+    fn build_task(&self, subject: &Subject, device: Device, docids: Option<&DocidTable>) -> Result<Task> {
+        let mut model_cfg = subject.model.clone();
         model_cfg.no_dropout = true;
-        let docids = docids_path.as_deref().map(DocidTable::read).transpose()?;
         // Parameters a checkpoint does not provide (an untrained ColBERT head, new docid
         // tokens) are drawn from a fixed seed: the same on every rank and every run.
         tch::manual_seed(0);
-        let mut task = Task::build(&model_cfg, device, docids.as_ref())?;
-        match (&ckpt, &self.model) {
+        let task = Task::build(&model_cfg, device, docids)?;
+        match (&subject.checkpoint, &self.model) {
             (Some(ckpt), _) => crate::train::checkpoint::load_model(ckpt, &task.vs)?,
             (None, Some(m)) => {
                 let n = load_head_weights(&crate::assets::resolve(m)?, &task)?;
@@ -240,80 +401,6 @@ impl EvalArgs {
             }
             _ => {}
         }
-        if bf16 {
-            task.vs.bfloat16();
-        }
-        let ds = Dataset::open(&data)?;
-        let opts = EvalOptions {
-            split: split.clone(),
-            k: self.k,
-            batch_size: self.batch_size,
-            query_max_len: q_len,
-            doc_max_len: d_len,
-            query_block: self.query_block,
-            spill: self.spill.as_ref().map(|s| s.join(format!("rank-{}", world.rank))),
-            device,
-            bf16_store: bf16,
-            token_k: self.token_k,
-            alignment: match self.alignment {
-                AlignArg::Q2d => Alignment::QueryToDoc,
-                AlignArg::D2qSoft => Alignment::DocToQuerySoft,
-                AlignArg::D2qMax => Alignment::DocToQueryMax,
-            },
-            beam: self.beam,
-            beam_rows: self.beam_rows,
-            rerank: self.rerank.then_some(RerankOptions { depth: self.rerank_depth, add_gold: self.rerank_add_gold }),
-            calibration: self.calibration,
-            temperature,
-            gap_ks: self.gap_k.clone(),
-            memorization_docs: if model_cfg.kind == ModelKind::Generative { memorization.0 } else { 0 },
-            memorization_seed: memorization.1,
-        };
-        let outcome = run_eval::evaluate(comm, &task, &ds, docids.as_ref(), &opts)?;
-        let (Some(outcome), Some(out)) = (outcome, out) else { return Ok(()) };
-
-        // ---- Rank 0: metrics and files -------------------------------------------------
-        let mut info = serde_json::Map::new();
-        info.insert("command".into(), json!("eval"));
-        info.insert("grdr_version".into(), json!(crate::VERSION));
-        info.insert("model".into(), json!(self.run.as_ref().map(|r| r.display().to_string()).or(self.model.clone())));
-        info.insert("checkpoint".into(), json!(ckpt.map(|c| c.display().to_string())));
-        info.insert("kind".into(), json!(format!("{:?}", model_cfg.kind).to_lowercase()));
-        info.insert("data".into(), json!(data.display().to_string()));
-        info.insert("split".into(), json!(split));
-        info.insert("k".into(), json!(self.k));
-        info.insert("device".into(), json!(format!("{device:?}")));
-        info.insert("precision".into(), json!(if bf16 { "bf16" } else { "fp32" }));
-        info.insert("query_max_len".into(), json!(q_len));
-        info.insert("doc_max_len".into(), json!(d_len));
-        info.insert("threads".into(), json!(tch::get_num_threads()));
-        let title_model = info["model"].as_str().unwrap_or("model").to_string();
-        let (metrics, _) = run_eval::write_outcome(out.path(), &ds, &split, &outcome, info, "grdr-eval")?;
-        let dest = out.commit()?;
-        let title = format!(
-            "{} {} ({} queries){}",
-            title_model,
-            split,
-            metrics.queries,
-            if self.rerank_add_gold { " — rerank with gold added: inflated" } else { "" }
-        );
-        crate::cmd::print_metrics_table(&title, &metrics);
-        print_extras(&outcome.metrics_extra);
-        tracing::info!("wrote {}", dest.display());
-        Ok(())
-    }
-}
-
-/// The figures beside the metrics table: calibration, GR memorisation.
-pub fn print_extras(extra: &serde_json::Map<String, serde_json::Value>) {
-    if let Some(b) = extra.get("Brier") {
-        println!("Brier: {b}\n");
-    }
-    if let Some(m) = extra.get("memorization_R@1") {
-        println!(
-            "memorization (R@1 of {} documents' indexing inputs): {:.4}\n",
-            extra.get("memorization_docs").unwrap_or(&json!(0)),
-            m.as_f64().unwrap_or(0.0)
-        );
+        Ok(task)
     }
 }

@@ -1,6 +1,7 @@
 //! One module per subcommand: its clap arguments and the code that carries it out.
 pub mod bm25;
 pub mod docids;
+pub mod encode;
 pub mod eval;
 pub mod eval_run;
 pub mod info;
@@ -25,4 +26,20 @@ pub fn print_metrics_table(title: &str, metrics: &crate::eval::Metrics) {
         }
     }
     println!();
+}
+
+/// Prints an evaluation's table and the figures beside it: calibration, GR memorisation.
+pub fn print_summary(summary: &crate::eval::run_eval::EvalSummary) {
+    print_metrics_table(&summary.title, &summary.metrics);
+    let extra = &summary.extra;
+    if let Some(b) = extra.get("Brier") {
+        println!("Brier: {b}\n");
+    }
+    if let Some(m) = extra.get("memorization_R@1") {
+        println!(
+            "memorization (R@1 of {} documents' indexing inputs): {:.4}\n",
+            extra.get("memorization_docs").unwrap_or(&serde_json::json!(0)),
+            m.as_f64().unwrap_or(0.0)
+        );
+    }
 }

@@ -105,6 +105,9 @@ impl SweepArgs {
 
 impl SweepStatusArgs {
     pub fn run(&self) -> Result<()> {
+        if !self.dir.is_dir() {
+            return Err(Error::usage("SWEEPDIR", format!("{} is not a directory", self.dir.display())));
+        }
         let dir = SweepDir::new(&self.dir);
         let manifest = dir.read_manifest()?;
         let rows = status::collect(&dir, &manifest, !self.no_refresh)?;
@@ -177,7 +180,11 @@ impl SweepRunArgs {
                     .zip(&ranks)
                     .map(|(p, &r)| LocalPoint { name: p.name().to_string(), ranks: r })
                     .collect();
-                local::run(&dir, &todo, &programs, self.dry_run)?;
+                let mut plan = Vec::new();
+                local::run(&dir, &todo, &programs, self.dry_run.then_some(&mut plan))?;
+                for line in &plan {
+                    println!("{line}");
+                }
                 if !self.dry_run {
                     run_local_report(&programs, &dir);
                     let manifest = dir.read_manifest()?;
@@ -238,8 +245,12 @@ impl SweepRunArgs {
             );
             return Ok(());
         }
-        let subs =
-            slurm::submit(&spec.name, dir, cwd, settings, programs, &todo, &names, &in_flight_arrays, self.dry_run)?;
+        let mut plan = Vec::new();
+        let dry_run = self.dry_run.then_some(&mut plan);
+        let subs = slurm::submit(&spec.name, dir, cwd, settings, programs, &todo, &names, &in_flight_arrays, dry_run)?;
+        for text in &plan {
+            println!("{text}");
+        }
         if !self.dry_run {
             let ids: Vec<String> = subs.iter().map(|s| format!("{} {}", s.kind, s.job_id)).collect();
             println!(

@@ -42,7 +42,12 @@ impl TrainArgs {
         let config = RunConfig::load(&config_path, &self.sets)?;
         let opts = RunOptions { run_dir: self.output.clone(), resume: self.resume, overwrite: self.overwrite };
         match trainer::train(&config, &opts)? {
-            Outcome::Finished { .. } => Ok(()),
+            Outcome::Finished { eval, .. } => {
+                if let Some(summary) = &eval {
+                    super::print_summary(summary);
+                }
+                Ok(())
+            }
             Outcome::Preempted { step, signal } => {
                 tracing::warn!(
                     "{} received: checkpointed step {step}; exiting with {PREEMPTED_EXIT_CODE} (resume with --resume)",

@@ -14,8 +14,8 @@ use tch::{Device, Tensor};
 
 use super::examples::Example;
 use super::shard::{tag, RowGroup, SplitMix64};
+use crate::data::text::{pad_batch, TextTokenizer};
 use crate::error::{Error, Result};
-use crate::model::text::{pad_batch, TextTokenizer};
 
 /// Title + text of documents by doc_idx, read a row group at a time (LRU of `capacity`).
 pub struct DocStore {

@@ -371,6 +371,15 @@ impl Dataset {
         Ok(all)
     }
 
+    /// The judgements of one split in the evaluator's shape (query id → doc id → relevance).
+    pub fn split_qrels(&self, split: &str) -> Result<crate::data::trec::Qrels> {
+        let mut qrels = crate::data::trec::Qrels::new();
+        for q in self.qrels(Some(split))? {
+            qrels.entry(q.query_id).or_default().insert(q.doc_id, q.relevance);
+        }
+        Ok(qrels)
+    }
+
     pub fn check_split(&self, split: &str) -> Result<()> {
         if self.manifest.splits.contains_key(split) {
             Ok(())

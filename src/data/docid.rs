@@ -33,13 +33,26 @@ use crate::error::{Error, Location, Result};
 pub const META_KEY: &str = "grdr.docids";
 pub const FORMAT: &str = "grdr-docids/1";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Scheme {
     Atomic,
     Semantic,
     Title,
     Ngram,
+}
+
+impl std::str::FromStr for Scheme {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Scheme> {
+        match s {
+            "atomic" => Ok(Scheme::Atomic),
+            "semantic" => Ok(Scheme::Semantic),
+            "title" => Ok(Scheme::Title),
+            "ngram" => Ok(Scheme::Ngram),
+            other => Err(Error::usage("--scheme", format!("`{other}`: expected atomic, semantic, title or ngram"))),
+        }
+    }
 }
 
 impl Scheme {

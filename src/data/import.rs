@@ -11,8 +11,8 @@ use crate::data::corpus::{self, Doc, Qrel, Query};
 use crate::data::lines::Lines;
 use crate::data::manifest::{self, Manifest, SplitCounts, TokenizerInfo};
 use crate::data::tokenize;
+use crate::data::trec::{read_qrels_rows, QrelRows};
 use crate::error::{Error, Location, Result};
-use crate::eval::trec::{read_qrels_rows, QrelRows};
 
 #[derive(Debug, Clone)]
 pub struct PrepareOptions {
@@ -38,7 +38,7 @@ pub struct Collection {
 
 /// Ids end up in whitespace-separated TREC files: non-empty, without whitespace.
 fn check_id(path: &Path, line: usize, field: &str, id: &str) -> Result<()> {
-    crate::eval::trec::check_id(path, line, field, id).map(|_| ())
+    crate::data::trec::check_id(path, line, field, id).map(|_| ())
 }
 
 /// `_id` as BEIR writes it: a string, or an integer taken as its decimal text.
@@ -141,7 +141,7 @@ fn progress_lines(lines: &mut Lines, what: &str, mut each: impl FnMut(usize, &st
     while let Some((line, text)) = lines.next_line()? {
         each(line, text, &path)?;
         n += 1;
-        if n % 65536 == 0 {
+        if n.is_multiple_of(65536) {
             bar.set_position(lines.progress().0);
         }
     }
@@ -377,6 +377,9 @@ pub fn write_dataset(
 }
 
 /// Where a dataset came from (recorded in its manifest).
+/// Token ids of every row (docs or queries), when the dataset stores them.
+type TokenIds<'a> = Option<&'a [Vec<u32>]>;
+
 pub struct Source<'a> {
     pub kind: &'a str,
     pub path: &'a Path,
@@ -388,7 +391,7 @@ pub struct Source<'a> {
 pub fn write_files(
     dir: &Path,
     (docs, queries, qrels): (&[Doc], &[Query], &[Qrel]),
-    (doc_tokens, query_tokens): (Option<&[Vec<u32>]>, Option<&[Vec<u32>]>),
+    (doc_tokens, query_tokens): (TokenIds, TokenIds),
     row_group_rows: usize,
     tokenizer: Option<TokenizerInfo>,
     source: &Source,

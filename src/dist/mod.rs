@@ -23,34 +23,10 @@ pub use comm::{Comm, LocalComm, ReduceOp, World};
 pub use ddp::{Ddp, DdpOptions};
 pub use watchdog::DEFAULT_TIMEOUT_S as DEFAULT_COLLECTIVE_TIMEOUT_S;
 
-use crate::error::{Error, Result};
+/// Which collectives a job uses (`dist.backend`; defined beside the config that names it).
+pub use crate::config::Backend;
 
-/// Which collectives a job uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Backend {
-    /// MPI when started by a launcher, else the world of one; NCCL on top when `device`
-    /// is CUDA and NCCL loads.
-    Auto,
-    /// MPI for everything (CUDA tensors staged through host memory).
-    Mpi,
-    /// NCCL for CUDA tensors, MPI (or the world of one) for the rest.
-    Nccl,
-    /// The world of one, whatever the environment says.
-    Local,
-}
-
-impl std::str::FromStr for Backend {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Backend> {
-        match s {
-            "auto" => Ok(Backend::Auto),
-            "mpi" => Ok(Backend::Mpi),
-            "nccl" => Ok(Backend::Nccl),
-            "local" => Ok(Backend::Local),
-            other => Err(Error::usage("dist.backend", format!("`{other}`: expected auto, mpi, nccl or local"))),
-        }
-    }
-}
+use crate::error::Result;
 
 /// Joins the job this process was launched into. Call once per process, before any
 /// other collective; keep the returned communicator alive until the end of `main`

@@ -4,20 +4,22 @@
 //! measures here reproduce trec_eval (through pytrec_eval, which wraps it) to 1e-6:
 //! `tests/metrics_parity.rs` compares them on real SciFact qrels with
 //! `scripts/pytrec_reference.py`. Stages hand runs to each other as TREC files
-//! ([`trec`]), so a run written by `grdr eval` can be re-scored by any tool.
+//! (`data::trec`), so a run written by `grdr eval` can be re-scored by any tool.
 use std::path::Path;
 
 use crate::error::Result;
 
 pub mod calibration;
 pub mod metrics;
+pub mod options;
+pub mod rerank;
 pub mod run_dense;
 pub mod run_eval;
 pub mod run_gr;
-pub mod trec;
 
+pub use crate::data::trec::{read_qrels, read_run, write_run, write_run_rows, Qrels, Run};
 pub use metrics::{evaluate, Metrics, MEASURES};
-pub use trec::{read_qrels, read_run, write_run, write_run_rows, Qrels, Run};
+pub use options::{EvalOptions, RerankOptions};
 
 /// Scores the TREC run at `run` against the qrels at `qrels` (BEIR TSV or TREC format),
 /// as `grdr eval-run` does. Judged queries absent from the run count as zeros; a warning

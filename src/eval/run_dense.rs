@@ -6,11 +6,12 @@ use tch::{Kind, Tensor};
 
 use crate::error::Result;
 use crate::eval::calibration::{self, SoftmaxAccumulator};
-use crate::eval::run_eval::{decode_hit_lists, encode_hit_lists, parallel_map, store_kind, Context, Shared};
+use crate::eval::run_eval::{decode_hit_lists, encode_hit_lists, store_kind, Context};
+use crate::model::task::Net;
+use crate::parallel::{parallel_map, Shared};
 use crate::search::flat::{self, EmbeddingStore};
 use crate::search::maxsim::{self, TokenPool};
 use crate::search::topk::{Hit, TopK};
-use crate::train::task::Net;
 
 type Info = serde_json::Map<String, serde_json::Value>;
 

@@ -9,72 +9,26 @@
 //!   rerank   rank 0: BM25 top-depth (+ gold) ─broadcast→ my share of the queries scored
 //! local TopK per query ─gather→ rank 0 merges with TopK (score desc, doc index asc)
 //! ```
-//! Invariant 2 (N ranks ≡ 1 rank, byte-identical run files) holds because a document's
+//! N ranks ≡ 1 rank (byte-identical run files, `tests/eval_dist.rs`) holds because a document's
 //! score never depends on the shard layout: documents are encoded in batches formed inside
 //! their own row group (length-sorted there), each row group is one search chunk, queries
 //! are encoded identically on every rank, and the merge is `TopK`'s total order.
 use std::collections::HashMap;
-use std::path::PathBuf;
 
 use serde_json::json;
-use tch::{Device, Kind, Tensor};
+use tch::{Kind, Tensor};
 
 use crate::data::batch::DocStore;
 use crate::data::docid::DocidTable;
 use crate::data::shard::{self, RowGroup};
+use crate::data::text::TextTokenizer;
+use crate::data::trec::Run;
 use crate::data::Dataset;
 use crate::dist::{Comm, ReduceOp};
 use crate::error::{Error, Result};
-use crate::eval::trec::Run;
-use crate::model::colbert::Alignment;
-use crate::model::text::TextTokenizer;
+use crate::eval::options::EvalOptions;
+use crate::model::task::{Net, Task};
 use crate::search::topk::{Hit, TopK};
-use crate::train::task::{Net, Task};
-
-/// Everything `grdr eval` can vary (the model aside).
-#[derive(Debug, Clone)]
-pub struct EvalOptions {
-    pub split: String,
-    /// Documents per query in the run file.
-    pub k: usize,
-    /// Texts per encoder forward pass.
-    pub batch_size: usize,
-    pub query_max_len: usize,
-    pub doc_max_len: usize,
-    /// Queries per score block (with a row group's docs: the memory of one score block).
-    pub query_block: i64,
-    /// Keep document embeddings on disk in this directory instead of memory (DR).
-    pub spill: Option<PathBuf>,
-    pub device: Device,
-    /// Store document embeddings in bf16 (CUDA: halves their memory; scores stay f32).
-    pub bf16_store: bool,
-    /// ColBERT: pool tokens retrieved per query token in the candidate stage.
-    pub token_k: usize,
-    /// ColBERT: how the final score aligns tokens (end to end and rerank).
-    pub alignment: Alignment,
-    /// GR: beam width (≥ k to return k docids).
-    pub beam: usize,
-    /// GR: running beams decoded per batch (bounds the KV cache: queries per batch = this / beam).
-    pub beam_rows: usize,
-    /// The rerank setting instead of end-to-end retrieval.
-    pub rerank: Option<RerankOptions>,
-    /// DR/GR: compute the Brier score (and DR's in-batch gap at `gap_ks`).
-    pub calibration: bool,
-    pub temperature: f64,
-    pub gap_ks: Vec<usize>,
-    /// GR: documents whose indexing input is decoded for memorisation R@1 (0: none).
-    pub memorization_docs: usize,
-    /// GR: the seed of the memorisation sample (a run's `train.seed`).
-    pub memorization_seed: u64,
-}
-
-#[derive(Debug, Clone)]
-pub struct RerankOptions {
-    /// BM25 candidates per query.
-    pub depth: usize,
-    /// Add every relevant document to the candidates (inflates scores; off by default).
-    pub add_gold: bool,
-}
 
 /// What rank 0 gets back: the run and everything worth recording beside the metrics.
 pub struct EvalOutcome {
@@ -101,7 +55,7 @@ pub fn evaluate(
     let mut metrics_extra = serde_json::Map::new();
     let hits = tch::no_grad(|| -> Result<Vec<Vec<Hit>>> {
         match (&opts.rerank, &task.net) {
-            (Some(r), _) => crate::search::rerank::run(&ctx, r, &mut info),
+            (Some(r), _) => crate::eval::rerank::run(&ctx, r, &mut info),
             (None, Net::Dual(_)) => crate::eval::run_dense::dual(&ctx, &mut info, &mut metrics_extra),
             (None, Net::Colbert(_)) => crate::eval::run_dense::colbert(&ctx, &mut info),
             (None, Net::Generative { .. }) => crate::eval::run_gr::generative(&ctx, &mut info, &mut metrics_extra),
@@ -125,21 +79,31 @@ pub fn evaluate(
     Ok(Some(EvalOutcome { run, metrics_extra, info }))
 }
 
+/// What a finished evaluation shows a person: a title, the metrics table and the figures
+/// beside it (calibration, memorisation). `cmd` prints it; nothing below `cmd` does.
+#[derive(Debug, Clone)]
+pub struct EvalSummary {
+    pub title: String,
+    pub metrics: crate::eval::Metrics,
+    /// Extras of metrics.json (`Brier`, `memorization_R@1`, …).
+    pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
 /// Rank 0's files of an evaluation, written into `dir` (a temp dir the caller commits):
-/// `run.trec` (tagged `tag`), `metrics.json` (trec_eval-style metrics of `split` plus the
-/// outcome's extras) and `run.json` (`info`, then the outcome's details). Returns the
-/// metrics and the metrics.json object.
+/// `run.trec` (tagged `tag`), `metrics.json` (trec_eval-style metrics of the split, the
+/// measures the run's depth `k` reaches, plus the outcome's extras) and `run.json` (`info`,
+/// then the outcome's details). Returns the metrics.
 pub fn write_outcome(
     dir: &std::path::Path,
     ds: &Dataset,
-    split: &str,
+    opts: &EvalOptions,
     outcome: &EvalOutcome,
     mut info: serde_json::Map<String, serde_json::Value>,
     tag: &str,
-) -> Result<(crate::eval::Metrics, serde_json::Value)> {
-    let qrels = crate::cmd::bm25::split_qrels(ds, split)?;
-    let metrics = crate::eval::metrics::evaluate(&qrels, &outcome.run);
-    crate::eval::trec::write_run(&dir.join("run.trec"), &outcome.run, tag)?;
+) -> Result<crate::eval::Metrics> {
+    let qrels = ds.split_qrels(&opts.split)?;
+    let metrics = crate::eval::metrics::evaluate(&qrels, &outcome.run).at_depth(opts.k);
+    crate::data::trec::write_run(&dir.join("run.trec"), &outcome.run, tag)?;
     let mut json = metrics.to_json();
     if let serde_json::Value::Object(m) = &mut json {
         m.extend(outcome.metrics_extra.clone());
@@ -147,7 +111,7 @@ pub fn write_outcome(
     crate::atomic::write_json(&dir.join("metrics.json"), &json)?;
     info.extend(outcome.info.clone());
     crate::atomic::write_json(&dir.join("run.json"), &serde_json::Value::Object(info))?;
-    Ok((metrics, json))
+    Ok(metrics)
 }
 
 /// What every evaluation mode shares: the world, the queries, tokenizers, this rank's shard.
@@ -411,67 +375,6 @@ pub fn decode_hit_lists(bytes: &[u8], n: usize) -> Vec<Vec<Hit>> {
                 .collect()
         })
         .collect()
-}
-
-/// A model (or anything holding tensors) shared read-only with worker threads. tch marks
-/// tensors `Send` but not `Sync`; libtorch itself runs concurrent inference over the same
-/// parameters safely (no autograd, no in-place updates), which is all workers do here.
-pub struct Shared<'a, T: ?Sized>(pub &'a T);
-
-// SAFETY: only used for no-grad forward passes, which read the shared tensors.
-unsafe impl<T: ?Sized> Sync for Shared<'_, T> {}
-
-impl<'a, T: ?Sized> Shared<'a, T> {
-    /// The shared value (a method, so closures capture the `Sync` wrapper, not its field).
-    pub fn get(&self) -> &'a T {
-        self.0
-    }
-}
-
-/// Maps `f` over `units`, in order, as deterministic units of work: on the CPU each unit runs
-/// on one of libtorch's intra-op thread count of workers with libtorch itself single-
-/// threaded, so a unit's numbers depend only on the unit — never on how many threads or
-/// ranks share the machine (a multi-threaded GEMM may split a reduction differently for 1
-/// and 2 threads, and the last bit of a score decides ties). On CUDA units run in turn.
-pub fn parallel_map<U: Send, R: Send>(device: Device, units: Vec<U>, f: impl Fn(U) -> R + Sync) -> Vec<R> {
-    let threads = tch::get_num_threads().max(1) as usize;
-    let workers = if device == Device::Cpu { threads.min(units.len()) } else { 1 };
-    if workers <= 1 {
-        // One worker: libtorch still single-threaded, for the same numbers as with many.
-        let saved = tch::get_num_threads();
-        if device == Device::Cpu {
-            tch::set_num_threads(1);
-        }
-        let out = units.into_iter().map(|u| tch::no_grad(|| f(u))).collect();
-        tch::set_num_threads(saved);
-        return out;
-    }
-    let n = units.len();
-    let queue = std::sync::Mutex::new(units.into_iter().enumerate());
-    let saved = tch::get_num_threads();
-    tch::set_num_threads(1);
-    let mut results: Vec<(usize, R)> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..workers)
-            .map(|_| {
-                s.spawn(|| {
-                    // OpenMP's thread count is per thread: set it in the worker itself.
-                    tch::set_num_threads(1);
-                    let mut mine = Vec::new();
-                    loop {
-                        let next = queue.lock().expect("work queue").next();
-                        let Some((i, u)) = next else { break };
-                        mine.push((i, tch::no_grad(|| f(u))));
-                    }
-                    mine
-                })
-            })
-            .collect();
-        handles.into_iter().flat_map(|h| h.join().expect("worker panicked")).collect()
-    });
-    tch::set_num_threads(saved);
-    results.sort_by_key(|r| r.0);
-    debug_assert_eq!(results.len(), n);
-    results.into_iter().map(|r| r.1).collect()
 }
 
 /// Converts to the store kind (bf16 when asked, else f32).

@@ -9,11 +9,12 @@ use serde_json::json;
 use crate::data::docid::DocidTable;
 use crate::error::{Error, Result};
 use crate::eval::calibration::{self, QueryCalibration};
-use crate::eval::run_eval::{parallel_map, Context, Shared};
+use crate::eval::run_eval::Context;
+use crate::model::task::{Net, Task};
+use crate::parallel::{parallel_map, Shared};
 use crate::search::beam::{to_hits, BeamSearch};
 use crate::search::topk::Hit;
 use crate::search::trie::DocidTrie;
-use crate::train::task::{Net, Task};
 use tch::Tensor;
 
 type Info = serde_json::Map<String, serde_json::Value>;
@@ -39,13 +40,13 @@ pub fn generative(ctx: &Context, info: &mut Info, metrics: &mut Info) -> Result<
         "trie".into(),
         json!({"docids": trie.num_docids(), "nodes": trie.num_nodes(), "max_depth": trie.max_depth(), "bytes": trie.memory_bytes(), "build_seconds": t_trie.elapsed().as_secs_f64()}),
     );
-    let beam = BeamSearch::new(model, &trie, opts.beam);
-    let exhaustive = opts.beam >= trie.num_docids();
+    let beam = BeamSearch::new(model, &trie, opts.beam_width());
+    let exhaustive = opts.beam_width() >= trie.num_docids();
     let ids = ctx.query_ids()?;
     let relevant = if opts.calibration { ctx.relevant()? } else { vec![] };
     // Batches are fixed by query index and dealt to ranks whole, so a query is decoded in the
     // same padded batch on any number of ranks.
-    let per_batch = (opts.beam_rows / opts.beam.max(1)).max(1);
+    let per_batch = (opts.beam_rows / opts.beam_width().max(1)).max(1);
     let n_batches = ids.len().div_ceil(per_batch);
     let w = ctx.comm.world();
     let (lo, hi) = (
@@ -85,7 +86,7 @@ pub fn generative(ctx: &Context, info: &mut Info, metrics: &mut Info) -> Result<
     }
     info.insert("decode_seconds_rank0".into(), json!(secs));
     info.insert("queries_per_second_rank0".into(), json!((hi - lo) as f64 / secs.max(1e-9)));
-    info.insert("beam".into(), json!(opts.beam));
+    info.insert("beam".into(), json!(opts.beam_width()));
     if opts.calibration {
         // Every rank's per-query calibration to all (small), summarised in query order.
         let mine: Vec<(usize, f64, f64)> = calib.iter().map(|(q, c)| (*q, c.brier, c.p_relevant)).collect();
@@ -128,7 +129,7 @@ fn memorization(ctx: &Context, beam: &BeamSearch, trie: &DocidTrie, metrics: &mu
     let mut mine = sample[lo..hi].to_vec();
     mine.sort_unstable();
     let mut store = crate::data::batch::DocStore::new(&ctx.ds.docs_path(), ctx.groups.clone(), 1);
-    let per_batch = (opts.beam_rows / opts.beam.max(1)).max(1);
+    let per_batch = (opts.beam_rows / opts.beam_width().max(1)).max(1);
     let mut correct = 0i64;
     for chunk in mine.chunks(per_batch) {
         let texts: Vec<String> = chunk.iter().map(|&d| store.text(d)).collect::<Result<_>>()?;

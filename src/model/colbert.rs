@@ -127,6 +127,10 @@ fn reduce(sim: &Tensor, qm: &Tensor, dm: &Tensor, align: Alignment) -> Tensor {
     }
 }
 
+// SAFETY (ForwardOnly): evaluation workers only run no-grad `embed_queries`/`embed_docs`
+// passes; nothing is trained or written while they share it.
+unsafe impl<E: Encoder> crate::parallel::ForwardOnly for ColbertEncoder<E> {}
+
 /// A multi-vector encoder: one encoder for queries and documents, and the head.
 pub struct ColbertEncoder<E: Encoder> {
     pub encoder: E,

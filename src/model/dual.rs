@@ -73,6 +73,10 @@ impl DualHead {
     }
 }
 
+// SAFETY (ForwardOnly): evaluation workers only run no-grad `embed` passes over the
+// encoder's and head's parameters; nothing is trained or written while they share it.
+unsafe impl<E: Encoder> crate::parallel::ForwardOnly for DualEncoder<E> {}
+
 /// A dual encoder: one (shared, Siamese) encoder for queries and documents and a head.
 pub struct DualEncoder<E: Encoder> {
     pub encoder: E,

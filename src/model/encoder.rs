@@ -26,7 +26,7 @@ impl std::str::FromStr for Pooling {
         match s {
             "mean" => Ok(Pooling::Mean),
             "first" | "cls" => Ok(Pooling::First),
-            _ => Err(Error::usage("pooling", format!("`{s}`: expected mean or first"))),
+            _ => Err(Error::usage("pooling", format!("`{s}`: expected mean, first or cls"))),
         }
     }
 }
@@ -55,6 +55,17 @@ pub enum TextEncoderModel {
     Bert(BertModel),
     /// A `T5EncoderModel`, or the encoder half of a seq2seq checkpoint.
     T5(T5EncoderModel),
+}
+
+impl TextEncoderModel {
+    /// The longest input it takes: BERT's learned positions; none for T5, whose relative
+    /// positions have no limit.
+    pub fn max_positions(&self) -> Option<usize> {
+        match self {
+            TextEncoderModel::Bert(b) => Some(b.config.max_position_embeddings as usize),
+            TextEncoderModel::T5(_) => None,
+        }
+    }
 }
 
 impl TextEncoderModel {

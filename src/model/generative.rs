@@ -5,7 +5,7 @@
 //! token per document) and semantic docids (one token per (level, cluster)) get new tokens
 //! appended after the tokenizer's vocabulary; the embedding and a separate lm_head grow to
 //! hold them (a tied v1.0 lm_head grows with `shared`).
-use tch::{nn, Kind, Tensor};
+use tch::{Kind, Tensor};
 
 use super::t5_model::T5ForConditionalGeneration;
 use crate::error::{Error, Result};
@@ -83,48 +83,39 @@ impl DocidVocab {
     }
 }
 
-/// Gives the new tokens of `vocab` rows in `model` and, when given, names in `tokenizer` (so
-/// an exported tokenizer encodes and decodes them). The tokens take the ids right after the
-/// tokenizer's vocabulary: `vocab.base()` must equal the tokenizer's size (added tokens
-/// included). The model's vocabulary becomes max(its size, base + new tokens); rows from
-/// `base` on are initialised afresh (T5's padding rows past the tokenizer included).
-pub fn install_docid_tokens(
-    model: &mut T5ForConditionalGeneration,
-    vs: &nn::VarStore,
-    vocab: &DocidVocab,
-    tokenizer: Option<&mut tokenizers::Tokenizer>,
-) -> Result<()> {
+/// Names the new tokens of `vocab` in `tokenizer`, at the ids the model gives them, so an
+/// exported tokenizer encodes `<d12>` to the docid's token and decodes it back. The model's
+/// docid tokens start at `vocab.base()` (its vocabulary size before docids: a pretrained T5
+/// has 32,128 rows for the tokenizer's 32,100 tokens); unused placeholder tokens
+/// `<grdr_unused_N>` fill any gap so that every added name lands on its model id.
+pub fn add_docid_tokens(tokenizer: &mut tokenizers::Tokenizer, vocab: &DocidVocab) -> Result<()> {
     let Some(base) = vocab.base() else { return Ok(()) };
-    if let Some(tok) = tokenizer {
-        let size = tok.get_vocab_size(true) as i64;
-        if size != base {
-            return Err(Error::usage(
-                "docid",
-                format!("docid tokens start at {base} but the tokenizer has {size} tokens"),
-            ));
-        }
-        let names = vocab.token_names();
-        let added: Vec<tokenizers::AddedToken> =
-            names.iter().map(|n| tokenizers::AddedToken::from(n.clone(), true)).collect();
-        tok.add_special_tokens(&added);
-        if tok.token_to_id(&names[0]).map(|i| i as i64) != Some(base) {
+    let size = tokenizer.get_vocab_size(true) as i64;
+    if size > base {
+        return Err(Error::usage(
+            "docid",
+            format!("docid tokens start at {base} but the tokenizer already has {size} tokens"),
+        ));
+    }
+    let fillers = (size..base).map(|i| format!("<grdr_unused_{i}>"));
+    let names: Vec<String> = fillers.chain(vocab.token_names()).collect();
+    let added: Vec<tokenizers::AddedToken> =
+        names.iter().map(|n| tokenizers::AddedToken::from(n.clone(), true)).collect();
+    tokenizer.add_special_tokens(&added);
+    let first = vocab.token_names().into_iter().next();
+    if let Some(first) = first {
+        if tokenizer.token_to_id(&first).map(|i| i as i64) != Some(base) {
             return Err(Error::usage("docid", "the tokenizer already had some docid tokens"));
         }
     }
-    let new_vocab = (base + vocab.n_new_tokens()).max(model.config.vocab_size);
-    resize_token_embeddings(model, vs, new_vocab, base)
+    Ok(())
 }
 
-/// Grows (or shrinks) the vocabulary of `model` to `new_vocab` rows, replacing `shared.weight`
-/// (and `lm_head.weight` when untied) in `vs`. Rows below `keep` are copied; rows from `keep`
+/// Grows (or shrinks) the vocabulary of `model` to `new_vocab` rows, resizing `shared.weight`
+/// (and `lm_head.weight` when untied) in place. Rows below `keep` are copied; rows from `keep`
 /// on are new docid tokens, drawn around the old rows' mean with their per-dimension spread
 /// (as HF's mean-resizing does, diagonal), so new tokens start as plausible, distinct vectors.
-pub fn resize_token_embeddings(
-    model: &mut T5ForConditionalGeneration,
-    vs: &nn::VarStore,
-    new_vocab: i64,
-    keep: i64,
-) -> Result<()> {
+pub fn resize_token_embeddings(model: &mut T5ForConditionalGeneration, new_vocab: i64, keep: i64) -> Result<()> {
     let old_vocab = model.config.vocab_size;
     let keep = keep.min(old_vocab).min(new_vocab);
     let grow = |old: &Tensor| -> Tensor {
@@ -137,33 +128,19 @@ pub fn resize_token_embeddings(
             Tensor::cat(&[kept, fresh], 0)
         })
     };
-    // The model must hold the very tensors the VarStore trains (not the pre-detach copies),
-    // or the resized embeddings would never receive gradients.
-    let new_shared = replace_variable(vs, "shared.weight", &model.shared, &grow(&model.shared))?;
-    model.shared = new_shared.shallow_clone();
-    model.encoder.embed_tokens = new_shared.shallow_clone();
-    model.decoder.embed_tokens = new_shared.shallow_clone();
-    if let Some(head) = model.lm_head.take() {
-        model.lm_head = Some(replace_variable(vs, "lm_head.weight", &head, &grow(&head))?);
+    // `set_data` swaps the storage (and shape) of the variable itself: the VarStore's entry,
+    // its trainable list and every `shallow_clone` the model holds share that one tensor, so
+    // all of them see the resized embeddings and gradients flow to them.
+    let mut shared = model.shared.shallow_clone();
+    let grown = grow(&shared);
+    tch::no_grad(|| shared.set_data(&grown));
+    if let Some(head) = &model.lm_head {
+        let mut head = head.shallow_clone();
+        let grown = grow(&head);
+        tch::no_grad(|| head.set_data(&grown));
     }
     model.config.vocab_size = new_vocab;
     Ok(())
-}
-
-/// Swaps the tensor stored under `name` (and its trainable entry) for `new`, trainable, and
-/// returns the stored tensor for the model to hold.
-fn replace_variable(vs: &nn::VarStore, name: &str, old: &Tensor, new: &Tensor) -> Result<Tensor> {
-    let mut vars = vs.variables_.lock().unwrap();
-    let Some(slot) = vars.named_variables.get_mut(name) else {
-        return Err(Error::usage(name, "no such variable in the model"));
-    };
-    let new = new.detach().set_requires_grad(true);
-    *slot = new.shallow_clone();
-    let old_ptr = old.data_ptr();
-    for v in vars.trainable_variables.iter_mut().filter(|v| v.tensor.data_ptr() == old_ptr) {
-        v.tensor = new.shallow_clone();
-    }
-    Ok(new)
 }
 
 /// Teacher-forced token NLL: logits (B, T, V), labels (B, T) with -100 at ignored positions.
@@ -202,7 +179,7 @@ pub fn score_docids(
         }
         let idx = Tensor::from_slice(&owner).to_device(dev);
         let rows: Vec<Vec<i64>> = candidates.iter().flatten().cloned().collect();
-        let (labels, mask) = super::text::pad_batch(&rows, -100, dev);
+        let (labels, mask) = crate::data::text::pad_batch(&rows, -100, dev);
         let dec_in = model.shift_right(&labels);
         let enc_mask = attention_mask.index_select(0, &idx);
         let out = model.decoder.decode(&dec_in, &enc.index_select(0, &idx), &enc_mask, false, false);

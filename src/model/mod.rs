@@ -24,7 +24,7 @@ pub mod safetensors;
 pub mod t5;
 pub mod t5_attention;
 pub mod t5_model;
-pub mod text;
+pub mod task;
 
 pub use bert::{BertConfig, BertModel};
 pub use encoder::{Pooling, TextEncoderModel};

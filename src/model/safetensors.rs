@@ -130,7 +130,7 @@ pub fn write(path: &Path, tensors: &[(String, Tensor)]) -> Result<()> {
     }
     let mut head = serde_json::to_vec(&header).expect("JSON header");
     // Data starts 8-byte aligned, as the reference writer does.
-    while (8 + head.len()) % 8 != 0 {
+    while !(8 + head.len()).is_multiple_of(8) {
         head.push(b' ');
     }
     crate::atomic::write_file(path, |w| {

@@ -277,7 +277,11 @@ impl T5Block {
                     attn.forward_grouped(&normed, (k, v), rows, cross_mask, need_cross_weights, gemm)
                 }
             };
-            xs = xs + h.dropout(self.dropout, train);
+            // Not `+=`: that adds in place, and backward still needs this layer's input.
+            #[allow(clippy::assign_op_pattern)]
+            {
+                xs = xs + h.dropout(self.dropout, train);
+            }
             weights = w;
         }
         let h = self.ff.forward_with(&self.ff_norm.forward(&xs), train, gemm);

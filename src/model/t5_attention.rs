@@ -188,7 +188,11 @@ pub fn attend(
     }
     let mut scores = q.matmul(&k.transpose(-1, -2)); // (B, H, Tq, Tk)
     if let Some(b) = bias {
-        scores = scores + b;
+        // Not `+=`: an in-place add on a tensor autograd may still need.
+        #[allow(clippy::assign_op_pattern)]
+        {
+            scores = scores + b;
+        }
     }
     let weights = scores.softmax(-1, Kind::Float).to_kind(q.kind());
     let dropped = weights.dropout(dropout, train);

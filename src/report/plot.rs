@@ -283,8 +283,8 @@ fn draw<DB: DrawingBackend>(
         .configure_series_labels()
         .position(legend_position(fig))
         .label_font((FAMILY, 15))
-        .background_style(&WHITE.mix(0.9))
-        .border_style(&BLACK.mix(0.4))
+        .background_style(WHITE.mix(0.9))
+        .border_style(BLACK.mix(0.4))
         .draw()?;
     root.present()
 }
@@ -337,7 +337,7 @@ mod tests {
             series: vec![Series { family: "dr".into(), label: "dr".into(), points: vec![(1.0, 0.2), (2.0, 0.6)] }],
         };
         let (lo, hi) = y_range(&fig);
-        assert!(lo < 0.2 && lo >= 0.0 && hi > 0.6, "{lo} {hi}");
+        assert!((0.0..0.2).contains(&lo) && hi > 0.6, "{lo} {hi}");
         assert_eq!(legend_position(&fig), SeriesLabelPosition::UpperLeft);
     }
 }

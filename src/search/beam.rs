@@ -9,7 +9,7 @@
 //! among them an `eos` ranked < W finishes a docid, the best W others run on; the W best
 //! finished docids are kept; a query stops when its worst kept docid beats its best running
 //! prefix. With W ≥ number of docids nothing is ever pruned, so the search returns every
-//! docid with its exact sequence log-likelihood (invariant 6, `tests/eval_beam.rs`).
+//! docid with its exact sequence log-likelihood (constrained decoding is exact, `tests/eval_beam.rs`).
 //!
 //! A step's work (profiled in docs/BENCHMARKS.md): one decoder forward of every running beam
 //! of the batch, whose cross-attention keys/values stay one per query (`T5Cache::reorder`
@@ -119,6 +119,10 @@ fn lap(t: &mut Instant) -> f64 {
     *t = now;
     s
 }
+
+// SAFETY (ForwardOnly): `search` runs the model's no-grad forward passes and reads the
+// trie; each call keeps its beams and KV cache in locals, so workers share no mutable state.
+unsafe impl crate::parallel::ForwardOnly for BeamSearch<'_> {}
 
 pub struct BeamSearch<'a> {
     pub model: &'a T5ForConditionalGeneration,

@@ -247,9 +247,8 @@ pub fn search_observed(
     let parts: Vec<Result<Vec<TopK>>> = if workers == 1 {
         jobs.into_iter().map(run).collect()
     } else {
-        let threads = tch::get_num_threads();
-        tch::set_num_threads(1);
-        let parts = std::thread::scope(|s| {
+        let _threads = crate::parallel::IntraOpThreads::set(1);
+        std::thread::scope(|s| {
             let handles: Vec<_> = jobs
                 .into_iter()
                 .map(|job| {
@@ -261,9 +260,7 @@ pub fn search_observed(
                 })
                 .collect();
             handles.into_iter().map(|h| h.join().expect("search worker panicked")).collect()
-        });
-        tch::set_num_threads(threads);
-        parts
+        })
     };
     let mut merged: Vec<TopK> = (0..nq).map(|_| TopK::new(k)).collect();
     for part in parts {

@@ -21,6 +21,10 @@ use crate::search::topk::{Hit, TopK};
 /// Tokens per document a key can address (longer documents are refused).
 pub const MAX_TOKENS: i64 = 1 << 16;
 
+// SAFETY (ForwardOnly): once built, the pool is only read (candidate search and exact
+// MaxSim products under no-grad); workers never push to it.
+unsafe impl crate::parallel::ForwardOnly for TokenPool {}
+
 /// One shard's document token vectors, in (doc_idx, position) order.
 pub struct TokenPool {
     /// Rows = tokens; row `r` has key `keys[r]`.

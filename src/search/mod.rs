@@ -3,7 +3,6 @@ pub mod beam;
 pub mod bm25;
 pub mod flat;
 pub mod maxsim;
-pub mod rerank;
 pub mod topk;
 pub mod trie;
 

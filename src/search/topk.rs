@@ -1,6 +1,6 @@
 //! The one ranking order of grdr: score descending, then doc index ascending. Search,
 //! the merge of per-rank results and evaluation all use [`TopK`], so a sharded run and a
-//! single-process run produce identical run files (invariant 2 of DESIGN.md).
+//! single-process run produce identical run files (N ranks ≡ 1 rank, `tests/eval_dist.rs`).
 use std::cmp::{Ordering, Reverse};
 use std::collections::BinaryHeap;
 

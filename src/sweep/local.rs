@@ -20,8 +20,14 @@ pub struct LocalPoint {
     pub ranks: usize,
 }
 
-/// Runs every unfinished point; fails (after trying them all) when any point failed.
-pub fn run(dir: &SweepDir, points: &[LocalPoint], programs: &Programs, dry_run: bool) -> Result<()> {
+/// Runs every unfinished point; fails (after trying them all) when any point failed. With
+/// `dry_run`, runs nothing and collects each point's command line there instead.
+pub fn run(
+    dir: &SweepDir,
+    points: &[LocalPoint],
+    programs: &Programs,
+    mut dry_run: Option<&mut Vec<String>>,
+) -> Result<()> {
     let mut failed = Vec::new();
     for p in points {
         if is_done(dir, &p.name) {
@@ -29,8 +35,8 @@ pub fn run(dir: &SweepDir, points: &[LocalPoint], programs: &Programs, dry_run: 
             continue;
         }
         let argv = programs.train_argv(dir, &p.name, p.ranks);
-        if dry_run {
-            println!("{}", argv.iter().map(|a| shell_quote(a)).collect::<Vec<_>>().join(" "));
+        if let Some(plan) = dry_run.as_mut() {
+            plan.push(argv.iter().map(|a| shell_quote(a)).collect::<Vec<_>>().join(" "));
             continue;
         }
         let log_path = dir.point(&p.name).join(TRAIN_LOG);
@@ -117,7 +123,7 @@ pub fn run(dir: &SweepDir, points: &[LocalPoint], programs: &Programs, dry_run: 
 /// limit, `kill`) is passed on as SIGUSR1, which the launcher forwards to every rank: the
 /// point checkpoints and exits 75 instead of dying with the sweep.
 fn wait_forwarding_signals(child: &mut std::process::Child) -> std::io::Result<std::process::ExitStatus> {
-    crate::train::signal::install();
+    let _handlers = crate::train::signal::install();
     let mut forwarded = false;
     loop {
         if let Some(status) = child.try_wait()? {

@@ -180,7 +180,8 @@ fn append_submission(dir: &SweepDir, s: Submission) -> Result<()> {
 }
 
 /// Submits `points` and the report job, which also waits for `running_arrays` (earlier
-/// arrays of this sweep still in flight); with `dry_run`, prints the scripts and commands.
+/// arrays of this sweep still in flight); with `dry_run`, submits nothing and collects the
+/// scripts and commands there instead.
 #[allow(clippy::too_many_arguments)]
 pub fn submit(
     name: &str,
@@ -191,7 +192,7 @@ pub fn submit(
     points: &[SlurmPoint],
     names: &[String],
     running_arrays: &[String],
-    dry_run: bool,
+    mut dry_run: Option<&mut Vec<String>>,
 ) -> Result<Vec<Submission>> {
     let mut groups: BTreeMap<usize, Vec<&SlurmPoint>> = BTreeMap::new();
     for p in points {
@@ -203,8 +204,8 @@ pub fn submit(
         let script = render_train(name, dir, workdir, settings, programs, *ranks, &indices, names)?;
         let rel = format!("slurm/train-{ranks}ranks.sbatch");
         let path = dir.root.join(&rel);
-        if dry_run {
-            println!("# {rel}: sbatch --parsable --hold {}\n{script}", path.display());
+        if let Some(plan) = dry_run.as_mut() {
+            plan.push(format!("# {rel}: sbatch --parsable --hold {}\n{script}", path.display()));
             continue;
         }
         crate::atomic::write_file(&path, |w| std::io::Write::write_all(w, script.as_bytes()))?;
@@ -238,8 +239,11 @@ pub fn submit(
     let path: PathBuf = dir.root.join(&rel);
     let deps: Vec<String> = subs.iter().map(|s| s.job_id.clone()).chain(running_arrays.iter().cloned()).collect();
     let dependency = format!("--dependency=afterany:{}", deps.join(":"));
-    if dry_run {
-        println!("# {rel}: sbatch --parsable --dependency=afterany:<the arrays> {}\n{script}", path.display());
+    if let Some(plan) = dry_run.as_mut() {
+        plan.push(format!(
+            "# {rel}: sbatch --parsable --dependency=afterany:<the arrays> {}\n{script}",
+            path.display()
+        ));
         return Ok(subs);
     }
     crate::atomic::write_file(&path, |w| std::io::Write::write_all(w, script.as_bytes()))?;

@@ -1,50 +1,24 @@
 //! Evaluation at the end of a run (`[eval]`): the trained task, still in memory, goes through
 //! the same sharded driver as `grdr eval` (`eval::run_eval`: DR/ColBERT encode their row
 //! groups and search exactly; GR decodes its share of the queries with trie-constrained beam
-//! search and also reports memorisation). Rank 0 writes `RUNDIR/eval/{run.trec, metrics.json,
-//! run.json}` and prints the table. `grdr eval --run RUNDIR` later gives the same files.
+//! search and also reports memorisation) with the same options (`EvalOptions::for_run`).
+//! Rank 0 writes `RUNDIR/eval/{run.trec, metrics.json, run.json}`; `grdr eval --run RUNDIR`
+//! later gives the same files.
 use std::path::Path;
 
 use serde_json::json;
 use tch::Device;
 
-use super::task::Task;
 use crate::config::RunConfig;
 use crate::data::docid::DocidTable;
 use crate::data::Dataset;
 use crate::dist::Comm;
 use crate::error::Result;
-use crate::eval::run_eval::{self, EvalOptions};
-use crate::model::colbert::Alignment;
+use crate::eval::run_eval::{self, EvalSummary};
+use crate::eval::EvalOptions;
+use crate::model::task::Task;
 
-/// The options of `grdr eval --run` with its defaults, from the run's `[eval]` section.
-pub fn options(cfg: &RunConfig, device: Device) -> EvalOptions {
-    let e = &cfg.eval;
-    EvalOptions {
-        split: e.split.clone(),
-        k: e.k,
-        batch_size: e.batch_size,
-        query_max_len: cfg.data.query_max_len,
-        doc_max_len: e.doc_max_len.unwrap_or(cfg.data.doc_max_len),
-        query_block: 1024,
-        spill: None,
-        device,
-        bf16_store: false,
-        token_k: 100,
-        alignment: Alignment::QueryToDoc,
-        // GR: a beam as wide as the run file is deep.
-        beam: e.k,
-        beam_rows: 1024,
-        rerank: None,
-        calibration: false,
-        temperature: cfg.train.temperature,
-        gap_ks: vec![],
-        memorization_docs: e.memorization_docs,
-        memorization_seed: cfg.train.seed,
-    }
-}
-
-/// Evaluates `task` on every rank; rank 0 writes `out` and returns metrics.json's object.
+/// Evaluates `task` on every rank; rank 0 writes `out` and gets the summary to show.
 pub fn evaluate(
     comm: &dyn Comm,
     task: &Task,
@@ -53,8 +27,8 @@ pub fn evaluate(
     cfg: &RunConfig,
     device: Device,
     out: &Path,
-) -> Result<Option<serde_json::Value>> {
-    let opts = options(cfg, device);
+) -> Result<Option<EvalSummary>> {
+    let opts = EvalOptions::for_run(cfg, device);
     let Some(mut outcome) = run_eval::evaluate(comm, task, ds, docids, &opts)? else { return Ok(None) };
     // metrics.json also records the evaluation's wall time (sweep reports read it).
     outcome.metrics_extra.insert("eval_seconds".into(), outcome.info["seconds"].clone());
@@ -68,11 +42,9 @@ pub fn evaluate(
     info.insert("k".into(), json!(opts.k));
     info.insert("query_max_len".into(), json!(opts.query_max_len));
     info.insert("doc_max_len".into(), json!(opts.doc_max_len));
-    let (metrics, json) = run_eval::write_outcome(tmp.path(), ds, &opts.split, &outcome, info, "grdr-train")?;
+    let metrics = run_eval::write_outcome(tmp.path(), ds, &opts, &outcome, info, "grdr-train")?;
     tmp.commit()?;
     let title =
         format!("{:?} model ({}) on {} ({} queries)", cfg.model.kind, cfg.model.init, opts.split, metrics.queries);
-    crate::cmd::print_metrics_table(&title, &metrics);
-    crate::cmd::eval::print_extras(&outcome.metrics_extra);
-    Ok(Some(json))
+    Ok(Some(EvalSummary { title, metrics, extra: outcome.metrics_extra }))
 }

@@ -1,14 +1,15 @@
 //! The trained model as an HF directory (`RUNDIR/model/`): `config.json`,
-//! `model.safetensors` (backbone, HF keys), `tokenizer.json` — loadable by `transformers` —
+//! `model.safetensors` (backbone, HF keys), `tokenizer.json` (with a GR run's docid tokens) — loadable by `transformers` —
 //! plus grdr's own `grdr_head.safetensors` (head variables, `grdr_head.*`) and `grdr.json`
 //! (model kind and head settings, the docid file of a GR run).
 use std::path::Path;
 
 use serde_json::json;
 
-use super::task::{Net, Task, HEAD_PREFIX};
 use crate::config::RunConfig;
 use crate::error::Result;
+use crate::model::generative::add_docid_tokens;
+use crate::model::task::{Net, Task, HEAD_PREFIX};
 use crate::model::{hf, TextEncoderModel};
 
 pub fn export(task: &Task, config: &RunConfig, out: &Path) -> Result<()> {
@@ -18,8 +19,16 @@ pub fn export(task: &Task, config: &RunConfig, out: &Path) -> Result<()> {
     let encoder = match &task.net {
         Net::Dual(m) => Some(&m.encoder),
         Net::Colbert(m) => Some(&m.encoder),
-        Net::Generative { model, .. } => {
-            hf::export(model, &task.vs, tok, out, &skip)?;
+        Net::Generative { model, vocab } => {
+            // The tokenizer learns the docid tokens (`<d12>`, `<s0_3>`), so transformers
+            // encodes and decodes docids with the exported directory alone.
+            let mut tokenizer =
+                tokenizers::Tokenizer::from_file(&task.tokenizer_json).map_err(|e| crate::error::Error::Tokenizer {
+                    name: task.tokenizer_json.display().to_string(),
+                    message: e.to_string(),
+                })?;
+            add_docid_tokens(&mut tokenizer, vocab)?;
+            hf::export_with_tokenizer(model, &task.vs, &tokenizer, out, &skip)?;
             None
         }
     };

@@ -1,7 +1,8 @@
 //! bf16 autocast on CUDA. tch's `autocast` enables libtorch's autocast with CUDA's default
 //! dtype, fp16; grdr trains in bf16 (no loss scaling needed), so the CUDA autocast dtype is
 //! set through libtorch's C++ API, which tch does not wrap (symbol of libtorch 2.11).
-//! UNVERIFIED on a GPU in this repository's CI (no GPU there); CPU runs never call it.
+//! Exercised on an H200 (docs/BENCHMARKS.md, DR and GR training in bf16); CI has no GPU, so
+//! no test runs it there. CPU runs never call it.
 
 extern "C" {
     /// `at::autocast::set_autocast_dtype(c10::DeviceType, c10::ScalarType)`.

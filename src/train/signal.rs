@@ -15,14 +15,33 @@ extern "C" fn on_signal(sig: libc::c_int) {
     RECEIVED.store(sig, Ordering::SeqCst);
 }
 
-/// Installs the handlers (idempotent). A second signal while stopping changes nothing.
-pub fn install() {
+/// The handlers, installed while this value lives: dropping it restores the default action,
+/// so a SIGTERM after the step loop (during the end-of-run evaluation) ends the process
+/// instead of being swallowed by a flag nobody polls any more.
+#[must_use = "the handlers are removed when this is dropped"]
+pub struct Handlers(());
+
+impl Drop for Handlers {
+    fn drop(&mut self) {
+        for sig in [libc::SIGTERM, libc::SIGUSR1] {
+            // SAFETY: restoring the default disposition of a signal.
+            unsafe {
+                libc::signal(sig, libc::SIG_DFL);
+            }
+        }
+    }
+}
+
+/// Installs the handlers until the returned value is dropped. A second signal while
+/// stopping changes nothing.
+pub fn install() -> Handlers {
     for sig in [libc::SIGTERM, libc::SIGUSR1] {
         // SAFETY: the handler only stores to an atomic.
         unsafe {
             libc::signal(sig, on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t);
         }
     }
+    Handlers(())
 }
 
 /// The signal received since start, if any.

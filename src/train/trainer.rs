@@ -17,33 +17,34 @@ use tch::{Device, Tensor};
 
 use super::checkpoint::{self, TrainState};
 use super::metrics_log::{self, MetricsLog, Record};
+use super::objective::{generative_loss, pair_loss, LossSettings};
 use super::optim::{AdamW, AdamWConfig};
+use super::run_dir;
 use super::schedule::Schedule;
 use super::signal;
-use super::task::{LossSettings, Net, Task};
-use crate::config::{ModelKind, Precision, RunConfig};
+use crate::config::{IndexView, ModelKind, Precision, RunConfig};
 use crate::data::batch::{Batcher, DocStore};
 use crate::data::docid::DocidTable;
 use crate::data::examples::{training_pairs, Sampler, Source, Targets};
-use crate::data::shard::{self, tag, SplitMix64};
+use crate::data::shard::{self, tag, RowGroup, SplitMix64};
+use crate::data::text::TextTokenizer;
 use crate::data::Dataset;
 use crate::dist::{self, Comm, Ddp, DdpOptions, ReduceOp};
 use crate::error::{Error, Result};
-use crate::model::text::TextTokenizer;
+use crate::eval::run_eval::EvalSummary;
+use crate::model::task::{Net, Task};
 
 /// How a run ended.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub enum Outcome {
     Finished {
         steps: u64,
-        metrics: Option<serde_json::Value>,
+        /// Rank 0's end-of-run evaluation (none on other ranks or with `eval.at_end = false`).
+        eval: Option<EvalSummary>,
     },
     /// Stopped by SIGTERM/SIGUSR1 after checkpointing `step` (exit with
     /// [`signal::PREEMPTED_EXIT_CODE`]).
-    Preempted {
-        step: u64,
-        signal: i32,
-    },
+    Preempted { step: u64, signal: i32 },
 }
 
 /// Options of one invocation (not part of the config: they say how, not what, to run).
@@ -57,219 +58,344 @@ pub struct RunOptions {
     pub overwrite: bool,
 }
 
-/// The device this rank trains on.
-pub fn pick_device(spec: &str, local_rank: usize) -> Result<Device> {
-    Ok(match spec {
-        "cpu" => Device::Cpu,
-        "auto" if !tch::Cuda::is_available() => Device::Cpu,
-        "auto" | "cuda" => Device::Cuda(local_rank),
-        s => match s.strip_prefix("cuda:").and_then(|n| n.parse().ok()) {
-            Some(i) => Device::Cuda(i),
-            None => return Err(Error::usage("train.device", format!("`{s}`"))),
-        },
-    })
-}
-
 /// Runs the job: joins the world, trains, and on any error ends every rank.
 pub fn train(cfg: &RunConfig, opts: &RunOptions) -> Result<Outcome> {
-    signal::install();
-    if let Some(n) = cfg.train.threads {
-        tch::set_num_threads(n as i32);
-    }
+    let _threads = cfg.train.threads.map(|n| crate::parallel::IntraOpThreads::set(n as i32));
     let backend: dist::Backend = cfg.dist.backend.parse()?;
     // The local rank is known before MPI starts only from the launcher's environment.
     let local_rank = ["OMPI_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID", "MPI_LOCALRANKID"]
         .iter()
         .find_map(|v| std::env::var(v).ok()?.parse().ok())
         .unwrap_or(0);
-    let device = pick_device(&cfg.train.device, local_rank)?;
+    let device = crate::device::parse_device(&cfg.train.device, local_rank, "train.device")?;
     let comm = dist::init(backend, device)?;
     let result = run(&*comm, cfg, opts, device);
+    if result.is_err() && comm.world().is_coordinator() {
+        // A replacement that failed before its first checkpoint gives the old run back.
+        run_dir::restore_replaced(&opts.run_dir);
+    }
     dist::exit_on_error(&*comm, result)
 }
 
+/// The run, phase by phase (every rank; rank 0 alone writes).
 fn run(comm: &dyn Comm, cfg: &RunConfig, opts: &RunOptions, device: Device) -> Result<Outcome> {
+    // Preemption is honoured from start-up to the last step; afterwards (export, evaluation)
+    // signals take their default action again.
+    let handlers = signal::install();
+    let resume = check_run_dir(comm, cfg, opts)?;
+    let inputs = Inputs::load(comm, cfg)?;
+    let mut trainee = Trainee::build(comm, cfg, &inputs, resume.checkpoint.as_deref(), device)?;
+    let plan = Plan::new(cfg, comm.world().size, &trainee.sampler, &resume, device)?;
+    // Config, data, device and model are known good: only now is the run directory
+    // written (an overwritten run is moved aside until this one has a checkpoint).
+    claim_run_dir(comm, cfg, opts)?;
+    log_start(comm, cfg, &trainee, &plan, &resume);
+    let t_loop = Instant::now();
+    if let Some(preempted) = step_loop(comm, cfg, &opts.run_dir, &mut trainee, &plan, &resume)? {
+        return Ok(preempted);
+    }
+    let train_seconds = t_loop.elapsed().as_secs_f64();
+    drop(handlers);
+    finish(comm, cfg, &opts.run_dir, &trainee, &inputs, &plan, train_seconds, device)
+}
+
+// ---- 1. Run directory and resume point ------------------------------------------------------
+
+/// Where the run continues from: the newest checkpoint and its verified state, if resuming.
+struct Resume {
+    checkpoint: Option<PathBuf>,
+    state: Option<TrainState>,
+}
+
+impl Resume {
+    fn start_step(&self) -> u64 {
+        self.state.as_ref().map_or(0, |s| s.step)
+    }
+}
+
+/// Refuses a run directory this invocation may not use and verifies the checkpoint it would
+/// resume from. Writes nothing: a refused `--resume` leaves the run as it was.
+fn check_run_dir(comm: &dyn Comm, cfg: &RunConfig, opts: &RunOptions) -> Result<Resume> {
+    let run_dir = opts.run_dir.as_path();
+    if comm.world().is_coordinator() {
+        run_dir::check(run_dir, opts.resume, opts.overwrite)?;
+    }
+    comm.barrier()?;
+    let checkpoint = if opts.resume { checkpoint::latest(run_dir) } else { None };
+    let state = match &checkpoint {
+        Some(ckpt) => {
+            let state = checkpoint::verify(ckpt)?;
+            check_resumable(cfg, &state, ckpt, comm.world().size)?;
+            Some(state)
+        }
+        None => None,
+    };
+    Ok(Resume { checkpoint, state })
+}
+
+/// Rank 0 makes the run directory this run's: an `--overwrite`n run moves aside (kept until
+/// this run's first checkpoint), and the resolved config is written.
+fn claim_run_dir(comm: &dyn Comm, cfg: &RunConfig, opts: &RunOptions) -> Result<()> {
+    if comm.world().is_coordinator() {
+        let run_dir = opts.run_dir.as_path();
+        if opts.overwrite && !opts.resume {
+            run_dir::move_aside(run_dir)?;
+        }
+        std::fs::create_dir_all(run_dir).map_err(|e| Error::io(run_dir, "cannot create the run directory", e))?;
+        cfg.write(&run_dir.join("config.toml"))?;
+    }
+    comm.barrier()
+}
+
+// ---- 2. Data: the row-group plan (rank 0 reads the footer), examples, docids -----------------
+
+struct Inputs {
+    ds: Dataset,
+    groups: Vec<RowGroup>,
+    /// (query_idx, doc_idx) training pairs of `data.train_split`.
+    pairs: Vec<(u32, u32)>,
+    /// Every query's text, by query_idx.
+    queries: Vec<String>,
+    docids: Option<DocidTable>,
+}
+
+impl Inputs {
+    fn load(comm: &dyn Comm, cfg: &RunConfig) -> Result<Inputs> {
+        let ds = Dataset::open(&cfg.data.path).map_err(|e| match e {
+            Error::Usage { message, .. } => Error::usage("data.path", message),
+            other => other,
+        })?;
+        let groups = shard::plan_row_groups(comm, &ds.docs_path())?;
+        let n_docs: u64 = groups.iter().map(|g| g.rows).sum();
+        let pairs = training_pairs(&ds, &cfg.data.train_split)?;
+        let queries: Vec<String> = ds.queries()?.into_iter().map(|q| q.text).collect();
+        let docids = match &cfg.docids.path {
+            Some(p) => {
+                let table = DocidTable::read(p)?;
+                if table.meta.n_docs as u64 != n_docs {
+                    return Err(Error::usage(
+                        "docids.path",
+                        format!("{} docs in the docid file, {n_docs} in the dataset", table.meta.n_docs),
+                    ));
+                }
+                Some(table)
+            }
+            None => None,
+        };
+        Ok(Inputs { ds, groups, pairs, queries, docids })
+    }
+}
+
+// ---- 3. Model, optimizer, DDP (rank 0's initial values broadcast to every rank), batches -----
+
+struct Trainee<'c> {
+    task: Task,
+    optimizer: AdamW,
+    ddp: Ddp<'c>,
+    sampler: Sampler,
+    batcher: Batcher,
+}
+
+impl<'c> Trainee<'c> {
+    fn build(
+        comm: &'c dyn Comm,
+        cfg: &RunConfig,
+        inputs: &Inputs,
+        checkpoint: Option<&Path>,
+        device: Device,
+    ) -> Result<Trainee<'c>> {
+        let t = &cfg.train;
+        tch::manual_seed(t.seed as i64);
+        let task = Task::build(&cfg.model, device, inputs.docids.as_ref())?;
+        let eval_doc_len = cfg.eval.doc_max_len.unwrap_or(cfg.data.doc_max_len);
+        task.check_lengths(&[
+            ("data.query_max_len", cfg.data.query_max_len),
+            ("data.doc_max_len", cfg.data.doc_max_len),
+            ("eval.doc_max_len", eval_doc_len),
+        ])?;
+        let mut optimizer = AdamW::new(
+            task.named_parameters(),
+            AdamWConfig { beta1: t.beta1, beta2: t.beta2, eps: t.eps, weight_decay: t.weight_decay },
+        );
+        if let Some(ckpt) = checkpoint {
+            checkpoint::load_model(ckpt, &task.vs)?;
+            optimizer.load(&ckpt.join(checkpoint::OPTIMIZER_FILE))?;
+        }
+        let ddp = Ddp::new(comm, task.named_parameters(), DdpOptions { bucket_bytes: cfg.dist.bucket_mb << 20 })?;
+        let pairs = inputs.pairs.clone();
+        let source = match cfg.model.kind {
+            ModelKind::Dual | ModelKind::Colbert => {
+                let hard = mine_hard_negatives(comm, &inputs.ds, &pairs, cfg)?;
+                Source::Pairs { pairs, hard, hard_negatives: cfg.data.hard_negatives }
+            }
+            ModelKind::Generative => Source::Generative {
+                pairs,
+                doc_groups: inputs.groups.clone(),
+                window: cfg.data.shuffle_window_row_groups,
+                retrieval_fraction: cfg.data.retrieval_fraction,
+                targets: Targets { rows_by_doc: inputs.docids.as_ref().expect("generative has docids").rows_by_doc() },
+            },
+        };
+        let sampler = Sampler::new(source, t.seed);
+        let tokenizer = |max_len| TextTokenizer::from_path(&task.tokenizer_json, max_len);
+        let batcher = Batcher {
+            docs: DocStore::new(&inputs.ds.docs_path(), inputs.groups.clone(), cfg.data.doc_cache_row_groups),
+            queries: inputs.queries.clone(),
+            query_tok: tokenizer(cfg.data.query_max_len)?,
+            doc_tok: tokenizer(cfg.data.doc_max_len)?,
+            span_tok: match cfg.data.index_view {
+                IndexView::Span => Some(tokenizer(1 << 20)?),
+                IndexView::First => None,
+            },
+            targets: inputs.docids.as_ref().map(|d| task.targets(d)).transpose()?.unwrap_or_default(),
+            device,
+            seed: t.seed,
+        };
+        Ok(Trainee { task, optimizer, ddp, sampler, batcher })
+    }
+}
+
+// ---- 4. Length of the run and the schedule ---------------------------------------------------
+
+struct Plan {
+    /// Examples per optimizer step over all ranks: ranks × batch × accumulation.
+    global_batch: usize,
+    /// Epoch examples one step consumes.
+    per_step: u64,
+    /// Steps of the whole run.
+    total: u64,
+    /// The first step this invocation runs (the resumed step, else 0).
+    start: u64,
+    schedule: Schedule,
+    losses: LossSettings,
+    /// bf16 autocast (CUDA only).
+    autocast: bool,
+}
+
+impl Plan {
+    fn new(cfg: &RunConfig, world_size: usize, sampler: &Sampler, resume: &Resume, device: Device) -> Result<Plan> {
+        let t = &cfg.train;
+        let global_batch = world_size * t.batch_size * t.grad_accum;
+        let per_step = sampler.epoch_examples_per_batch(global_batch).max(1);
+        let total = if t.max_steps > 0 {
+            t.max_steps
+        } else {
+            ((t.epochs * sampler.epoch_len() as f64) / per_step as f64).ceil().max(1.0) as u64
+        };
+        let warmup = t.warmup_steps.unwrap_or((total as f64 * 0.1).round() as u64);
+        // bf16 is autocast on CUDA; the CPU has no such path here, and training in f32
+        // while the config says bf16 would record a precision never used.
+        let autocast = t.precision == Precision::Bf16;
+        if autocast && !device.is_cuda() {
+            return Err(Error::usage(
+                "train.precision",
+                "bf16 needs a CUDA device (train.device); use fp32 on the CPU",
+            ));
+        }
+        if autocast {
+            super::precision::use_bf16_autocast();
+        }
+        Ok(Plan {
+            global_batch,
+            per_step,
+            total,
+            start: resume.start_step(),
+            schedule: Schedule { peak: t.lr, warmup, total, decay: t.decay, min_ratio: t.min_lr_ratio },
+            losses: LossSettings { temperature: t.temperature, num_negatives: t.num_negatives, seed: t.seed },
+            autocast,
+        })
+    }
+
+    fn epoch(&self, done: u64, sampler: &Sampler) -> f64 {
+        (done * self.per_step) as f64 / sampler.epoch_len() as f64
+    }
+}
+
+fn log_start(comm: &dyn Comm, cfg: &RunConfig, trainee: &Trainee, plan: &Plan, resume: &Resume) {
+    let world = comm.world();
+    if !world.is_coordinator() {
+        return;
+    }
+    let t = &cfg.train;
+    let (decayed, plain) = trainee.optimizer.group_sizes();
+    tracing::info!(
+        "{:?}: {} ranks × batch {} × accum {} = {} examples/step, {} steps (warm-up {}), \
+         epoch = {} examples; {} parameters ({decayed} tensors decayed, {plain} not); device {:?}{}",
+        cfg.model.kind,
+        world.size,
+        t.batch_size,
+        t.grad_accum,
+        plan.global_batch,
+        plan.total,
+        plan.schedule.warmup,
+        trainee.sampler.epoch_len(),
+        trainee.ddp.parameters().iter().map(|p| p.numel()).sum::<usize>(),
+        trainee.batcher.device,
+        resume.checkpoint.as_ref().map(|p| format!("; resumed from {}", p.display())).unwrap_or_default(),
+    );
+}
+
+// ---- 5. The step loop ------------------------------------------------------------------------
+
+/// What the ranks agree on after a step's backward passes, in one small all-reduce: the
+/// global loss, tokens, whether any rank saw a non-finite loss, whether any was signalled.
+struct StepAgreement {
+    /// Σ over ranks of each rank's finite loss part: the global loss of the step.
+    loss: f64,
+    tokens: u64,
+    non_finite_ranks: u64,
+    stop_requested: bool,
+}
+
+impl StepAgreement {
+    fn reduce(comm: &dyn Comm, local_loss: f64, tokens: i64, stop: Option<i32>) -> Result<StepAgreement> {
+        let finite = local_loss.is_finite();
+        let mut v = [
+            if finite { local_loss } else { 0.0 },
+            tokens as f64,
+            if finite { 0.0 } else { 1.0 },
+            if stop.is_some() { 1.0 } else { 0.0 },
+        ];
+        comm.all_reduce_f64(&mut v, ReduceOp::Sum)?;
+        Ok(StepAgreement { loss: v[0], tokens: v[1] as u64, non_finite_ranks: v[2] as u64, stop_requested: v[3] > 0.0 })
+    }
+}
+
+/// Runs steps `plan.start..plan.total`. Returns the preemption outcome when the ranks agreed
+/// to stop, else `None` after the last step.
+fn step_loop(
+    comm: &dyn Comm,
+    cfg: &RunConfig,
+    run_dir: &Path,
+    trainee: &mut Trainee,
+    plan: &Plan,
+    resume: &Resume,
+) -> Result<Option<Outcome>> {
     let world = comm.world();
     let lead = world.is_coordinator();
     let t = &cfg.train;
-    let run_dir = opts.run_dir.as_path();
-
-    // ---- 1. Run directory and resume point ------------------------------------------------
-    let resume_from = if opts.resume { checkpoint::latest(run_dir) } else { None };
-    if lead {
-        prepare_run_dir(run_dir, opts)?;
-        cfg.write(&run_dir.join("config.toml"))?;
-    }
-    comm.barrier()?;
-    let resumed: Option<TrainState> = match &resume_from {
-        Some(ckpt) => Some(checkpoint::verify(ckpt)?),
-        None => None,
-    };
-    if let Some(state) = &resumed {
-        check_resumable(cfg, state, resume_from.as_deref().expect("resumed"), world.size)?;
-    }
-
-    // ---- 2. Data: the row-group plan (rank 0 reads the footer), examples, negatives -------
-    let ds = Dataset::open(&cfg.data.path).map_err(|e| match e {
-        Error::Usage { message, .. } => Error::usage("data.path", message),
-        other => other,
-    })?;
-    let groups = shard::plan_row_groups(comm, &ds.docs_path())?;
-    let n_docs: u64 = groups.iter().map(|g| g.rows).sum();
-    let pairs = training_pairs(&ds, &cfg.data.train_split)?;
-    let queries: Vec<String> = ds.queries()?.into_iter().map(|q| q.text).collect();
-    let docids = match &cfg.docids.path {
-        Some(p) => {
-            let table = DocidTable::read(p)?;
-            if table.meta.n_docs as u64 != n_docs {
-                return Err(Error::usage(
-                    "docids.path",
-                    format!("{} docs in the docid file, {n_docs} in the dataset", table.meta.n_docs),
-                ));
-            }
-            Some(table)
-        }
-        None => None,
-    };
-
-    // ---- 3. Model, optimizer, DDP (rank 0's initial values broadcast to every rank) -------
-    tch::manual_seed(t.seed as i64);
-    let task = Task::build(&cfg.model, device, docids.as_ref())?;
-    let mut optimizer = AdamW::new(
-        task.named_parameters(),
-        AdamWConfig { beta1: t.beta1, beta2: t.beta2, eps: t.eps, weight_decay: t.weight_decay },
-    );
-    if let Some(ckpt) = &resume_from {
-        checkpoint::load_model(ckpt, &task.vs)?;
-        optimizer.load(&ckpt.join(checkpoint::OPTIMIZER_FILE))?;
-    }
-    let mut ddp = Ddp::new(comm, task.named_parameters(), DdpOptions { bucket_bytes: cfg.dist.bucket_mb << 20 })?;
-
-    let source = match cfg.model.kind {
-        ModelKind::Dual | ModelKind::Colbert => {
-            let hard = mine_hard_negatives(comm, &ds, &pairs, cfg)?;
-            Source::Pairs { pairs, hard, hard_negatives: cfg.data.hard_negatives }
-        }
-        ModelKind::Generative => Source::Generative {
-            pairs,
-            doc_groups: groups.clone(),
-            window: cfg.data.shuffle_window_row_groups,
-            retrieval_fraction: cfg.data.retrieval_fraction,
-            targets: Targets { rows_by_doc: docids.as_ref().expect("generative has docids").rows_by_doc() },
-        },
-    };
-    let mut sampler = Sampler::new(source, t.seed);
-    let mut batcher = Batcher {
-        docs: DocStore::new(&ds.docs_path(), groups.clone(), cfg.data.doc_cache_row_groups),
-        queries,
-        query_tok: TextTokenizer::from_path(&task.tokenizer_json, cfg.data.query_max_len)?,
-        doc_tok: TextTokenizer::from_path(&task.tokenizer_json, cfg.data.doc_max_len)?,
-        span_tok: match cfg.data.index_view {
-            crate::config::IndexView::Span => Some(TextTokenizer::from_path(&task.tokenizer_json, 1 << 20)?),
-            crate::config::IndexView::First => None,
-        },
-        targets: docids.as_ref().map(|d| task.targets(d)).transpose()?.unwrap_or_default(),
-        device,
-        seed: t.seed,
-    };
-
-    // ---- 4. Length of the run and the schedule --------------------------------------------
-    let global_batch = world.size * t.batch_size * t.grad_accum;
-    let per_step = sampler.epoch_examples_per_batch(global_batch).max(1);
-    let total = if t.max_steps > 0 {
-        t.max_steps
-    } else {
-        ((t.epochs * sampler.epoch_len() as f64) / per_step as f64).ceil().max(1.0) as u64
-    };
-    let warmup = t.warmup_steps.unwrap_or((total as f64 * 0.1).round() as u64);
-    let schedule = Schedule { peak: t.lr, warmup, total, decay: t.decay, min_ratio: t.min_lr_ratio };
-    let losses = LossSettings { temperature: t.temperature, num_negatives: t.num_negatives, seed: t.seed };
-    let start = resumed.as_ref().map_or(0, |s| s.step);
-    let autocast = t.precision == Precision::Bf16 && device.is_cuda();
-    if autocast {
-        super::precision::use_bf16_autocast();
-    }
-    let (decayed, plain) = optimizer.group_sizes();
-    if lead {
-        tracing::info!(
-            "{}: {} ranks × batch {} × accum {} = {global_batch} examples/step, {total} steps (warm-up {warmup}), \
-             epoch = {} examples; {} parameters ({decayed} tensors decayed, {plain} not); device {device:?}{}",
-            format!("{:?}", cfg.model.kind),
-            world.size,
-            t.batch_size,
-            t.grad_accum,
-            sampler.epoch_len(),
-            ddp.parameters().iter().map(|p| p.numel()).sum::<usize>(),
-            resume_from.as_ref().map(|p| format!("; resumed from {}", p.display())).unwrap_or_default(),
-        );
-    }
-    let mut log = if lead { Some(MetricsLog::open(run_dir, resumed.as_ref().map(|s| s.step))?) } else { None };
-    let bar = if lead && cfg.log.progress { crate::progress::bar(total, "train") } else { crate::progress::bar(0, "") };
-    bar.set_position(start);
+    let mut log = if lead { Some(MetricsLog::open(run_dir, resume.state.as_ref().map(|s| s.step))?) } else { None };
+    let bar =
+        if lead && cfg.log.progress { crate::progress::bar(plan.total, "train") } else { crate::progress::bar(0, "") };
+    bar.set_position(plan.start);
     let mut acc = Interval::default();
-    if let Some(s) = &resumed {
+    if let Some(s) = &resume.state {
         acc.loss_sum = s.interval_loss_sum;
         acc.steps = s.interval_steps;
     }
-    let t_run = Instant::now();
-
-    // ---- 5. The loop ------------------------------------------------------------------------
-    for step in start..total {
+    for step in plan.start..plan.total {
         // 5a. This step's randomness (dropout) and learning rate.
         tch::manual_seed((SplitMix64::keyed(&[t.seed, tag::TORCH, world.rank as u64, step]).next_u64() >> 1) as i64);
-        let lr = schedule.lr(step);
+        let lr = plan.schedule.lr(step);
 
-        // 5b. This rank's micro-batches of the global batch of `step`.
-        let micro = sampler.rank_batches(step, world.rank, world.size, t.batch_size, t.grad_accum);
+        // 5b. Forward and backward over this rank's micro-batches of the global batch.
+        let (local_loss, tokens) = forward_backward(comm, cfg, trainee, plan, step)?;
 
-        // 5c. Forward and backward, micro-batch by micro-batch (no communication but the
-        //     gathers inside the loss; gradients are reduced once, in 5e).
-        let mut loss_sum = Tensor::zeros([], (tch::Kind::Double, device)); // Σ of this rank's loss parts
-        let mut tokens = 0i64;
-        match &task.net {
-            Net::Generative { .. } => {
-                let batches: Vec<_> = micro
-                    .iter()
-                    .enumerate()
-                    .map(|(a, ex)| {
-                        batcher.generative(ex, step, (world.rank * t.batch_size + a * world.size * t.batch_size) as u64)
-                    })
-                    .collect::<Result<_>>()?;
-                // GR's loss is normalised by the token count of the whole global batch.
-                let local: i64 = batches.iter().map(|b| b.target_tokens).sum();
-                let global_tokens = dist::gather::global_count(comm, local)?;
-                for b in &batches {
-                    tokens += b.tokens + b.target_tokens;
-                    let (share, part) = tch::autocast(autocast, || task.generative_loss(comm, b, global_tokens))?;
-                    share.backward();
-                    loss_sum += part.to_kind(tch::Kind::Double);
-                }
-            }
-            Net::Dual(_) | Net::Colbert(_) => {
-                for (a, ex) in micro.iter().enumerate() {
-                    let b = batcher.pairs(ex)?;
-                    tokens += b.tokens;
-                    let loss = tch::autocast(autocast, || task.pair_loss(comm, &b, losses, step, a as u64))?;
-                    // Every rank holds the global loss; each back-propagates its own slice,
-                    // scaled so DDP's mean of gradients is the global gradient.
-                    (&loss * (world.backward_scale() / t.grad_accum as f64)).backward();
-                    loss_sum += loss.detach().to_kind(tch::Kind::Double) / (t.grad_accum * world.size) as f64;
-                }
-            }
-        }
-
-        // 5d. One small all-reduce: the global loss, tokens, non-finite flags, preemption.
+        // 5c. One small all-reduce: the global loss, tokens, non-finite flags, preemption.
         //     The loss is the step's only device→host copy.
-        let local_loss = loss_sum.double_value(&[]);
         let stop = signal::received();
-        let mut agree = [
-            if local_loss.is_finite() { local_loss } else { 0.0 },
-            tokens as f64,
-            if local_loss.is_finite() { 0.0 } else { 1.0 },
-            if stop.is_some() { 1.0 } else { 0.0 },
-        ];
-        comm.all_reduce_f64(&mut agree, ReduceOp::Sum)?;
-        if agree[2] > 0.0 {
+        let agreed = StepAgreement::reduce(comm, local_loss, tokens, stop)?;
+        if agreed.non_finite_ranks > 0 {
             let flags = comm.all_gather_bytes(&[u8::from(!local_loss.is_finite())])?;
             let ranks: Vec<usize> = (0..flags.len()).filter(|&r| flags[r][0] == 1).collect();
             return Err(Error::dist(
@@ -277,91 +403,191 @@ fn run(comm: &dyn Comm, cfg: &RunConfig, opts: &RunOptions, device: Device) -> R
                 format!("non-finite loss at step {} on rank(s) {ranks:?}; stopped before the optimizer step", step + 1),
             ));
         }
-        let loss = agree[0];
 
-        // 5e. Gradients: average over ranks, clip by the global norm, update.
-        ddp.sync_gradients()?;
-        let grad_norm = if t.max_grad_norm > 0.0 {
-            ddp.clip_grad_norm(t.max_grad_norm)?
-        } else if (step + 1) % cfg.log.interval == 0 {
-            super::optim::grad_norm(ddp.parameters())
-        } else {
-            f64::NAN
-        };
-        optimizer.step(lr);
-        optimizer.zero_grad();
+        // 5d. Gradients: average over ranks, clip by the global norm, update.
+        let grad_norm = optimizer_step(cfg, trainee, step, lr)?;
         let done = step + 1;
-        acc.add(loss, global_batch as u64, agree[1] as u64);
+        acc.add(agreed.loss, plan.global_batch as u64, agreed.tokens);
         bar.inc(1);
 
-        // 5f. Log (rank 0), one line per interval.
-        let epoch = (done * per_step) as f64 / sampler.epoch_len() as f64;
-        if done % cfg.log.interval == 0 || done == total {
-            let record = acc.record(done, epoch, loss, lr, grad_norm);
+        // 5e. Log (rank 0), one line per interval.
+        let epoch = plan.epoch(done, &trainee.sampler);
+        if done % cfg.log.interval == 0 || done == plan.total {
+            let record = acc.record(done, epoch, agreed.loss, lr, grad_norm);
             if let Some(log) = log.as_mut() {
                 log.write(&record)?;
-                bar.suspend(|| tracing::info!("{}", metrics_log::format_line(&record, total)));
+                bar.suspend(|| tracing::info!("{}", metrics_log::format_line(&record, plan.total)));
             }
             acc = Interval::default();
         }
 
-        // 5g. Checkpoint on schedule, at the end, or when asked to stop (every rank finished
+        // 5f. Checkpoint on schedule, at the end, or when asked to stop (every rank finished
         //     this step: the agreement above made them stop at the same one).
-        let preempt = agree[3] > 0.0;
         let due = t.checkpoint_every > 0 && done % t.checkpoint_every == 0;
-        if due || preempt || done == total {
-            let reason = match (preempt, stop) {
+        if due || agreed.stop_requested || done == plan.total {
+            let reason = match (agreed.stop_requested, stop) {
                 (true, Some(s)) => format!("preempted ({})", signal::name(s)),
                 (true, None) => "preempted (another rank was signalled)".to_string(),
-                _ if done == total => "final".into(),
+                _ if done == plan.total => "final".into(),
                 _ => "interval".into(),
             };
-            ddp.check_consistency()?;
-            if lead {
-                let state = TrainState {
-                    format: checkpoint::FORMAT.into(),
-                    grdr_version: crate::VERSION.into(),
-                    step: done,
-                    epoch,
-                    examples_seen: done * per_step,
-                    rng: "torch re-seeded per step from SplitMix64(seed, 7, rank, step); data draws keyed by (seed, step)".into(),
-                    seed: t.seed,
-                    world_size: world.size,
-                    global_batch,
-                    reason: reason.clone(),
-                    interval_loss_sum: acc.loss_sum,
-                    interval_steps: acc.steps,
-                    files: Default::default(),
-                };
-                let path = checkpoint::save(run_dir, &task.vs, &optimizer, &cfg.to_toml(), state, t.keep_checkpoints)?;
+            let saved = save_checkpoint(comm, cfg, run_dir, trainee, plan, &acc, done, epoch, &reason)?;
+            if let Some(path) = saved {
                 bar.suspend(|| tracing::info!("checkpoint {} ({reason})", path.display()));
             }
-            comm.barrier()?;
-            if preempt {
+            if agreed.stop_requested {
                 bar.finish_and_clear();
-                return Ok(Outcome::Preempted { step: done, signal: stop.unwrap_or(libc::SIGTERM) });
+                return Ok(Some(Outcome::Preempted { step: done, signal: stop.unwrap_or(libc::SIGTERM) }));
             }
         }
     }
     bar.finish_and_clear();
-    let train_secs = t_run.elapsed().as_secs_f64();
+    Ok(None)
+}
 
-    // ---- 6. Export (rank 0) and evaluation (all ranks, sharded) ----------------------------
-    if lead {
-        super::export::export(&task, cfg, &run_dir.join("model"))?;
+/// Forward and backward, micro-batch by micro-batch (no communication but the gathers
+/// inside the loss; gradients are reduced once, after). Returns (this rank's part of the
+/// global loss, tokens it processed).
+fn forward_backward(
+    comm: &dyn Comm,
+    cfg: &RunConfig,
+    trainee: &mut Trainee,
+    plan: &Plan,
+    step: u64,
+) -> Result<(f64, i64)> {
+    let world = comm.world();
+    let t = &cfg.train;
+    let micro = trainee.sampler.rank_batches(step, world.rank, world.size, t.batch_size, t.grad_accum);
+    let task = &trainee.task;
+    let mut loss_sum = Tensor::zeros([], (tch::Kind::Double, trainee.batcher.device)); // Σ of this rank's loss parts
+    let mut tokens = 0i64;
+    match &task.net {
+        Net::Generative { .. } => {
+            let batches: Vec<_> = micro
+                .iter()
+                .enumerate()
+                .map(|(a, ex)| {
+                    let slot0 = (world.rank * t.batch_size + a * world.size * t.batch_size) as u64;
+                    trainee.batcher.generative(ex, step, slot0)
+                })
+                .collect::<Result<_>>()?;
+            // GR's loss is normalised by the token count of the whole global batch.
+            let local: i64 = batches.iter().map(|b| b.target_tokens).sum();
+            let global_tokens = dist::gather::global_count(comm, local)?;
+            for b in &batches {
+                tokens += b.tokens + b.target_tokens;
+                let (share, part) = tch::autocast(plan.autocast, || generative_loss(task, comm, b, global_tokens))?;
+                share.backward();
+                loss_sum += part.to_kind(tch::Kind::Double);
+            }
+        }
+        Net::Dual(_) | Net::Colbert(_) => {
+            for (a, ex) in micro.iter().enumerate() {
+                let b = trainee.batcher.pairs(ex)?;
+                tokens += b.tokens;
+                let loss = tch::autocast(plan.autocast, || pair_loss(task, comm, &b, plan.losses, step, a as u64))?;
+                // Every rank holds the global loss; each back-propagates its own slice,
+                // scaled so DDP's mean of gradients is the global gradient.
+                (&loss * (world.backward_scale() / t.grad_accum as f64)).backward();
+                loss_sum += loss.detach().to_kind(tch::Kind::Double) / (t.grad_accum * world.size) as f64;
+            }
+        }
+    }
+    Ok((loss_sum.double_value(&[]), tokens))
+}
+
+/// Averages gradients over ranks, clips them by the global norm and updates the parameters.
+/// Returns the gradient norm before clipping (NaN on steps that neither clip nor log).
+fn optimizer_step(cfg: &RunConfig, trainee: &mut Trainee, step: u64, lr: f64) -> Result<f64> {
+    let t = &cfg.train;
+    trainee.ddp.sync_gradients()?;
+    let grad_norm = if t.max_grad_norm > 0.0 {
+        trainee.ddp.clip_grad_norm(t.max_grad_norm)?
+    } else if (step + 1).is_multiple_of(cfg.log.interval) {
+        super::optim::grad_norm(trainee.ddp.parameters())
+    } else {
+        f64::NAN
+    };
+    trainee.optimizer.step(lr);
+    trainee.optimizer.zero_grad();
+    Ok(grad_norm)
+}
+
+/// Checks that every rank holds the same parameters, then rank 0 writes `step-N/`. Returns
+/// the checkpoint's path on rank 0.
+#[allow(clippy::too_many_arguments)]
+fn save_checkpoint(
+    comm: &dyn Comm,
+    cfg: &RunConfig,
+    run_dir: &Path,
+    trainee: &Trainee,
+    plan: &Plan,
+    acc: &Interval,
+    done: u64,
+    epoch: f64,
+    reason: &str,
+) -> Result<Option<PathBuf>> {
+    let world = comm.world();
+    trainee.ddp.check_consistency()?;
+    let mut saved = None;
+    if world.is_coordinator() {
+        let t = &cfg.train;
+        let state = TrainState {
+            format: checkpoint::FORMAT.into(),
+            grdr_version: crate::VERSION.into(),
+            step: done,
+            epoch,
+            examples_seen: done * plan.per_step,
+            rng: "torch re-seeded per step from SplitMix64(seed, 7, rank, step); data draws keyed by (seed, step)"
+                .into(),
+            seed: t.seed,
+            world_size: world.size,
+            global_batch: plan.global_batch,
+            reason: reason.to_string(),
+            interval_loss_sum: acc.loss_sum,
+            interval_steps: acc.steps,
+            files: Default::default(),
+        };
+        let task = &trainee.task;
+        saved =
+            Some(checkpoint::save(run_dir, &task.vs, &trainee.optimizer, &cfg.to_toml(), state, t.keep_checkpoints)?);
+        // This run can now be resumed: the run it replaced is no longer needed.
+        run_dir::discard_replaced(run_dir)?;
+    }
+    comm.barrier()?;
+    Ok(saved)
+}
+
+// ---- 6. Export (rank 0) and evaluation (all ranks, sharded) -----------------------------------
+
+#[allow(clippy::too_many_arguments)]
+fn finish(
+    comm: &dyn Comm,
+    cfg: &RunConfig,
+    run_dir: &Path,
+    trainee: &Trainee,
+    inputs: &Inputs,
+    plan: &Plan,
+    train_seconds: f64,
+    device: Device,
+) -> Result<Outcome> {
+    let world = comm.world();
+    if world.is_coordinator() {
+        super::export::export(&trainee.task, cfg, &run_dir.join("model"))?;
         crate::atomic::write_json(
             &run_dir.join("train.json"),
-            &serde_json::json!({"steps": total, "resumed_at": start, "world_size": world.size,
-                "global_batch": global_batch, "train_seconds": train_secs, "grdr_version": crate::VERSION}),
+            &serde_json::json!({"steps": plan.total, "resumed_at": plan.start, "world_size": world.size,
+                "global_batch": plan.global_batch, "train_seconds": train_seconds, "grdr_version": crate::VERSION}),
         )?;
     }
     comm.barrier()?;
-    let metrics = if cfg.eval.at_end {
-        super::evaluate::evaluate(comm, &task, &ds, docids.as_ref(), cfg, device, &run_dir.join("eval"))?
+    let eval = if cfg.eval.at_end {
+        let out = run_dir.join("eval");
+        super::evaluate::evaluate(comm, &trainee.task, &inputs.ds, inputs.docids.as_ref(), cfg, device, &out)?
     } else {
         None
     };
-    Ok(Outcome::Finished { steps: total, metrics })
+    Ok(Outcome::Finished { steps: plan.total, eval })
 }
 
 /// Loss and throughput since the last log line.
@@ -404,26 +630,6 @@ impl Interval {
             rss_mib: metrics_log::rss_mib(),
         }
     }
-}
-
-fn prepare_run_dir(run_dir: &Path, opts: &RunOptions) -> Result<()> {
-    let used = checkpoint::dir(run_dir).exists() || run_dir.join("metrics.jsonl").exists();
-    if used && !opts.resume {
-        if !opts.overwrite {
-            return Err(Error::usage(
-                "--output",
-                format!(
-                    "{} holds a run (pass --resume to continue it or --overwrite to replace it)",
-                    run_dir.display()
-                ),
-            ));
-        }
-        for p in ["checkpoints", "model", "eval"] {
-            let _ = std::fs::remove_dir_all(run_dir.join(p));
-        }
-        let _ = std::fs::remove_file(run_dir.join("metrics.jsonl"));
-    }
-    std::fs::create_dir_all(run_dir).map_err(|e| Error::io(run_dir, "cannot create the run directory", e))
 }
 
 /// A checkpoint continues only the run it came from: same data, model, docids, optimizer

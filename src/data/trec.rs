@@ -14,7 +14,7 @@
 //!
 //! Runs are the 6-column TREC format `qid Q0 docno rank score tag`. The rank column is
 //! checked to be an integer but otherwise ignored, as trec_eval ignores it: the order
-//! that counts is the one [`crate::eval::metrics`] derives from the scores.
+//! that counts is the one `eval::metrics` derives from the scores.
 use std::collections::{BTreeMap, HashMap};
 use std::io::{self, Write};
 use std::path::Path;
@@ -170,7 +170,9 @@ pub fn read_run(path: &Path) -> Result<Run> {
     let text = read_text(path)?;
     // Runs are grouped by query in practice; the index makes any order work.
     let mut index: HashMap<&str, usize> = HashMap::new();
-    let mut queries: Vec<(&str, Vec<(String, f64)>, HashMap<&str, usize>)> = Vec::new();
+    // Per query: its id, its (docno, score) list, and each docno's position in that list.
+    type QueryHits<'t> = (&'t str, Vec<(String, f64)>, HashMap<&'t str, usize>);
+    let mut queries: Vec<QueryHits> = Vec::new();
     for (n, line) in numbered_lines(&text) {
         let fields = fields::<6>(line).map_err(|found| {
             let expected = "6 whitespace-separated fields `qid Q0 docno rank score tag`";

@@ -15,11 +15,13 @@ use serde_json::json;
 use tch::Tensor;
 
 use crate::error::{Error, Result};
-use crate::eval::run_eval::{Context, RerankOptions, Shared};
+use crate::eval::options::RerankOptions;
+use crate::eval::run_eval::Context;
 use crate::model::generative::score_docids;
+use crate::model::task::Net;
+use crate::parallel::{parallel_map, Shared};
 use crate::search::bm25::Bm25Index;
 use crate::search::topk::{Hit, TopK};
-use crate::train::task::Net;
 
 type Info = serde_json::Map<String, serde_json::Value>;
 
@@ -98,7 +100,7 @@ pub fn run(ctx: &Context, r: &RerankOptions, info: &mut Info) -> Result<Vec<Vec<
             (q, part, Input { q_ids, q_mask, rows, per_doc })
         })
         .collect();
-    let scored = crate::eval::run_eval::parallel_map(opts.device, units, |(q, part, input)| {
+    let scored = parallel_map(opts.device, units, |(q, part, input)| {
         let s = score_gr(task.get(), input);
         (q, part.into_iter().zip(s).map(|(doc_idx, score)| Hit { score, doc_idx }).collect::<Vec<_>>())
     });
@@ -133,7 +135,7 @@ struct Input {
 
 /// GR scores of one query's candidates (in a worker): log p(docid | query); a document with
 /// several docids (n-grams) scores its best one.
-fn score_gr(task: &crate::train::task::Task, x: Input) -> Vec<f32> {
+fn score_gr(task: &crate::model::task::Task, x: Input) -> Vec<f32> {
     let Net::Generative { model, .. } = &task.net else { unreachable!("generative only") };
     let lls = score_docids(model, &x.q_ids, &x.q_mask, &[x.rows]).remove(0);
     let mut it = lls.into_iter();

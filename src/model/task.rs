@@ -1,19 +1,14 @@
-//! What is trained, built from `[model]` alone: a dual encoder (DR), a ColBERT encoder
-//! (MVDR) or a T5 generating docids (GR), its variables in one `VarStore` (backbone under
-//! the HF keys, heads under `grdr_head.`), and the step's loss for a micro-batch. Model code
-//! never calls collectives; the gathers that make a rank's loss the global loss are here,
-//! outside the model.
+//! What is trained or evaluated, built from `[model]` alone: a dual encoder (DR), a ColBERT
+//! encoder (MVDR) or a T5 generating docids (GR), its variables in one `VarStore` (backbone
+//! under the HF keys, heads under `grdr_head.`). The losses that train it live in
+//! `train::objective` (they gather across ranks; model code never calls collectives).
 use std::path::{Path, PathBuf};
 
 use serde_json::json;
-use tch::{nn, Device, Kind, Tensor};
+use tch::{nn, Device, Tensor};
 
 use crate::config::{Arch, ModelConfig, ModelKind};
-use crate::data::batch::{GenBatch, PairBatch};
 use crate::data::docid::{DocidTable, Scheme};
-use crate::data::shard::{tag, SplitMix64};
-use crate::dist::gather::{all_gather_padded_with_grad, all_gather_with_grad, global_mean_share};
-use crate::dist::Comm;
 use crate::error::{Error, Result};
 use crate::model::colbert::{ColbertConfig, ColbertEncoder, ColbertHead};
 use crate::model::dual::{DualConfig, DualEncoder, DualHead};
@@ -22,7 +17,6 @@ use crate::model::hf::{self, LoadOptions};
 use crate::model::{
     BertConfig, BertModel, Pooling, T5Config, T5EncoderModel, T5ForConditionalGeneration, TextEncoderModel,
 };
-use crate::train::loss;
 
 /// Variables of the heads live under this prefix (left out of an HF export).
 pub const HEAD_PREFIX: &str = "grdr_head";
@@ -33,6 +27,10 @@ pub enum Net {
     Generative { model: T5ForConditionalGeneration, vocab: DocidVocab },
 }
 
+// SAFETY (ForwardOnly): rerank workers only score candidates with no-grad forward passes;
+// the task is not trained while they share it.
+unsafe impl crate::parallel::ForwardOnly for Task {}
+
 pub struct Task {
     pub vs: nn::VarStore,
     pub net: Net,
@@ -40,14 +38,6 @@ pub struct Task {
     pub tokenizer_json: PathBuf,
     /// Forward passes run with dropout (false: `model.no_dropout`).
     pub dropout: bool,
-}
-
-/// Loss settings from `[train]` the task needs.
-#[derive(Debug, Clone, Copy)]
-pub struct LossSettings {
-    pub temperature: f64,
-    pub num_negatives: Option<usize>,
-    pub seed: u64,
 }
 
 fn tokenizer_json(cfg: &ModelConfig, init_dir: Option<&Path>) -> Result<PathBuf> {
@@ -131,6 +121,19 @@ impl Task {
                     );
                     Net::Dual(DualEncoder { encoder, head })
                 } else {
+                    let vocab = match &encoder {
+                        TextEncoderModel::Bert(b) => b.config.vocab_size,
+                        TextEncoderModel::T5(t) => t.config.vocab_size,
+                    };
+                    if !(0..vocab).contains(&cfg.query_augment_token) {
+                        return Err(Error::usage(
+                            "model.query_augment_token",
+                            format!(
+                                "{} is not a token of the model's vocabulary (0..{vocab})",
+                                cfg.query_augment_token
+                            ),
+                        ));
+                    }
                     let c = ColbertConfig {
                         dim: cfg.colbert_dim,
                         normalize: cfg.normalize,
@@ -164,12 +167,34 @@ impl Task {
                     Scheme::Title | Scheme::Ngram => DocidVocab::Text,
                 };
                 if vocab.n_new_tokens() > 0 {
-                    resize_token_embeddings(&mut model, &vs, base + vocab.n_new_tokens(), base)?;
+                    resize_token_embeddings(&mut model, base + vocab.n_new_tokens(), base)?;
                 }
                 (vs, Net::Generative { model, vocab })
             }
         };
         Ok(Task { vs, net, tokenizer_json, dropout: !cfg.no_dropout })
+    }
+
+    /// The longest input the encoder takes: BERT's learned positions; none for T5, whose
+    /// relative positions have no limit.
+    pub fn max_positions(&self) -> Option<usize> {
+        match &self.net {
+            Net::Dual(m) => m.encoder.max_positions(),
+            Net::Colbert(m) => m.encoder.max_positions(),
+            Net::Generative { .. } => None,
+        }
+    }
+
+    /// Refuses truncation lengths the encoder cannot take (named by `key`), before any
+    /// forward pass would fail midway through a corpus.
+    pub fn check_lengths(&self, lengths: &[(&str, usize)]) -> Result<()> {
+        let Some(max) = self.max_positions() else { return Ok(()) };
+        for (key, len) in lengths {
+            if *len > max {
+                return Err(Error::usage(*key, format!("{len} tokens, but the model has {max} positions")));
+            }
+        }
+        Ok(())
     }
 
     /// Trainable variables by name, sorted (the order DDP and the optimizer share).
@@ -193,76 +218,4 @@ impl Task {
             })
             .collect()
     }
-
-    /// DR/ColBERT micro-batch loss over the global batch (every rank's queries and
-    /// documents gathered): the same value on every rank; the trainer scales it by
-    /// `backward_scale / grad_accum` before `backward`.
-    pub fn pair_loss(&self, comm: &dyn Comm, b: &PairBatch, s: LossSettings, step: u64, micro: u64) -> Result<Tensor> {
-        let train = self.dropout;
-        let scores = match &self.net {
-            Net::Dual(m) => {
-                let q = m.embed(&b.q_ids, &b.q_mask, train); // (B, d)
-                let d = m.embed(&b.d_ids, &b.d_mask, train); // (B·group, d)
-                let q = all_gather_with_grad(comm, &q)?; // (Q, d), Q = ΣB
-                let d = all_gather_with_grad(comm, &d)?; // (Q·group, d)
-                q.matmul(&d.tr()) // (Q, Q·group)
-            }
-            Net::Colbert(m) => {
-                let (q, qm) = m.embed_queries(&b.q_ids, &b.q_mask, train); // (B, Lq, dim)
-                let (d, dm) = m.embed_docs(&b.d_ids, &b.d_mask, train); // (B·group, Ld, dim)
-                let (q, qm) = all_gather_padded_with_grad(comm, &q, &qm)?;
-                let (d, dm) = all_gather_padded_with_grad(comm, &d, &dm)?;
-                loss::maxsim(&q, &qm.to_kind(Kind::Bool), &d, &dm.to_kind(Kind::Bool))
-            }
-            Net::Generative { .. } => return Err(Error::usage("model.kind", "generative models take GR batches")),
-        };
-        let (nq, nd) = scores.size2().expect("(Q, N) scores");
-        let labels = loss::positive_rows(nq, b.group, scores.device());
-        let scores = match s.num_negatives {
-            Some(k) if (k as i64) < nd - 1 => scores.masked_fill(
-                &negative_subsample(nq, nd, b.group, k, s.seed, step, micro, scores.device()),
-                f64::NEG_INFINITY,
-            ),
-            _ => scores,
-        };
-        Ok(loss::info_nce_from_scores(&scores, &labels, s.temperature))
-    }
-
-    /// GR micro-batch: (this rank's share to back-propagate, NLL sum / global tokens).
-    pub fn generative_loss(&self, comm: &dyn Comm, b: &GenBatch, global_tokens: i64) -> Result<(Tensor, Tensor)> {
-        let Net::Generative { model, .. } = &self.net else {
-            return Err(Error::usage("model.kind", "DR models take pair batches"));
-        };
-        let decoder_input = model.shift_right(&b.labels);
-        let out = model.forward(&b.input_ids, &b.attention_mask, &decoder_input, self.dropout, false);
-        let sum = loss::token_nll_sum(&out.logits, &b.labels, &b.labels.ne(-100)); // scalar
-        let share = global_mean_share(comm.world(), &sum, global_tokens);
-        Ok((share, sum.detach() / global_tokens.max(1) as f64))
-    }
-}
-
-/// The mask (true = dropped) keeping, per query, its positive and `k` other documents drawn
-/// per (seed, step, micro-batch, query) — the same on every rank and for any rank count.
-#[allow(clippy::too_many_arguments)]
-fn negative_subsample(
-    nq: i64,
-    nd: i64,
-    group: i64,
-    k: usize,
-    seed: u64,
-    step: u64,
-    micro: u64,
-    device: Device,
-) -> Tensor {
-    let mut drop = vec![true; (nq * nd) as usize];
-    for i in 0..nq {
-        let pos = i * group;
-        let mut others: Vec<i64> = (0..nd).filter(|&j| j != pos).collect();
-        SplitMix64::keyed(&[seed, tag::SUBSAMPLE, step, micro, i as u64]).shuffle(&mut others);
-        drop[(i * nd + pos) as usize] = false;
-        for &j in others.iter().take(k) {
-            drop[(i * nd + j) as usize] = false;
-        }
-    }
-    Tensor::from_slice(&drop).view([nq, nd]).to_device(device)
 }

@@ -1,0 +1,145 @@
+//! What an evaluation can vary (the model aside), with **one** set of defaults: a run's
+//! `[eval]` section (`config::EvalConfig`, whose `Default` is what a config that says nothing
+//! gets). The evaluation at the end of `grdr train` uses [`EvalOptions::for_run`] as it is;
+//! `grdr eval --run RUNDIR` starts from the same value and applies only the flags given, so
+//! both write the same run file unless a flag asks otherwise. `grdr eval --model` starts from
+//! [`EvalOptions::for_model`]: the same defaults, the model directory's lengths.
+use std::path::PathBuf;
+
+use tch::Device;
+
+use crate::config::{EvalConfig, RunConfig, TrainConfig};
+use crate::error::{Error, Result};
+use crate::model::colbert::Alignment;
+
+#[derive(Debug, Clone)]
+pub struct EvalOptions {
+    pub split: String,
+    /// Documents per query in the run file.
+    pub k: usize,
+    /// Texts per encoder forward pass.
+    pub batch_size: usize,
+    pub query_max_len: usize,
+    pub doc_max_len: usize,
+    /// Queries per score block (with a row group's docs: the memory of one score block).
+    pub query_block: i64,
+    /// Keep document embeddings on disk in this directory instead of memory (DR).
+    pub spill: Option<PathBuf>,
+    pub device: Device,
+    /// Store document embeddings in bf16 (CUDA: halves their memory; scores stay f32).
+    pub bf16_store: bool,
+    /// ColBERT: pool tokens retrieved per query token in the candidate stage.
+    pub token_k: usize,
+    /// ColBERT: how the final score aligns tokens (end to end and rerank).
+    pub alignment: Alignment,
+    /// GR: beam width (≥ k to return k docids); none = k. Read it through [`Self::beam_width`].
+    pub beam: Option<usize>,
+    /// GR: running beams decoded per batch (bounds the KV cache: queries per batch = this / beam).
+    pub beam_rows: usize,
+    /// The rerank setting instead of end-to-end retrieval.
+    pub rerank: Option<RerankOptions>,
+    /// DR/GR: compute the Brier score (and DR's in-batch gap at `gap_ks`).
+    pub calibration: bool,
+    pub temperature: f64,
+    pub gap_ks: Vec<usize>,
+    /// GR: documents whose indexing input is decoded for memorisation R@1 (0: none).
+    pub memorization_docs: usize,
+    /// GR: the seed of the memorisation sample (a run's `train.seed`).
+    pub memorization_seed: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct RerankOptions {
+    /// BM25 candidates per query.
+    pub depth: usize,
+    /// Add every relevant document to the candidates (inflates scores; off by default).
+    pub add_gold: bool,
+}
+
+impl RerankOptions {
+    /// BM25 candidates per query unless asked otherwise (the papers' top-100).
+    pub const DEFAULT_DEPTH: usize = 100;
+}
+
+impl EvalOptions {
+    /// The evaluation of a trained run: its `[eval]` section, its training lengths and
+    /// temperature, its seed for the memorisation sample.
+    pub fn for_run(cfg: &RunConfig, device: Device) -> EvalOptions {
+        let e = &cfg.eval;
+        let doc_max_len = e.doc_max_len.unwrap_or(cfg.data.doc_max_len);
+        EvalOptions::from_sections(e, &cfg.train, cfg.data.query_max_len, doc_max_len, device)
+    }
+
+    /// A model evaluated as it is: `[eval]`'s defaults, truncation at the model's own
+    /// length (sentence-transformers' `max_seq_length`), `[train]`'s default temperature.
+    pub fn for_model(max_len: usize, device: Device) -> EvalOptions {
+        EvalOptions::from_sections(&EvalConfig::default(), &TrainConfig::default(), max_len, max_len, device)
+    }
+
+    fn from_sections(
+        e: &EvalConfig,
+        t: &TrainConfig,
+        query_max_len: usize,
+        doc_max_len: usize,
+        device: Device,
+    ) -> Self {
+        EvalOptions {
+            split: e.split.clone(),
+            k: e.k,
+            batch_size: e.batch_size,
+            query_max_len,
+            doc_max_len,
+            query_block: 1024,
+            spill: None,
+            device,
+            bf16_store: false,
+            token_k: 100,
+            alignment: Alignment::QueryToDoc,
+            beam: e.beam,
+            beam_rows: 1024,
+            rerank: None,
+            calibration: e.calibration,
+            temperature: t.temperature,
+            gap_ks: e.gap_k.clone(),
+            memorization_docs: e.memorization_docs,
+            memorization_seed: t.seed,
+        }
+    }
+
+    /// GR: the beam width in force (`beam`, else a beam as wide as the run file is deep).
+    pub fn beam_width(&self) -> usize {
+        self.beam.unwrap_or(self.k)
+    }
+
+    /// Refuses values that would give an empty or meaningless evaluation (exit 2), naming
+    /// the flag that sets each.
+    pub fn validate(&self) -> Result<()> {
+        let positive = [
+            ("--k / eval.k", self.k as i64),
+            ("--batch-size / eval.batch_size", self.batch_size as i64),
+            ("--query-block", self.query_block),
+            ("--token-k", self.token_k as i64),
+            ("--beam / eval.beam", self.beam_width() as i64),
+            ("--beam-rows", self.beam_rows as i64),
+            ("--query-max-len / data.query_max_len", self.query_max_len as i64),
+            ("--doc-max-len / eval.doc_max_len", self.doc_max_len as i64),
+        ];
+        for (name, v) in positive {
+            if v < 1 {
+                return Err(Error::usage(name, "must be at least 1"));
+            }
+        }
+        if let Some(r) = &self.rerank {
+            if r.depth < 1 {
+                return Err(Error::usage("--rerank-depth", "must be at least 1"));
+            }
+        }
+        if self.gap_ks.contains(&0) {
+            return Err(Error::usage("--gap-k / eval.gap_k", "batch sizes must be at least 1"));
+        }
+        if self.temperature.is_nan() || self.temperature <= 0.0 {
+            return Err(Error::usage("--temperature", "must be positive"));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,100 @@
+//! The training objective of a micro-batch: DR/ColBERT's contrastive loss over the global
+//! batch (every rank's queries and documents gathered, so each rank holds the global loss)
+//! and GR's token NLL normalised by the global token count. The gathers are here, outside
+//! the model (`model::task` builds the networks and never calls collectives).
+use tch::{Device, Kind, Tensor};
+
+use super::loss;
+use crate::data::batch::{GenBatch, PairBatch};
+use crate::data::shard::{tag, SplitMix64};
+use crate::dist::gather::{all_gather_padded_with_grad, all_gather_with_grad, global_mean_share};
+use crate::dist::Comm;
+use crate::error::{Error, Result};
+use crate::model::task::{Net, Task};
+
+/// Loss settings from `[train]` the task needs.
+#[derive(Debug, Clone, Copy)]
+pub struct LossSettings {
+    pub temperature: f64,
+    pub num_negatives: Option<usize>,
+    pub seed: u64,
+}
+
+/// DR/ColBERT micro-batch loss over the global batch (every rank's queries and
+/// documents gathered): the same value on every rank; the trainer scales it by
+/// `backward_scale / grad_accum` before `backward`.
+pub fn pair_loss(
+    task: &Task,
+    comm: &dyn Comm,
+    b: &PairBatch,
+    s: LossSettings,
+    step: u64,
+    micro: u64,
+) -> Result<Tensor> {
+    let train = task.dropout;
+    let scores = match &task.net {
+        Net::Dual(m) => {
+            let q = m.embed(&b.q_ids, &b.q_mask, train); // (B, d)
+            let d = m.embed(&b.d_ids, &b.d_mask, train); // (B·group, d)
+            let q = all_gather_with_grad(comm, &q)?; // (Q, d), Q = ΣB
+            let d = all_gather_with_grad(comm, &d)?; // (Q·group, d)
+            q.matmul(&d.tr()) // (Q, Q·group)
+        }
+        Net::Colbert(m) => {
+            let (q, qm) = m.embed_queries(&b.q_ids, &b.q_mask, train); // (B, Lq, dim)
+            let (d, dm) = m.embed_docs(&b.d_ids, &b.d_mask, train); // (B·group, Ld, dim)
+            let (q, qm) = all_gather_padded_with_grad(comm, &q, &qm)?;
+            let (d, dm) = all_gather_padded_with_grad(comm, &d, &dm)?;
+            loss::maxsim(&q, &qm.to_kind(Kind::Bool), &d, &dm.to_kind(Kind::Bool))
+        }
+        Net::Generative { .. } => return Err(Error::usage("model.kind", "generative models take GR batches")),
+    };
+    let (nq, nd) = scores.size2().expect("(Q, N) scores");
+    let labels = loss::positive_rows(nq, b.group, scores.device());
+    let scores = match s.num_negatives {
+        Some(k) if (k as i64) < nd - 1 => scores.masked_fill(
+            &negative_subsample(nq, nd, b.group, k, s.seed, step, micro, scores.device()),
+            f64::NEG_INFINITY,
+        ),
+        _ => scores,
+    };
+    Ok(loss::info_nce_from_scores(&scores, &labels, s.temperature))
+}
+
+/// GR micro-batch: (this rank's share to back-propagate, NLL sum / global tokens).
+pub fn generative_loss(task: &Task, comm: &dyn Comm, b: &GenBatch, global_tokens: i64) -> Result<(Tensor, Tensor)> {
+    let Net::Generative { model, .. } = &task.net else {
+        return Err(Error::usage("model.kind", "DR models take pair batches"));
+    };
+    let decoder_input = model.shift_right(&b.labels);
+    let out = model.forward(&b.input_ids, &b.attention_mask, &decoder_input, task.dropout, false);
+    let sum = loss::token_nll_sum(&out.logits, &b.labels, &b.labels.ne(-100)); // scalar
+    let share = global_mean_share(comm.world(), &sum, global_tokens);
+    Ok((share, sum.detach() / global_tokens.max(1) as f64))
+}
+
+/// The mask (true = dropped) keeping, per query, its positive and `k` other documents drawn
+/// per (seed, step, micro-batch, query) — the same on every rank and for any rank count.
+#[allow(clippy::too_many_arguments)]
+fn negative_subsample(
+    nq: i64,
+    nd: i64,
+    group: i64,
+    k: usize,
+    seed: u64,
+    step: u64,
+    micro: u64,
+    device: Device,
+) -> Tensor {
+    let mut drop = vec![true; (nq * nd) as usize];
+    for i in 0..nq {
+        let pos = i * group;
+        let mut others: Vec<i64> = (0..nd).filter(|&j| j != pos).collect();
+        SplitMix64::keyed(&[seed, tag::SUBSAMPLE, step, micro, i as u64]).shuffle(&mut others);
+        drop[(i * nd + pos) as usize] = false;
+        for &j in others.iter().take(k) {
+            drop[(i * nd + j) as usize] = false;
+        }
+    }
+    Tensor::from_slice(&drop).view([nq, nd]).to_device(device)
+}
