@@ -7,9 +7,9 @@ use clap::Args;
 use serde_json::json;
 
 use crate::atomic::{write_json, TempDir};
+use crate::data::trec::Run;
 use crate::data::Dataset;
 use crate::error::Result;
-use crate::eval::trec::{Qrels, Run};
 use crate::search::bm25::Bm25Index;
 
 #[derive(Debug, Args)]
@@ -29,15 +29,6 @@ pub struct Bm25Args {
     /// Replace an existing output directory.
     #[arg(long)]
     pub overwrite: bool,
-}
-
-/// Qrels of one split in the evaluator's shape.
-pub fn split_qrels(ds: &Dataset, split: &str) -> Result<Qrels> {
-    let mut qrels = Qrels::new();
-    for q in ds.qrels(Some(split))? {
-        qrels.entry(q.query_id).or_default().insert(q.doc_id, q.relevance);
-    }
-    Ok(qrels)
 }
 
 impl Bm25Args {
@@ -68,9 +59,9 @@ impl Bm25Args {
                 hits.iter().map(|h| (docs[h.doc_idx as usize].doc_id.clone(), h.score as f64)).collect(),
             );
         }
-        let metrics = crate::eval::metrics::evaluate(&split_qrels(&ds, &self.split)?, &run);
+        let metrics = crate::eval::metrics::evaluate(&ds.split_qrels(&self.split)?, &run).at_depth(self.k);
 
-        crate::eval::trec::write_run(&out.path().join("run.trec"), &run, "grdr-bm25")?;
+        crate::data::trec::write_run(&out.path().join("run.trec"), &run, "grdr-bm25")?;
         write_json(&out.path().join("metrics.json"), &metrics.to_json())?;
         let info: BTreeMap<&str, serde_json::Value> = BTreeMap::from([
             ("command", json!("bm25")),

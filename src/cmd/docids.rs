@@ -16,7 +16,8 @@ pub struct DocidsArgs {
     /// A dataset directory made by `grdr prepare`.
     #[arg(long)]
     pub data: PathBuf,
-    #[arg(long, value_enum)]
+    /// atomic, semantic, title or ngram.
+    #[arg(long)]
     pub scheme: Scheme,
     /// The docid file to write (Parquet).
     #[arg(long)]
@@ -43,10 +44,20 @@ pub struct DocidsArgs {
     pub ngram_len: usize,
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
+    /// Replace an existing output file.
+    #[arg(long)]
+    pub overwrite: bool,
 }
 
 impl DocidsArgs {
     pub fn run(&self) -> Result<()> {
+        // A GR run names its docid file: replacing one silently would invalidate that run.
+        if self.output.exists() && !self.overwrite {
+            return Err(Error::usage(
+                "--output",
+                format!("{} exists (pass --overwrite to replace it)", self.output.display()),
+            ));
+        }
         let ds = Dataset::open(&self.data)?;
         let docs = ds.docs()?;
         let ids: Vec<String> = docs.iter().map(|d| d.doc_id.clone()).collect();

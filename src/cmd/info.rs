@@ -15,7 +15,10 @@ impl InfoArgs {
         match crate::assets::registry() {
             Ok(reg) => {
                 for (name, path) in reg {
-                    println!("artefact {name}: {}", path.display());
+                    // The registry is written by the set-up; say when what it names is gone
+                    // (e.g. the reference venv of `launcher/setup --reference` never made).
+                    let state = if path.exists() { "" } else { " (missing)" };
+                    println!("artefact {name}: {}{state}", path.display());
                 }
             }
             Err(e) => println!("artefacts: {e}"),

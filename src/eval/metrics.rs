@@ -31,7 +31,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde::ser::{Serialize, SerializeMap, Serializer};
 
-use crate::eval::trec::{Qrels, Run};
+use crate::data::trec::{Qrels, Run};
 
 /// The measures reported, in report order.
 pub const MEASURES: [&str; 10] =
@@ -60,15 +60,38 @@ pub struct Metrics {
     pub missing_from_run: usize,
     /// Run queries without judgements (not scored).
     pub unjudged_in_run: usize,
+    /// The depth the run was retrieved to (`k`), when known: measures whose cutoff lies
+    /// past it (R@1000 of a top-100 run, which only repeats R@100) are not reported.
+    pub depth: Option<usize>,
+}
+
+/// The cutoff of a measure named `<name>@<k>` (none for MAP).
+fn cutoff(measure: &str) -> Option<usize> {
+    measure.split_once('@').and_then(|(_, k)| k.parse().ok())
 }
 
 impl Metrics {
+    /// Records the depth the run was retrieved to (see [`Metrics::depth`]).
+    pub fn at_depth(mut self, k: usize) -> Metrics {
+        self.depth = Some(k);
+        self
+    }
+
+    /// The measures this evaluation reports, in [`MEASURES`] order: every one whose cutoff
+    /// the run's depth reaches.
+    pub fn reported(&self) -> impl Iterator<Item = &'static str> + '_ {
+        MEASURES.into_iter().filter(|m| match (cutoff(m), self.depth) {
+            (Some(c), Some(depth)) => c <= depth,
+            _ => true,
+        })
+    }
+
     /// The means as one flat JSON object plus `"queries": N`. Key order follows
     /// [`MEASURES`] only if serde_json's `preserve_order` feature is on; serializing
     /// `self` directly keeps it either way.
     pub fn to_json(&self) -> serde_json::Value {
         let mut obj = serde_json::Map::new();
-        for name in MEASURES {
+        for name in self.reported() {
             obj.insert(name.to_owned(), self.mean[name].into());
         }
         obj.insert("queries".to_owned(), self.queries.into());
@@ -78,8 +101,8 @@ impl Metrics {
 
 impl Serialize for Metrics {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut map = serializer.serialize_map(Some(MEASURES.len() + 1))?;
-        for name in MEASURES {
+        let mut map = serializer.serialize_map(None)?;
+        for name in self.reported() {
             map.serialize_entry(name, &self.mean[name])?;
         }
         map.serialize_entry("queries", &self.queries)?;
@@ -112,7 +135,7 @@ pub fn evaluate(qrels: &Qrels, run: &Run) -> Metrics {
         .map(|(name, sum)| (name, if queries > 0 { sum / queries as f64 } else { 0.0 }))
         .collect();
     let unjudged_in_run = run.keys().filter(|q| !qrels.contains_key(*q)).count();
-    Metrics { per_query, mean, queries, missing_from_run, unjudged_in_run }
+    Metrics { per_query, mean, queries, missing_from_run, unjudged_in_run, depth: None }
 }
 
 /// trec_eval's score order: score descending, then doc id descending. The key is the

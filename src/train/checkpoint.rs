@@ -136,7 +136,7 @@ pub fn purge(run_dir: &Path, keep: usize) -> Result<()> {
 pub fn verify(ckpt: &Path) -> Result<TrainState> {
     let state_path = ckpt.join(STATE_FILE);
     if !ckpt.is_dir() {
-        return Err(Error::usage("--resume", format!("{} is not a checkpoint directory", ckpt.display())));
+        return Err(Error::usage("checkpoint", format!("{} is not a checkpoint directory", ckpt.display())));
     }
     let text = std::fs::read_to_string(&state_path)
         .map_err(|e| Error::io(&state_path, "checkpoint incomplete: cannot read state.json", e))?;

@@ -11,19 +11,33 @@ use crate::error::{Error, Result};
 #[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
 pub struct Record {
     pub step: u64,
+    #[serde(deserialize_with = "nan_from_null")]
     pub epoch: f64,
     /// Mean global loss over the interval's steps.
+    #[serde(deserialize_with = "nan_from_null")]
     pub loss: f64,
     /// Loss of the interval's last step exactly (what resume tests compare).
+    #[serde(deserialize_with = "nan_from_null")]
     pub last_loss: f64,
+    #[serde(deserialize_with = "nan_from_null")]
     pub lr: f64,
     /// Global gradient norm before clipping (last step of the interval).
+    #[serde(deserialize_with = "nan_from_null")]
     pub grad_norm: f64,
     /// Global examples and tokens per second over the interval (all ranks).
+    #[serde(deserialize_with = "nan_from_null")]
     pub samples_per_s: f64,
+    #[serde(deserialize_with = "nan_from_null")]
     pub tokens_per_s: f64,
     /// Resident memory of rank 0 in MiB.
+    #[serde(deserialize_with = "nan_from_null")]
     pub rss_mib: f64,
+}
+
+/// JSON has no NaN: serde_json writes a NaN (a figure not measured on that step, e.g. the
+/// gradient norm when nothing clips it) as `null`, and this reads it back as NaN.
+fn nan_from_null<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<f64, D::Error> {
+    Ok(<Option<f64> as serde::Deserialize>::deserialize(d)?.unwrap_or(f64::NAN))
 }
 
 pub struct MetricsLog {
@@ -32,11 +46,14 @@ pub struct MetricsLog {
 }
 
 impl MetricsLog {
-    /// Opens `RUNDIR/metrics.jsonl`; on resume at `resume_step` drops records after it (a
-    /// killed run may have logged steps its last checkpoint does not hold).
+    /// Opens `RUNDIR/metrics.jsonl` keeping only the records up to `resume_step` (a killed
+    /// run may have logged steps its last checkpoint does not hold); a run that starts at
+    /// step 0 — fresh, or `--resume` with no checkpoint — starts an empty log, so every step
+    /// is logged once.
     pub fn open(run_dir: &Path, resume_step: Option<u64>) -> Result<Self> {
         let path = run_dir.join("metrics.jsonl");
-        if let Some(step) = resume_step {
+        {
+            let step = resume_step.unwrap_or(0);
             let kept: Vec<String> = std::fs::read_to_string(&path)
                 .unwrap_or_default()
                 .lines()
@@ -58,6 +75,52 @@ impl MetricsLog {
         writeln!(self.file, "{line}")
             .and_then(|_| self.file.flush())
             .map_err(|e| Error::io(&self.path, "cannot append", e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(step: u64, grad_norm: f64) -> Record {
+        Record {
+            step,
+            epoch: 0.1,
+            loss: 1.0,
+            last_loss: 1.0,
+            lr: 1e-4,
+            grad_norm,
+            samples_per_s: 2.0,
+            tokens_per_s: 3.0,
+            rss_mib: 4.0,
+        }
+    }
+
+    #[test]
+    fn unmeasured_figures_round_trip_and_survive_a_resume() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut log = MetricsLog::open(tmp.path(), None).unwrap();
+        log.write(&record(1, 0.5)).unwrap();
+        log.write(&record(2, f64::NAN)).unwrap();
+        log.write(&record(3, 0.7)).unwrap();
+        drop(log);
+        let back = read(&tmp.path().join("metrics.jsonl")).unwrap();
+        assert!(back[1].grad_norm.is_nan());
+        // Resuming at step 2 keeps steps 1 and 2 (the NaN line included), drops 3.
+        drop(MetricsLog::open(tmp.path(), Some(2)).unwrap());
+        let kept = read(&tmp.path().join("metrics.jsonl")).unwrap();
+        assert_eq!(kept.iter().map(|r| r.step).collect::<Vec<_>>(), [1, 2]);
+    }
+
+    #[test]
+    fn a_run_from_step_zero_starts_an_empty_log() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(tmp.path().join("metrics.jsonl"), serde_json::to_string(&record(5, 1.0)).unwrap() + "\n")
+            .unwrap();
+        let mut log = MetricsLog::open(tmp.path(), None).unwrap();
+        log.write(&record(1, 1.0)).unwrap();
+        let steps: Vec<u64> = read(&tmp.path().join("metrics.jsonl")).unwrap().iter().map(|r| r.step).collect();
+        assert_eq!(steps, [1], "a --resume without a checkpoint must not keep the old run's steps");
     }
 }
 

@@ -1,0 +1,253 @@
+//! Runs a researcher can trust: a refused resume leaves the run as it was, `--overwrite`
+//! never loses the old run to a new one that fails, a resume logs each step once, a damaged
+//! checkpoint is never evaluated, metrics past the run's depth are not reported, and misuse
+//! exits 2 with one line naming the flag or key — never a panic (101) — and leaves no run
+//! directory behind.
+mod train_common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use train_common::*;
+
+fn grdr(args: &[&str]) -> Output {
+    Command::new(bin()).args(args).env("CI", "1").env("OMP_NUM_THREADS", "1").output().unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Exit code 2 and an error line that names `what`.
+fn usage_error(o: &Output, what: &str) {
+    assert_eq!(o.status.code(), Some(2), "expected exit 2 naming {what}, got {}:\n{}", o.status, stderr(o));
+    assert!(stderr(o).contains(what), "the error should name {what}:\n{}", stderr(o));
+    assert!(!stderr(o).contains("panicked"), "{}", stderr(o));
+}
+
+fn read(p: &Path) -> String {
+    std::fs::read_to_string(p).unwrap()
+}
+
+#[test]
+fn refused_resume_leaves_the_run_config_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), "run.toml", &tiny_dual(dataset()).replace("max_steps = 6", "max_steps = 2"));
+    let run = dir.path().join("run");
+    ok(&train(&cfg, &run, &[]));
+    let before = read(&run.join("config.toml"));
+    let other = write_config(dir.path(), "other.toml", &read(&cfg).replace("d_model = 32", "d_model = 48"));
+    let o = train(&other, &run, &["--resume"]);
+    usage_error(&o, "[model]");
+    assert_eq!(read(&run.join("config.toml")), before, "a refused --resume must not rewrite config.toml");
+    // The run is still usable: resume without --config continues it.
+    ok(&train_no_config(&run, &["--resume", "--set", "train.max_steps=3"]));
+}
+
+fn train_no_config(run: &Path, extra: &[&str]) -> Output {
+    Command::new(bin())
+        .args(["train", "--output", run.to_str().unwrap()])
+        .args(extra)
+        .env("CI", "1")
+        .env("OMP_NUM_THREADS", "1")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn failed_overwrite_keeps_the_old_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = tiny_dual(dataset()).replace("max_steps = 6", "max_steps = 2");
+    let cfg = write_config(dir.path(), "run.toml", &text);
+    let run = dir.path().join("run");
+    ok(&train(&cfg, &run, &[]));
+    let old_metrics = read(&run.join("metrics.jsonl"));
+    // A replacement whose model cannot be built (BERT positions < doc_max_len) fails after
+    // its config parsed: the old run, train.json included, must survive.
+    let bad = write_config(dir.path(), "bad.toml", &text.replace("doc_max_len = 32", "doc_max_len = 600"));
+    let o = train(&bad, &run, &["--overwrite"]);
+    usage_error(&o, "data.doc_max_len");
+    assert_eq!(read(&run.join("metrics.jsonl")), old_metrics);
+    assert!(run.join("checkpoints/step-2").is_dir() && run.join("train.json").is_file());
+    // A replacement that fails at its first step (after moving the old run aside) gives it back.
+    // (A temperature below f32's range makes the first loss non-finite: the run stops there.)
+    let nan = write_config(dir.path(), "nan.toml", &text.replace("lr = 1e-3", "lr = 1e-3\ntemperature = 1e-40"));
+    let o = train(&nan, &run, &["--overwrite"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert_eq!(read(&run.join("metrics.jsonl")), old_metrics, "{}", stderr(&o));
+    assert!(run.join("checkpoints/step-2").is_dir() && run.join("train.json").is_file());
+    let left: Vec<_> = std::fs::read_dir(&run).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert!(!left.iter().any(|n| n.to_string_lossy().starts_with(".replaced-")), "{left:?}");
+    // A successful replacement removes what it replaced.
+    ok(&train(&cfg, &run, &["--overwrite"]));
+    let left: Vec<_> = std::fs::read_dir(&run).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert!(!left.iter().any(|n| n.to_string_lossy().starts_with(".replaced-")), "{left:?}");
+}
+
+#[test]
+fn resume_without_a_checkpoint_logs_each_step_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), "run.toml", &tiny_dual(dataset()).replace("max_steps = 6", "max_steps = 3"));
+    let run = dir.path().join("run");
+    // A point killed before any checkpoint: its log has steps the new attempt redoes.
+    std::fs::create_dir_all(&run).unwrap();
+    let stale: String = (1..=5)
+        .map(|s| {
+            format!(
+                "{{\"step\":{s},\"epoch\":0.0,\"loss\":9.0,\"last_loss\":9.0,\"lr\":0.0,\"grad_norm\":null,\
+                 \"samples_per_s\":0.0,\"tokens_per_s\":0.0,\"rss_mib\":0.0}}\n"
+            )
+        })
+        .collect();
+    std::fs::write(run.join("metrics.jsonl"), stale).unwrap();
+    ok(&train(&cfg, &run, &["--resume"]));
+    let steps: Vec<u64> = losses(&run).iter().map(|l| l.0).collect();
+    assert_eq!(steps, [1, 2, 3]);
+}
+
+#[test]
+fn damaged_checkpoints_are_refused_and_another_can_be_chosen() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = tiny_dual(dataset())
+        .replace("max_steps = 6", "max_steps = 2\ncheckpoint_every = 1\nkeep_checkpoints = 2")
+        .replace("at_end = false", "at_end = false\nk = 10");
+    let cfg = write_config(dir.path(), "run.toml", &text);
+    let run = dir.path().join("run");
+    ok(&train(&cfg, &run, &[]));
+    let model = run.join("checkpoints/step-2/model.safetensors");
+    let mut bytes = std::fs::read(&model).unwrap();
+    let at = bytes.len() / 2;
+    for b in &mut bytes[at..at + 4000] {
+        *b ^= 0x5a;
+    }
+    std::fs::write(&model, bytes).unwrap();
+    let out = dir.path().join("eval");
+    let o = grdr(&["eval", "--run", run.to_str().unwrap(), "--output", out.to_str().unwrap(), "--device", "cpu"]);
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    assert!(stderr(&o).contains("step-2/model.safetensors"), "{}", stderr(&o));
+    assert!(!out.exists(), "no output for a refused evaluation");
+    let o = grdr(&[
+        "eval",
+        "--run",
+        run.to_str().unwrap(),
+        "--checkpoint",
+        "step-1",
+        "--output",
+        out.to_str().unwrap(),
+        "--device",
+        "cpu",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let metrics: serde_json::Value = serde_json::from_str(&read(&out.join("metrics.json"))).unwrap();
+    // A top-10 run reports no recall past 10 (R@100 and R@1000 would only repeat R@10).
+    assert!(metrics.get("R@10").is_some() && metrics.get("R@100").is_none() && metrics.get("R@1000").is_none());
+    let o =
+        grdr(&["eval", "--run", run.to_str().unwrap(), "--checkpoint", "step-9", "--output", "x", "--device", "cpu"]);
+    usage_error(&o, "step-9");
+}
+
+#[test]
+fn docids_never_replace_a_file_silently() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("ids.parquet");
+    std::fs::write(&out, "a run points at me").unwrap();
+    let o = grdr(&[
+        "docids",
+        "--data",
+        dataset().to_str().unwrap(),
+        "--scheme",
+        "atomic",
+        "--output",
+        out.to_str().unwrap(),
+    ]);
+    usage_error(&o, "--overwrite");
+    assert_eq!(read(&out), "a run points at me");
+}
+
+/// Each misuse: exit 2, one line naming the flag or key, no panic, no run directory.
+#[test]
+fn misuse_exits_2_naming_what_is_wrong() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dataset().to_str().unwrap();
+    let text = tiny_dual(dataset());
+    let run = dir.path().join("never");
+    let train_with = |name: &str, from: &str, to: &str| -> Output {
+        assert!(text.contains(from), "{from}");
+        let cfg = write_config(dir.path(), name, &text.replace(from, to));
+        train(&cfg, &run, &[])
+    };
+    let no_gpu = tch::Cuda::device_count() == 0;
+    let cases: Vec<(Output, &str)> = vec![
+        (train_with("threads.toml", "threads = 1", "threads = 0"), "train.threads"),
+        (train_with("len.toml", "doc_max_len = 32", "doc_max_len = 600"), "data.doc_max_len"),
+        (train_with("pdim.toml", "d_ff = 64", "d_ff = 64\ndim = 0"), "model.dim"),
+        (train_with("cdim.toml", "kind = \"dual\"", "kind = \"colbert\"\ncolbert_dim = 0"), "model.colbert_dim"),
+        (
+            train_with("qat.toml", "kind = \"dual\"", "kind = \"colbert\"\nquery_augment_token = 99999999"),
+            "model.query_augment_token",
+        ),
+        (
+            train_with("bf16.toml", "threads = 1", "threads = 1\nprecision = \"bf16\"\ndevice = \"cpu\""),
+            "train.precision",
+        ),
+        (train(&dir.path().join("missing.toml"), &run, &[]), "missing.toml"),
+        (grdr(&["eval", "--run", "/nonexistent", "--output", "x"]), "--run"),
+        (grdr(&["sweep", "status", "/nonexistent"]), "/nonexistent"),
+        (grdr(&["eval", "--model", "minilm", "--data", data, "--output", "x", "--k", "0"]), "--k"),
+        (grdr(&["eval", "--model", "minilm", "--data", data, "--output", "x", "--batch-size", "0"]), "--batch-size"),
+        (grdr(&["eval", "--model", "minilm", "--data", data, "--output", "x", "--query-block", "0"]), "--query-block"),
+        (grdr(&["eval", "--model", "minilm", "--data", data, "--output", "x", "--threads", "0"]), "--threads"),
+        (grdr(&["eval", "--model", "minilm", "--data", data, "--output", "x", "--rerank-add-gold"]), "--rerank"),
+        (grdr(&["eval", "--model", "minilm", "--data", data, "--output", "x", "--beam", "5"]), "--beam"),
+        (
+            grdr(&["eval", "--model", "minilm", "--data", data, "--output", "x", "--doc-max-len", "600"]),
+            "--doc-max-len",
+        ),
+        (
+            grdr(&[
+                "eval",
+                "--model",
+                "minilm",
+                "--data",
+                data,
+                "--output",
+                "x",
+                "--precision",
+                "bf16",
+                "--device",
+                "cpu",
+            ]),
+            "--precision",
+        ),
+        (
+            grdr(&["encode", "--model", "minilm", "--data", data, "--what", "docs", "--output", "x", "--threads", "0"]),
+            "--threads",
+        ),
+    ];
+    for (o, what) in &cases {
+        usage_error(o, what);
+    }
+    if no_gpu {
+        usage_error(&train_with("cuda.toml", "threads = 1", "threads = 1\ndevice = \"cuda\""), "train.device");
+        usage_error(
+            &grdr(&["eval", "--model", "minilm", "--data", data, "--output", "x", "--device", "cuda"]),
+            "--device",
+        );
+    }
+    assert!(!run.exists(), "a failed command leaves no run directory");
+    assert!(!Path::new("x").exists());
+}
+
+#[test]
+fn eval_run_refuses_flags_the_run_config_fixes() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), "run.toml", &tiny_dual(dataset()).replace("max_steps = 6", "max_steps = 1"));
+    let run = dir.path().join("run");
+    ok(&train(&cfg, &run, &[]));
+    let r = run.to_str().unwrap();
+    for (flag, value) in
+        [("--kind", "colbert"), ("--colbert-dim", "8"), ("--query-augment-token", "5"), ("--beam", "4")]
+    {
+        usage_error(&grdr(&["eval", "--run", r, "--output", "x", flag, value]), flag);
+    }
+}
