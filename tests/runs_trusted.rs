@@ -251,3 +251,39 @@ fn eval_run_refuses_flags_the_run_config_fixes() {
         usage_error(&grdr(&["eval", "--run", r, "--output", "x", flag, value]), flag);
     }
 }
+
+/// Off a terminal (a batch job's log) a long loop still says how far it is.
+#[test]
+fn progress_is_logged_without_a_terminal() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("bm25");
+    let o = Command::new(bin())
+        .args(["bm25", "--data", dataset().to_str().unwrap(), "--output", out.to_str().unwrap()])
+        .env_remove("CI")
+        .output()
+        .unwrap();
+    ok(&o);
+    let log = stderr(&o);
+    assert!(log.contains("progress:") && log.contains("bm25 index"), "{log}");
+}
+
+/// The README's command lines work as written once launcher/ is on PATH: `grdr` is the
+/// checkout's build, and grdr-launch resolves a bare `grdr` too. (GRDR_BIN points both at
+/// this test's binary: a build inside `cargo test` would wait on cargo's own lock.)
+#[test]
+fn readme_grdr_lines_work_with_launcher_on_path() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let path = format!("{}:{}", root.join("launcher").display(), std::env::var("PATH").unwrap_or_default());
+    let o =
+        Command::new("bash").args(["-c", "grdr --version"]).env("PATH", &path).env("GRDR_BIN", bin()).output().unwrap();
+    ok(&o);
+    assert!(String::from_utf8_lossy(&o.stdout).starts_with("grdr "));
+    let o = Command::new("bash")
+        .args(["-c", "grdr-launch -n 2 -- grdr --version"])
+        .env("PATH", &path)
+        .env("GRDR_BIN", bin())
+        .output()
+        .unwrap();
+    ok(&o);
+    assert_eq!(String::from_utf8_lossy(&o.stdout).matches("grdr ").count(), 2, "one line per rank");
+}

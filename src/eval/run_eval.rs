@@ -243,7 +243,9 @@ impl<'a> Context<'a> {
                 })
                 .collect())
         };
-        let bar = crate::progress::bar(groups.iter().map(|g| g.rows).sum(), "encode docs");
+        // Rank 0's share stands for all (every rank's is about as large).
+        let rows = if self.comm.world().is_coordinator() { groups.iter().map(|g| g.rows).sum() } else { 0 };
+        let bar = crate::progress::bar(rows, "encode docs");
         std::thread::scope(|s| {
             // Two groups ahead at most: bounded memory, and enough to hide the preparation.
             let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Batches>>(2);
