@@ -78,6 +78,33 @@ impl MetricsLog {
     }
 }
 
+/// Reads a metrics.jsonl (tests, reports).
+pub fn read(path: &Path) -> Result<Vec<Record>> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, "cannot read", e))?;
+    text.lines()
+        .enumerate()
+        .map(|(i, l)| {
+            serde_json::from_str(l)
+                .map_err(|e| Error::input(path, crate::error::Location::Line(i + 1), "record", e.to_string()))
+        })
+        .collect()
+}
+
+/// The human line.
+pub fn format_line(r: &Record, max_steps: u64) -> String {
+    format!(
+        "step {:>6}/{max_steps} | epoch {:.2} | loss {:.4} | lr {:.3e} | grad-norm {:.3} | {:.1} samples/s | {:.0} tokens/s | rss {:.0} MiB",
+        r.step, r.epoch, r.loss, r.lr, r.grad_norm, r.samples_per_s, r.tokens_per_s, r.rss_mib
+    )
+}
+
+/// Resident set size of this process in MiB (Linux /proc; 0 elsewhere).
+pub fn rss_mib() -> f64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: f64 = statm.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0.0);
+    pages * 4096.0 / (1024.0 * 1024.0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -122,31 +149,4 @@ mod tests {
         let steps: Vec<u64> = read(&tmp.path().join("metrics.jsonl")).unwrap().iter().map(|r| r.step).collect();
         assert_eq!(steps, [1], "a --resume without a checkpoint must not keep the old run's steps");
     }
-}
-
-/// Reads a metrics.jsonl (tests, reports).
-pub fn read(path: &Path) -> Result<Vec<Record>> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, "cannot read", e))?;
-    text.lines()
-        .enumerate()
-        .map(|(i, l)| {
-            serde_json::from_str(l)
-                .map_err(|e| Error::input(path, crate::error::Location::Line(i + 1), "record", e.to_string()))
-        })
-        .collect()
-}
-
-/// The human line.
-pub fn format_line(r: &Record, max_steps: u64) -> String {
-    format!(
-        "step {:>6}/{max_steps} | epoch {:.2} | loss {:.4} | lr {:.3e} | grad-norm {:.3} | {:.1} samples/s | {:.0} tokens/s | rss {:.0} MiB",
-        r.step, r.epoch, r.loss, r.lr, r.grad_norm, r.samples_per_s, r.tokens_per_s, r.rss_mib
-    )
-}
-
-/// Resident set size of this process in MiB (Linux /proc; 0 elsewhere).
-pub fn rss_mib() -> f64 {
-    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    let pages: f64 = statm.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0.0);
-    pages * 4096.0 / (1024.0 * 1024.0)
 }
