@@ -118,3 +118,63 @@ print(json.dumps({"len": len(tok), "vocab": m.config.vocab_size, "base": base, "
     assert_eq!(got["name"].as_str().unwrap(), format!("<d{}>", best - base));
     assert_eq!(got["back"], serde_json::json!([best]));
 }
+
+/// An exported DR model is what it was trained as: `grdr eval --model RUNDIR/model` reads
+/// grdr.json (pooling, projection, lengths) and scores exactly as the run's own evaluation,
+/// and sentence-transformers loads the export (Pooling, Dense, Normalize modules) and embeds
+/// texts as grdr does.
+#[test]
+fn dual_export_is_read_back_by_grdr_and_sentence_transformers() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = tiny_dual(dataset())
+        .replace("d_ff = 64", "d_ff = 64\npooling = \"first\"\ndim = 16")
+        .replace("max_steps = 6", "max_steps = 2")
+        .replace("at_end = false", "at_end = true\nk = 20\nbatch_size = 32");
+    let cfg = write_config(dir.path(), "run.toml", &text);
+    let run = dir.path().join("run");
+    ok(&train(&cfg, &run, &[]));
+    let export = run.join("model");
+    let out = dir.path().join("from-export");
+    let o = Command::new(bin())
+        .args(["eval", "--model", export.to_str().unwrap(), "--data", dataset().to_str().unwrap()])
+        .args(["--output", out.to_str().unwrap(), "--k", "20", "--batch-size", "32", "--device", "cpu"])
+        .env("CI", "1")
+        .env("OMP_NUM_THREADS", "1")
+        .output()
+        .unwrap();
+    ok(&o);
+    assert_eq!(read(&out.join("run.trec")), read(&run.join("eval/run.trec")).replace("grdr-train", "grdr-eval"));
+
+    // grdr's embeddings of a few texts, from the run's checkpoint through the library.
+    let texts = ["protein folding in yeast", "vitamin D and bone density", "a"];
+    let run_cfg = grdr::config::RunConfig::load(&run.join("config.toml"), &[]).unwrap();
+    let mut model_cfg = run_cfg.model.clone();
+    model_cfg.no_dropout = true;
+    let task = grdr::model::task::Task::build(&model_cfg, tch::Device::Cpu, None).unwrap();
+    grdr::train::checkpoint::load_model(&grdr::train::checkpoint::latest(&run).unwrap(), &task.vs).unwrap();
+    let tok = grdr::data::text::TextTokenizer::from_path(&task.tokenizer_json, 32).unwrap();
+    let (ids, mask) = tok.batch(&tok.encode(&texts).unwrap(), tch::Device::Cpu);
+    let grdr::model::task::Net::Dual(net) = &task.net else { panic!("a dual encoder") };
+    let ours = tch::no_grad(|| net.embed(&ids, &mask, false)); // (3, 16)
+    assert_eq!(ours.size(), [3, 16]);
+
+    let py = grdr::assets::reference_python().expect("reference python (launcher/setup --reference)");
+    let code = r#"
+import json, sys
+from sentence_transformers import SentenceTransformer
+m = SentenceTransformer(sys.argv[1], device="cpu")
+print(json.dumps(m.encode(json.loads(sys.argv[2]), convert_to_numpy=True).tolist()))
+"#;
+    let o = Command::new(py)
+        .args(["-c", code, export.to_str().unwrap(), &serde_json::to_string(&texts).unwrap()])
+        .env("HF_HUB_OFFLINE", "1")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "sentence-transformers: {}", String::from_utf8_lossy(&o.stderr));
+    let theirs: Vec<Vec<f32>> = serde_json::from_slice(&o.stdout).unwrap();
+    let theirs = tch::Tensor::from_slice(&theirs.concat()).view([3, 16]);
+    let max_abs = (&ours - &theirs).abs().max().double_value(&[]);
+    let norms = ours.norm_scalaropt_dim(2, [1], false) * theirs.norm_scalaropt_dim(2, [1], false);
+    let cos = ((&ours * &theirs).sum_dim_intlist(1, false, tch::Kind::Float) / norms).min().double_value(&[]);
+    assert!(max_abs <= 1e-5 && cos >= 0.9999, "max |Δ| {max_abs}, min cosine {cos}");
+}

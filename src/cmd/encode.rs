@@ -80,7 +80,7 @@ impl EncodeArgs {
         let device = crate::device::parse_device(&self.device, 0, "--device")?;
         let ds = Dataset::open(&self.data)?;
         let dir = crate::assets::resolve(&self.model)?;
-        let mut spec = EncodeSpec::from_model_dir(&dir);
+        let mut spec = EncodeSpec::from_model_dir(&dir)?;
         spec.batch_size = self.batch_size;
         if let Some(n) = self.max_len {
             spec.max_len = n;

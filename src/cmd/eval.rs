@@ -22,6 +22,7 @@ use crate::eval::{EvalOptions, RerankOptions};
 use crate::model::colbert::Alignment;
 use crate::model::encode::EncodeSpec;
 use crate::model::task::{Task, HEAD_PREFIX};
+use crate::train::export::ExportInfo;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ModelKindArg {
@@ -152,11 +153,14 @@ struct Subject {
     opts: EvalOptions,
 }
 
-/// Copies `grdr_head.*` tensors of an HF directory's weights into `task`'s heads, if any.
+/// Copies `grdr_head.*` tensors of an HF directory's weights (and of a grdr export's
+/// `grdr_head.safetensors`) into `task`'s heads, if any.
 fn load_head_weights(dir: &Path, task: &Task) -> Result<usize> {
     let vars = task.vs.variables();
     let mut n = 0;
-    for file in crate::model::hf::weight_files(dir)? {
+    let mut files = crate::model::hf::weight_files(dir)?;
+    files.extend(Some(dir.join("grdr_head.safetensors")).filter(|f| f.is_file()));
+    for file in files {
         crate::model::safetensors::for_each_tensor(&file, |name, t| {
             if let (true, Some(v)) = (name.starts_with(HEAD_PREFIX), vars.get(name)) {
                 tch::no_grad(|| v.shallow_clone().copy_(&t.to_kind(v.kind())));
@@ -288,14 +292,46 @@ impl EvalArgs {
             }
             (None, Some(model)) => {
                 let dir = crate::assets::resolve(model)?;
-                let spec = EncodeSpec::from_model_dir(&dir);
+                let kind = self.kind.map(|k| match k {
+                    ModelKindArg::Dual => ModelKind::Dual,
+                    ModelKindArg::Colbert => ModelKind::Colbert,
+                    ModelKindArg::Generative => ModelKind::Generative,
+                });
+                let data = self.data.clone().ok_or_else(|| Error::usage("--data", "required with --model"))?;
+                // A grdr export says what it is (grdr.json); any other directory is read as
+                // sentence-transformers describes it, with the flags' head settings.
+                if let Some(info) = ExportInfo::read(&dir)? {
+                    if kind.is_some_and(|k| k != info.kind) {
+                        return Err(Error::usage(
+                            "--kind",
+                            format!("{} is a {:?} model (grdr.json)", dir.display(), info.kind),
+                        ));
+                    }
+                    let cfg = ModelConfig {
+                        kind: info.kind,
+                        init: model.clone(),
+                        pooling: info.pooling.clone(),
+                        dim: info.dim,
+                        normalize: info.normalize,
+                        colbert_dim: self.colbert_dim.unwrap_or(info.colbert_dim),
+                        colbert_query_len: self.colbert_query_len.unwrap_or(info.colbert_query_len),
+                        query_augment_token: self.query_augment_token.unwrap_or(info.query_augment_token),
+                        ..ModelConfig::default()
+                    };
+                    let mut opts = EvalOptions::for_model(info.doc_max_len, device);
+                    opts.query_max_len = info.query_max_len;
+                    return Ok(Subject {
+                        opts,
+                        data,
+                        docids: self.docids.clone().or(info.docids),
+                        checkpoint: None,
+                        model: cfg,
+                    });
+                }
+                let spec = EncodeSpec::from_model_dir(&dir)?;
                 let defaults = ModelConfig::default();
                 let cfg = ModelConfig {
-                    kind: match self.kind.unwrap_or(ModelKindArg::Dual) {
-                        ModelKindArg::Dual => ModelKind::Dual,
-                        ModelKindArg::Colbert => ModelKind::Colbert,
-                        ModelKindArg::Generative => ModelKind::Generative,
-                    },
+                    kind: kind.unwrap_or(ModelKind::Dual),
                     init: model.clone(),
                     pooling: format!("{:?}", spec.pooling).to_lowercase(),
                     normalize: spec.normalize,
@@ -304,13 +340,8 @@ impl EvalArgs {
                     query_augment_token: self.query_augment_token.unwrap_or(defaults.query_augment_token),
                     ..defaults
                 };
-                Ok(Subject {
-                    opts: EvalOptions::for_model(spec.max_len, device),
-                    data: self.data.clone().ok_or_else(|| Error::usage("--data", "required with --model"))?,
-                    docids: self.docids.clone(),
-                    checkpoint: None,
-                    model: cfg,
-                })
+                let opts = EvalOptions::for_model(spec.max_len, device);
+                Ok(Subject { opts, data, docids: self.docids.clone(), checkpoint: None, model: cfg })
             }
             (None, None) => unreachable!("clap requires --run or --model"),
         }

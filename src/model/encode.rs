@@ -8,7 +8,7 @@ use tch::{Device, Kind, Tensor};
 use super::encoder::{l2_normalize, pool, Pooling};
 use super::Encoder;
 use crate::data::text::TextTokenizer;
-use crate::error::Result;
+use crate::error::{Error, Location, Result};
 
 /// How texts become vectors, with the defaults a sentence-transformers directory declares.
 #[derive(Debug, Clone)]
@@ -20,22 +20,50 @@ pub struct EncodeSpec {
 }
 
 impl EncodeSpec {
-    /// Reads `sentence_bert_config.json`, `1_Pooling/config.json` and `modules.json` if present.
-    pub fn from_model_dir(dir: &Path) -> EncodeSpec {
-        let json =
-            |p: PathBuf| -> Option<serde_json::Value> { serde_json::from_str(&std::fs::read_to_string(p).ok()?).ok() };
-        let max_len = json(dir.join("sentence_bert_config.json"))
+    /// Reads `sentence_bert_config.json`, `1_Pooling/config.json` and `modules.json` if
+    /// present. A file that is not JSON, or a pooling mode grdr does not implement (max,
+    /// weighted mean, last token, …), is an error rather than a silent mean pooling.
+    pub fn from_model_dir(dir: &Path) -> Result<EncodeSpec> {
+        let json = |name: &str| -> Result<Option<serde_json::Value>> {
+            let p: PathBuf = dir.join(name);
+            let Ok(text) = std::fs::read_to_string(&p) else { return Ok(None) };
+            serde_json::from_str(&text)
+                .map(Some)
+                .map_err(|e| Error::input(&p, Location::Line(e.line()), name, e.to_string()))
+        };
+        let max_len = json("sentence_bert_config.json")?
             .and_then(|v| v["max_seq_length"].as_u64())
             .map(|n| n as usize)
             .unwrap_or(512);
-        let pooling = match json(dir.join("1_Pooling/config.json")) {
-            Some(v) if v["pooling_mode_cls_token"].as_bool() == Some(true) => Pooling::First,
-            _ => Pooling::Mean,
+        let pooling = match json("1_Pooling/config.json")? {
+            None => Pooling::Mean,
+            Some(v) => {
+                let on = |k: &str| v[k].as_bool() == Some(true);
+                let others = [
+                    "pooling_mode_max_tokens",
+                    "pooling_mode_mean_sqrt_len_tokens",
+                    "pooling_mode_weightedmean_tokens",
+                    "pooling_mode_lasttoken",
+                ];
+                if let Some(mode) = others.iter().find(|k| on(k)) {
+                    return Err(Error::input(
+                        dir.join("1_Pooling/config.json"),
+                        Location::File,
+                        *mode,
+                        "this pooling mode is not implemented by grdr (mean and cls are)",
+                    ));
+                }
+                if on("pooling_mode_cls_token") {
+                    Pooling::First
+                } else {
+                    Pooling::Mean
+                }
+            }
         };
-        let normalize = json(dir.join("modules.json"))
+        let normalize = json("modules.json")?
             .map(|v| v.to_string().contains("sentence_transformers.models.Normalize"))
             .unwrap_or(true);
-        EncodeSpec { max_len, pooling, normalize, batch_size: 64 }
+        Ok(EncodeSpec { max_len, pooling, normalize, batch_size: 64 })
     }
 }
 
