@@ -287,3 +287,32 @@ fn readme_grdr_lines_work_with_launcher_on_path() {
     ok(&o);
     assert_eq!(String::from_utf8_lossy(&o.stdout).matches("grdr ").count(), 2, "one line per rank");
 }
+
+/// A dataset file changed after `grdr prepare` is refused: a size change on every open, a
+/// flipped byte with --verify (exit 3, the file named).
+#[test]
+fn damaged_datasets_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let ds = dir.path().join("ds");
+    std::fs::create_dir(&ds).unwrap();
+    for e in std::fs::read_dir(dataset()).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), ds.join(e.file_name())).unwrap();
+    }
+    let docs = ds.join("docs.parquet");
+    let mut bytes = std::fs::read(&docs).unwrap();
+    let at = bytes.len() / 3;
+    bytes[at] ^= 0xff;
+    std::fs::write(&docs, &bytes).unwrap();
+    let d = ds.to_str().unwrap();
+    let out = dir.path().join("eval");
+    let o = grdr(&["eval", "--model", "minilm", "--data", d, "--output", out.to_str().unwrap(), "--verify"]);
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    assert!(stderr(&o).contains("docs.parquet") && stderr(&o).contains("sha256"), "{}", stderr(&o));
+    assert!(!out.exists());
+    bytes.truncate(bytes.len() - 100);
+    std::fs::write(&docs, &bytes).unwrap();
+    let o = grdr(&["bm25", "--data", d, "--output", out.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    assert!(stderr(&o).contains("docs.parquet") && stderr(&o).contains("bytes"), "{}", stderr(&o));
+}

@@ -141,6 +141,9 @@ pub struct EvalArgs {
     /// Replace an existing output directory.
     #[arg(long)]
     pub overwrite: bool,
+    /// Recompute the dataset's sha256 checksums first (file sizes are always checked).
+    #[arg(long)]
+    pub verify: bool,
 }
 
 /// What is evaluated: the model's config, its weights, where its data and docids are.
@@ -211,6 +214,9 @@ impl EvalArgs {
             task.vs.bfloat16();
         }
         let ds = Dataset::open(&subject.data)?;
+        if self.verify {
+            ds.verify()?;
+        }
         let outcome = run_eval::evaluate(comm, &task, &ds, docids.as_ref(), &opts)?;
         let (Some(outcome), Some(out)) = (outcome, out) else { return Ok(()) };
 

@@ -27,9 +27,13 @@ pub struct TrainArgs {
     /// a requeued Slurm job can always pass it).
     #[arg(long)]
     pub resume: bool,
-    /// Replace the checkpoints and logs of an existing run in --output.
+    /// Replace the checkpoints and logs of an existing run in --output (the old run is kept
+    /// until the new one has written its first checkpoint).
     #[arg(long)]
     pub overwrite: bool,
+    /// Recompute the dataset's sha256 checksums first (file sizes are always checked).
+    #[arg(long)]
+    pub verify: bool,
 }
 
 impl TrainArgs {
@@ -40,7 +44,12 @@ impl TrainArgs {
             (None, false) => return Err(Error::usage("--config", "required (unless resuming a run with --resume)")),
         };
         let config = RunConfig::load(&config_path, &self.sets)?;
-        let opts = RunOptions { run_dir: self.output.clone(), resume: self.resume, overwrite: self.overwrite };
+        let opts = RunOptions {
+            run_dir: self.output.clone(),
+            resume: self.resume,
+            overwrite: self.overwrite,
+            verify: self.verify,
+        };
         match trainer::train(&config, &opts)? {
             Outcome::Finished { eval, .. } => {
                 if let Some(summary) = &eval {

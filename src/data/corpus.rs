@@ -342,7 +342,14 @@ impl Dataset {
             ));
         }
         let manifest = Manifest::read(&dir.join(crate::data::manifest::MANIFEST_FILE))?;
+        manifest.check_sizes(dir)?;
         Ok(Dataset { dir: dir.to_path_buf(), manifest })
+    }
+
+    /// Recomputes the sha256 of every file against the manifest (`--verify`): flipped bytes
+    /// are refused (exit 3, the file named) instead of being read as data.
+    pub fn verify(&self) -> Result<()> {
+        self.manifest.verify(&self.dir)
     }
 
     pub fn docs_path(&self) -> PathBuf {

@@ -73,6 +73,24 @@ impl Manifest {
         Ok(m)
     }
 
+    /// Compares every file's size with the manifest (a stat each: done on every open, so a
+    /// truncated or replaced file is refused before it is read).
+    pub fn check_sizes(&self, dir: &Path) -> Result<()> {
+        for (name, entry) in &self.files {
+            let path = dir.join(name);
+            let bytes = std::fs::metadata(&path).map_err(|e| Error::io(&path, "dataset file missing", e))?.len();
+            if bytes != entry.bytes {
+                return Err(Error::input(
+                    &path,
+                    Location::File,
+                    "bytes",
+                    format!("{bytes} bytes, the manifest says {}: the file changed after `grdr prepare`", entry.bytes),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Recomputes every file's checksum and compares it with the manifest.
     pub fn verify(&self, dir: &Path) -> Result<()> {
         for (name, entry) in &self.files {

@@ -56,6 +56,8 @@ pub struct RunOptions {
     pub resume: bool,
     /// Replace an existing run directory's checkpoints and logs.
     pub overwrite: bool,
+    /// Recompute the dataset's checksums before training (sizes are always checked).
+    pub verify: bool,
 }
 
 /// Runs the job: joins the world, trains, and on any error ends every rank.
@@ -83,7 +85,7 @@ fn run(comm: &dyn Comm, cfg: &RunConfig, opts: &RunOptions, device: Device) -> R
     // signals take their default action again.
     let handlers = signal::install();
     let resume = check_run_dir(comm, cfg, opts)?;
-    let inputs = Inputs::load(comm, cfg)?;
+    let inputs = Inputs::load(comm, cfg, opts.verify)?;
     let mut trainee = Trainee::build(comm, cfg, &inputs, resume.checkpoint.as_deref(), device)?;
     let plan = Plan::new(cfg, comm.world().size, &trainee.sampler, &resume, device)?;
     // Config, data, device and model are known good: only now is the run directory
@@ -160,11 +162,14 @@ struct Inputs {
 }
 
 impl Inputs {
-    fn load(comm: &dyn Comm, cfg: &RunConfig) -> Result<Inputs> {
+    fn load(comm: &dyn Comm, cfg: &RunConfig, verify: bool) -> Result<Inputs> {
         let ds = Dataset::open(&cfg.data.path).map_err(|e| match e {
             Error::Usage { message, .. } => Error::usage("data.path", message),
             other => other,
         })?;
+        if verify {
+            ds.verify()?;
+        }
         let groups = shard::plan_row_groups(comm, &ds.docs_path())?;
         let n_docs: u64 = groups.iter().map(|g| g.rows).sum();
         let pairs = training_pairs(&ds, &cfg.data.train_split)?;
