@@ -410,8 +410,12 @@ impl RunConfig {
                 apply_override(&mut table, &key, value, spec)?;
             }
             let merged = toml::to_string(&table).map_err(|e| config_err(e.to_string()))?;
-            toml::from_str(&merged)
-                .map_err(|e| config_err(format!("after --set {}: {e}", overrides.join(" --set "))))?
+            toml::from_str(&merged).map_err(|e| match toml::from_str::<RunConfig>(text) {
+                // The file itself is wrong: its own error, with the line of the user's file
+                // (not of the rewritten copy the overrides were applied to).
+                Err(in_file) => config_err(in_file.to_string()),
+                Ok(_) => config_err(format!("after --set {}: {}", overrides.join(" --set "), e.message())),
+            })?
         };
         config.validate().map_err(|e| match e {
             Error::Usage { option, message } => Error::usage(format!("{origin}: {option}"), message),

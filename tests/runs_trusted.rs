@@ -316,3 +316,18 @@ fn damaged_datasets_are_refused() {
     assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
     assert!(stderr(&o).contains("docs.parquet") && stderr(&o).contains("bytes"), "{}", stderr(&o));
 }
+
+/// A config error points at the line of the user's file, also when --set overrides apply.
+#[test]
+fn config_errors_name_the_line_of_the_users_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = tiny_dual(dataset()).replace("[train]\n", "[train]\nbatchsize = 8\n");
+    let line = text.lines().position(|l| l.starts_with("batchsize")).unwrap() + 1;
+    let cfg = write_config(dir.path(), "typo.toml", &text);
+    for extra in [&[][..], &["--set", "train.max_steps=2"][..]] {
+        let o = train(&cfg, &dir.path().join("run"), extra);
+        usage_error(&o, "typo.toml");
+        assert!(stderr(&o).contains(&format!("line {line}")), "line {line} of the file: {}", stderr(&o));
+        assert!(stderr(&o).contains("batchsize"), "{}", stderr(&o));
+    }
+}
