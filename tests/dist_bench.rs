@@ -28,17 +28,17 @@ fn record(comm: &dyn Comm, value: serde_json::Value) {
     if comm.world().rank != 0 {
         return;
     }
-    let out = dist_common::worker_out().expect("worker");
+    let out = dist_common::worker_out();
     let mut f = std::fs::OpenOptions::new().create(true).append(true).open(out.join("results.jsonl")).unwrap();
     writeln!(f, "{value}").unwrap();
     eprintln!("{value}");
 }
 
-fn setup() -> Option<Box<dyn Comm>> {
-    dist_common::worker_out()?;
+fn setup() -> Box<dyn Comm> {
+    dist_common::worker_out();
     let threads: i32 = std::env::var("GRDR_BENCH_THREADS").ok().and_then(|v| v.parse().ok()).unwrap_or(1);
     tch::set_num_threads(threads);
-    Some(dist::init(Backend::Auto, Device::Cpu).unwrap())
+    dist::init(Backend::Auto, Device::Cpu).unwrap()
 }
 
 /// Median seconds of `iters` runs of `f`, each started together on every rank.
@@ -60,7 +60,7 @@ fn time_median(comm: &dyn Comm, iters: usize, mut f: impl FnMut()) -> f64 {
 #[test]
 #[ignore = "benchmark worker: scripts/bench-dist"]
 fn bench_allreduce() {
-    let Some(comm) = setup() else { return };
+    let comm = setup();
     let n = comm.world().size as f64;
     let sizes: Vec<usize> = std::env::var("GRDR_BENCH_SIZES_MB")
         .map(|v| v.split(',').filter_map(|x| x.trim().parse().ok()).collect())
@@ -102,7 +102,7 @@ fn minilm_config() -> BertConfig {
 #[test]
 #[ignore = "benchmark worker: scripts/bench-dist"]
 fn bench_bucketing() {
-    let Some(comm) = setup() else { return };
+    let comm = setup();
     let vs = nn::VarStore::new(Device::Cpu);
     let _model = BertModel::new(&vs.root(), minilm_config()).unwrap();
     // Give every parameter a gradient.
@@ -135,7 +135,7 @@ fn bench_bucketing() {
 #[test]
 #[ignore = "benchmark worker: scripts/bench-dist"]
 fn bench_dr_step() {
-    let Some(comm) = setup() else { return };
+    let comm = setup();
     let world = comm.world();
     let (batch, q_len, d_len): (i64, i64, i64) = (8, 32, 128); // per rank; 1 positive per query
     tch::manual_seed(1);
@@ -187,16 +187,13 @@ fn bench_dr_step() {
 /// NCCL at world size 1 on this rank's GPU (`scripts/bench-dist --gpu`): all-reduce time
 /// per buffer size under both orderings with libtorch (default stream vs. synchronising
 /// around each call), measured over a chain of matmul → all-reduce → matmul as a training
-/// step has it. Skips without CUDA/NCCL.
+/// step has it. Fails without CUDA/NCCL.
 #[test]
 #[ignore = "benchmark worker: scripts/bench-dist --gpu"]
 fn bench_nccl() {
     use grdr::dist::nccl::{nccl_available, nccl_version, NcclComm, StreamOrdering};
-    let Some(out) = dist_common::worker_out() else { return };
-    if let Err(why) = nccl_available() {
-        eprintln!("bench_nccl: skipped: {why}");
-        return;
-    }
+    let out = dist_common::worker_out();
+    nccl_available().expect("bench_nccl needs CUDA and a loadable NCCL (run it through scripts/bench-dist --gpu)");
     let mut comm = NcclComm::new(Box::new(dist::LocalComm)).unwrap();
     let device = comm.device();
     let mut f = std::fs::OpenOptions::new().create(true).append(true).open(out.join("results.jsonl")).unwrap();

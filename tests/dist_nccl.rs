@@ -1,7 +1,7 @@
-//! The NCCL backend. Everything that needs CUDA skips (with the reason printed) on a
-//! machine without a GPU, a CUDA-enabled libtorch or a loadable libnccl; what runs
-//! everywhere is that a missing NCCL is an error, never a panic, and that `Auto` falls
-//! back to the host backend.
+//! The NCCL backend. What needs CUDA is ignored by default and fails when run without a GPU,
+//! a CUDA-enabled libtorch or a loadable libnccl (on a GPU machine: `cargo test --test
+//! dist_nccl -- --ignored`); what runs everywhere is that a missing NCCL is an error, never a
+//! panic, and that `Auto` falls back to the host backend.
 mod dist_common;
 
 use dist_common::checks::{check_collectives, check_ordering};
@@ -9,14 +9,10 @@ use grdr::dist::nccl::{nccl_available, nccl_version, NcclComm, StreamOrdering};
 use grdr::dist::{self, Backend, Comm, LocalComm, ReduceOp};
 use tch::{Device, Kind, Tensor};
 
-fn skip(test: &str) -> bool {
-    match nccl_available() {
-        Ok(()) => false,
-        Err(why) => {
-            eprintln!("{test}: skipped: {why}");
-            true
-        }
-    }
+/// The GPU tests need CUDA and a loadable NCCL: without them they fail (they are ignored by
+/// default and run on a GPU machine with `cargo test --test dist_nccl -- --ignored`).
+fn require_nccl() {
+    nccl_available().expect("this test needs CUDA and a loadable NCCL");
 }
 
 #[test]
@@ -33,10 +29,9 @@ fn without_nccl_init_is_an_error_and_auto_falls_back() {
 }
 
 #[test]
+#[ignore = "needs a GPU: cargo test --test dist_nccl -- --ignored"]
 fn nccl_world_of_one_collectives() {
-    if skip("nccl_world_of_one_collectives") {
-        return;
-    }
+    require_nccl();
     eprintln!("NCCL version {:?}", nccl_version());
     let mut comm = NcclComm::new(Box::new(LocalComm)).unwrap();
     let device = comm.device();
@@ -54,7 +49,7 @@ fn nccl_world_of_one_collectives() {
 #[test]
 #[ignore = "worker: started by nccl_two_ranks through launcher/grdr-launch"]
 fn worker_nccl() {
-    let Some(out) = dist_common::worker_out() else { return };
+    let out = dist_common::worker_out();
     let comm = dist::init(Backend::Nccl, Device::Cpu).unwrap();
     let device = Device::Cuda(comm.world().local_rank);
     check_collectives(comm.as_ref(), device);
@@ -63,14 +58,10 @@ fn worker_nccl() {
 }
 
 #[test]
+#[ignore = "needs 2 GPUs: cargo test --test dist_nccl -- --ignored"]
 fn nccl_two_ranks() {
-    if skip("nccl_two_ranks") {
-        return;
-    }
-    if tch::Cuda::device_count() < 2 {
-        eprintln!("nccl_two_ranks: skipped: fewer than 2 CUDA devices");
-        return;
-    }
+    require_nccl();
+    assert!(tch::Cuda::device_count() >= 2, "nccl_two_ranks needs 2 CUDA devices");
     let out = tempfile::tempdir().unwrap();
     dist_common::run_worker(2, "worker_nccl", out.path(), &[]);
     assert!(out.path().join("ok-0").exists() && out.path().join("ok-1").exists());

@@ -4,6 +4,7 @@
 //! - smaller beams return only valid docids, with their true scores;
 //! - the result equals HF transformers' `generate(num_beams=W, prefix_allowed_tokens_fn=…)`.
 mod common;
+mod require;
 
 use std::path::PathBuf;
 
@@ -210,10 +211,7 @@ fn pruning_beams_changes_nothing() {
 
 #[test]
 fn equals_hf_generate_with_prefix_allowed_tokens_fn() {
-    let Ok(py) = grdr::assets::reference_python() else {
-        eprintln!("skipped: no reference python (launcher/setup --reference)");
-        return;
-    };
+    let Some(py) = require::reference_python() else { return };
     tch::set_num_threads(1);
     for name in ["t5_v10", "t5_v11"] {
         let model = load(name);

@@ -97,7 +97,9 @@ fn minilm_equals_sentence_transformers_on_scifact() {
             / (ours.norm_scalaropt_dim(2, [-1i64].as_slice(), false)
                 * want.norm_scalaropt_dim(2, [-1i64].as_slice(), false));
         let m = cos.min().double_value(&[]);
-        eprintln!("minilm {what}: {} texts, min cosine {m:.8}, max |Δ| {:.2e}", texts.len(), max_abs_diff(&ours, want));
+        let max_abs = max_abs_diff(&ours, want);
+        eprintln!("minilm {what}: {} texts, min cosine {m:.8}, max |Δ| {max_abs:.2e}", texts.len());
+        assert!(max_abs <= 1e-4, "minilm {what}: max |Δ| {max_abs:e}");
         min_cos = min_cos.min(m);
     }
     assert!(min_cos >= 0.9999, "min cosine {min_cos}");

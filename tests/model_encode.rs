@@ -73,7 +73,9 @@ fn encode_equals_sentence_transformers() {
             / (e.embeddings.norm_scalaropt_dim(2, [-1i64].as_slice(), false)
                 * want.norm_scalaropt_dim(2, [-1i64].as_slice(), false));
         let m = cos.min().double_value(&[]);
-        eprintln!("grdr encode {what}: min cosine {m:.8}");
+        let max_abs = (&e.embeddings - want).abs().max().double_value(&[]);
+        eprintln!("grdr encode {what}: min cosine {m:.8}, max |Δ| {max_abs:.2e}");
         assert!(m >= 0.9999, "{what}: min cosine {m}");
+        assert!(max_abs <= 1e-4, "{what}: max |Δ| {max_abs:e}");
     }
 }

@@ -1,6 +1,7 @@
 //! HF directories: load → export → load gives identical outputs; transformers loads our
 //! exports (also after the vocabulary grew for docid tokens) and computes the same outputs;
 //! sharded checkpoints load; missing keys fail unless allowed; unexpected keys are reported.
+mod require;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -154,10 +155,7 @@ fn write_check(path: &Path, io: &HashMap<String, Tensor>, keys: &[&str], ours: T
 /// including a T5 whose vocabulary grew by 10 docid tokens.
 #[test]
 fn transformers_loads_our_export() {
-    let Ok(py) = grdr::assets::reference_python() else {
-        eprintln!("SKIP: no reference Python (launcher/setup --reference)");
-        return;
-    };
+    let Some(py) = require::reference_python() else { return };
     let py = {
         // Prefer the full reference venv (transformers) over the runtime one.
         let pyref = grdr::assets::cache_dir().join("pyref/bin/python");

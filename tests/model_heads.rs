@@ -1,6 +1,7 @@
 //! Retrieval heads against brute force: pooling, dual-encoder projection and scores, ColBERT
 //! query augmentation and both alignment directions, GR docid vocabularies, vocabulary
 //! resizing and sequence log-likelihood scoring.
+mod require;
 use std::path::PathBuf;
 
 use grdr::model::colbert::{late_interaction, late_interaction_pairs, Alignment, ColbertConfig, ColbertHead};
@@ -169,10 +170,7 @@ fn resize_keeps_old_logits_and_scores_equal_teacher_forcing() {
 /// and in the tokenizer, which then encodes a docid string to exactly its token.
 #[test]
 fn docid_tokens_extend_model_and_tokenizer() {
-    let Ok(dir) = grdr::assets::resolve("t5-tokenizer") else {
-        eprintln!("SKIP: no t5-tokenizer artefact");
-        return;
-    };
+    let Some(dir) = require::artefact("t5-tokenizer") else { return };
     let mut tok = tokenizers::Tokenizer::from_file(dir.join("tokenizer.json")).unwrap();
     let base = tok.get_vocab_size(true) as i64;
     assert_eq!(base, 32100);

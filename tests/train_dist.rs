@@ -24,6 +24,8 @@ fn two_equal_one(text: &str, steps: u64) {
     assert!(rel <= TOL, "2 ranks vs 1 rank: relative parameter distance {rel:e}");
     assert!(max_abs <= 1e-4, "2 ranks vs 1 rank: largest parameter difference {max_abs:e}");
     let (l1, l2) = (losses(&one), losses(&two));
+    assert_eq!(l1.len(), l2.len(), "both runs log the same steps");
+    assert!(!l1.is_empty());
     for ((s, a, _), (_, b, _)) in l1.iter().zip(&l2) {
         assert!((a - b).abs() <= 1e-5 * a.abs().max(1.0), "step {s}: loss {a} vs {b}");
     }
