@@ -242,6 +242,16 @@ fn local_backend_resumes_skips_finished_points_and_refuses_changed_ones() {
     assert_eq!(o.status.code(), Some(2), "{err}");
     assert!(err.contains(name) && err.contains("train.lr") && err.contains("--overwrite"), "{err}");
     assert!(point.join("run/eval/metrics.json").exists());
+    // A dry run predicts the real one: refused the same way; with --overwrite, the point
+    // would restart (not "done, skipped"), and nothing is written.
+    let o = grdr(&[&changed[..], &["--dry-run"]].concat());
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("train.lr"), "{}", stderr(&o));
+    let o = grdr(&[&changed[..], &["--dry-run", "--overwrite"]].concat());
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("would restart") && !stderr(&o).contains("done, skipped"), "{}", stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains(" train "), "the plan shows the command");
+    assert!(point.join("run/eval/metrics.json").exists(), "a dry run changes nothing");
 
     let table = grdr_ok(&["sweep", "status", out.to_str().unwrap()]);
     assert!(table.contains(name) && table.contains("| done") && table.contains("corpus_docs=300"), "{table}");

@@ -161,6 +161,9 @@ impl SweepRunArgs {
         print_plan(&spec, &points, &ranks, self.backend, &out);
         let programs = Programs::find(slurm_settings.as_ref().and_then(|s| s.binary.as_deref()))?;
 
+        // What the real run would restart (and refuse without --overwrite), asked the same
+        // way by a dry run, which writes nothing.
+        let restarted = setup::changed_points(&dir, &points, &ranks, self.overwrite)?;
         if !self.dry_run {
             let report = setup::write(&dir, &spec, &points, &ranks, self.backend.name(), self.overwrite)?;
             for name in &report.reset_points {
@@ -181,7 +184,8 @@ impl SweepRunArgs {
                     .map(|(p, &r)| LocalPoint { name: p.name().to_string(), ranks: r })
                     .collect();
                 let mut plan = Vec::new();
-                local::run(&dir, &todo, &programs, self.dry_run.then_some(&mut plan))?;
+                let dry_run = self.dry_run.then_some(local::DryRun { plan: &mut plan, restarted: &restarted });
+                local::run(&dir, &todo, &programs, dry_run)?;
                 for line in &plan {
                     println!("{line}");
                 }

@@ -20,23 +20,27 @@ pub struct LocalPoint {
     pub ranks: usize,
 }
 
-/// Runs every unfinished point; fails (after trying them all) when any point failed. With
-/// `dry_run`, runs nothing and collects each point's command line there instead.
-pub fn run(
-    dir: &SweepDir,
-    points: &[LocalPoint],
-    programs: &Programs,
-    mut dry_run: Option<&mut Vec<String>>,
-) -> Result<()> {
+/// A dry run: nothing runs; each point's command line is collected in `plan`. Points in
+/// `restarted` (their config changed: the real run resets them) are not reported done.
+pub struct DryRun<'a> {
+    pub plan: &'a mut Vec<String>,
+    pub restarted: &'a [String],
+}
+
+/// Runs every unfinished point; fails (after trying them all) when any point failed.
+pub fn run(dir: &SweepDir, points: &[LocalPoint], programs: &Programs, mut dry_run: Option<DryRun>) -> Result<()> {
     let mut failed = Vec::new();
     for p in points {
-        if is_done(dir, &p.name) {
+        let restarted = dry_run.as_ref().is_some_and(|d| d.restarted.contains(&p.name));
+        if restarted {
+            tracing::info!("{}: its config changed: would restart (--overwrite)", p.name);
+        } else if is_done(dir, &p.name) {
             tracing::info!("{}: done, skipped", p.name);
             continue;
         }
         let argv = programs.train_argv(dir, &p.name, p.ranks);
-        if let Some(plan) = dry_run.as_mut() {
-            plan.push(argv.iter().map(|a| shell_quote(a)).collect::<Vec<_>>().join(" "));
+        if let Some(d) = dry_run.as_mut() {
+            d.plan.push(argv.iter().map(|a| shell_quote(a)).collect::<Vec<_>>().join(" "));
             continue;
         }
         let log_path = dir.point(&p.name).join(TRAIN_LOG);

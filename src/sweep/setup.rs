@@ -41,20 +41,16 @@ pub fn config_diff(old: &RunConfig, new: &RunConfig) -> Vec<String> {
         .collect()
 }
 
-/// Writes (or updates) SWEEPDIR: samples, point configs and states, sweep.toml, sweep.json.
-/// `ranks[i]` is point i's world size as the backend settled it.
-pub fn write(
+/// The points of SWEEPDIR whose resolved config or world size differs from this sweep's:
+/// refused (all named at once) unless `overwrite`, which restarts them. `grdr sweep` and its
+/// `--dry-run` both ask here, so a dry run refuses what the real run refuses.
+pub fn changed_points(
     dir: &SweepDir,
-    spec: &SweepSpec,
     points: &[ResolvedPoint],
     ranks: &[usize],
-    backend: &str,
     overwrite: bool,
-) -> Result<SetupReport> {
-    let mut report = SetupReport::default();
+) -> Result<Vec<String>> {
     let old = if dir.manifest().exists() { Some(dir.read_manifest()?) } else { None };
-
-    // 1. Changed points: refused (all named at once), or reset with --overwrite.
     let mut changed = Vec::new();
     for (p, &r) in points.iter().zip(ranks) {
         let path = dir.config(p.name());
@@ -85,7 +81,25 @@ pub fn write(
             ),
         ));
     }
-    for (name, _) in &changed {
+    Ok(changed.into_iter().map(|(name, _)| name).collect())
+}
+
+/// Writes (or updates) SWEEPDIR: samples, point configs and states, sweep.toml, sweep.json.
+/// `ranks[i]` is point i's world size as the backend settled it.
+pub fn write(
+    dir: &SweepDir,
+    spec: &SweepSpec,
+    points: &[ResolvedPoint],
+    ranks: &[usize],
+    backend: &str,
+    overwrite: bool,
+) -> Result<SetupReport> {
+    let mut report = SetupReport::default();
+    let old = if dir.manifest().exists() { Some(dir.read_manifest()?) } else { None };
+
+    // 1. Changed points: refused (all named at once), or reset with --overwrite.
+    let changed = changed_points(dir, points, ranks, overwrite)?;
+    for name in &changed {
         let point = dir.point(name);
         std::fs::remove_dir_all(&point).map_err(|e| Error::io(&point, "cannot reset the point", e))?;
         report.reset_points.push(name.clone());
