@@ -1,9 +1,10 @@
 //! The shipped run configs and their regression table (`configs/expected/train-scifact.json`,
 //! pyserini-style: the expected scores beside the command that produces them).
-//! Fast checks: every config parses and validates; the table names shipped configs, and the
-//! DR result it records beats BM25 (`bm25-scifact-test.json`) and zero-shot MiniLM.
-//! The full reproduction (train + eval on real SciFact, minutes) is `#[ignore]`d:
-//! `cargo test --test train_shipped -- --ignored`.
+//! Every config parses and validates; every entry of the table names a shipped config. The
+//! README's main job — the DR config trained on 2 ranks and evaluated on SciFact test — runs
+//! in CI and must reproduce the README's nDCG@10 (0.7180 ± 0.002), above BM25 and zero-shot
+//! MiniLM as measured by their own tests. ColBERT's reproduction (~25 CPU-minutes a rank) is
+//! `#[ignore]`d: `cargo test --test train_shipped -- --ignored`.
 mod train_common;
 
 use std::path::Path;
@@ -33,26 +34,16 @@ fn every_shipped_config_parses() {
 }
 
 #[test]
-fn the_regression_table_names_shipped_configs_and_dr_beats_the_baselines() {
-    let t = table();
-    let bm25: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(root().join("configs/expected/bm25-scifact-test.json")).unwrap())
-            .unwrap();
-    let bm25_ndcg = bm25["metrics"]["nDCG@10"].as_f64().unwrap();
-    for (name, entry) in t["runs"].as_object().unwrap() {
+fn the_regression_table_names_shipped_configs() {
+    for (name, entry) in table()["runs"].as_object().unwrap() {
         let cfg = root().join(entry["config"].as_str().unwrap());
         assert!(cfg.exists(), "{name}: {} missing", cfg.display());
     }
-    let dr = &t["runs"]["dr-minilm-scifact"];
-    let ndcg = dr["metrics"]["nDCG@10"].as_f64().unwrap();
-    let zero_shot = dr["baselines"]["zero-shot all-MiniLM-L6-v2 (published)"]["nDCG@10"].as_f64().unwrap();
-    assert!(ndcg > zero_shot, "recorded DR nDCG@10 {ndcg} does not beat zero-shot {zero_shot}");
-    assert!(ndcg > bm25_ndcg, "recorded DR nDCG@10 {ndcg} does not beat BM25 {bm25_ndcg}");
 }
 
 /// Trains the shipped config `name` on 2 ranks on SciFact and checks every metric recorded
 /// in the regression table within its tolerance.
-fn reproduces(name: &str) {
+fn reproduces(name: &str) -> serde_json::Value {
     let t = table();
     let want = &t["runs"][name];
     let dir = tempfile::tempdir().unwrap();
@@ -72,13 +63,16 @@ fn reproduces(name: &str) {
         let (g, w) = (got[k].as_f64().unwrap(), v.as_f64().unwrap());
         assert!((g - w).abs() <= tol, "{name} {k}: {g} vs expected {w} (±{tol})");
     }
+    got
 }
 
-/// The README's main job: 2 ranks train the DR config on SciFact train, evaluate on test.
+/// The README's main job: 2 ranks train the DR config on SciFact train, evaluate on test
+/// (~6 minutes on 2 cores) — the README's headline number.
 #[test]
-#[ignore]
 fn dr_minilm_scifact_reproduces() {
-    reproduces("dr-minilm-scifact");
+    let got = reproduces("dr-minilm-scifact");
+    let ndcg = got["nDCG@10"].as_f64().unwrap();
+    assert!((ndcg - 0.7180).abs() <= 0.002, "fine-tuned DR nDCG@10 {ndcg}, the README says 0.7180");
 }
 
 /// ColBERT on 2 ranks (~25 CPU-minutes per rank).
