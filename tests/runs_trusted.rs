@@ -331,3 +331,40 @@ fn config_errors_name_the_line_of_the_users_file() {
         assert!(stderr(&o).contains("batchsize"), "{}", stderr(&o));
     }
 }
+
+/// SIGTERM after the last step (during the end-of-run evaluation, minutes for ColBERT) takes
+/// its default action: the process ends, instead of a flag nobody polls any more swallowing it.
+#[test]
+fn sigterm_during_the_final_evaluation_ends_the_run() {
+    use std::io::BufRead;
+    use std::os::unix::process::ExitStatusExt;
+    let dir = tempfile::tempdir().unwrap();
+    let text = tiny_dual(dataset())
+        .replace("max_steps = 6", "max_steps = 1")
+        // One document per forward pass: an evaluation long enough to be signalled in.
+        .replace("at_end = false", "at_end = true\ndoc_max_len = 512\nbatch_size = 1");
+    let cfg = write_config(dir.path(), "run.toml", &text);
+    let mut child = Command::new(bin())
+        .args(["train", "--config", cfg.to_str().unwrap(), "--output", dir.path().join("run").to_str().unwrap()])
+        .env("CI", "1")
+        .env("OMP_NUM_THREADS", "1")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    for line in lines.by_ref() {
+        if line.unwrap().contains("(final)") {
+            // The last checkpoint is written; a moment later the run is in its export and
+            // evaluation (seconds, one document per forward pass).
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            // SAFETY: kill(2) on our own child.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            break;
+        }
+    }
+    // Keep reading: a closed pipe would make the child's next log line fail instead.
+    let drain = std::thread::spawn(move || lines.for_each(drop));
+    let status = child.wait().unwrap();
+    drain.join().unwrap();
+    assert_eq!(status.signal(), Some(libc::SIGTERM), "{status}");
+}
