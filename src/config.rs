@@ -389,11 +389,8 @@ fn apply_override(table: &mut toml::Table, path: &[String], value: toml::Value, 
 impl RunConfig {
     /// Reads `path`, applies `overrides` (`section.key=value`), deserialises and validates.
     pub fn load(path: &Path, overrides: &[String]) -> Result<RunConfig> {
-        let text = std::fs::read_to_string(path).map_err(|e| match e.kind() {
-            // A config named on the command line that is not there is a usage error (exit 2).
-            std::io::ErrorKind::NotFound => Error::usage(path.display().to_string(), "no such config file"),
-            _ => Error::io(path, "cannot read the config", e),
-        })?;
+        // A config that is missing is a usage error (exit 2), one that is not text refused input.
+        let text = std::fs::read_to_string(path).map_err(|e| Error::read_text(path, "cannot read the config", e))?;
         Self::from_toml(&text, &path.display().to_string(), overrides)
     }
 

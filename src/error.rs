@@ -110,6 +110,23 @@ impl Error {
         Error::Parquet { path: path.into(), context: context.into(), source: Box::new(source) }
     }
 
+    /// A Parquet file a user handed us that does not decode (truncated, damaged, not
+    /// Parquet): refused input (exit 3) naming the file, not a runtime failure.
+    pub fn bad_parquet(path: impl Into<PathBuf>, context: &str, source: impl std::fmt::Display) -> Self {
+        Error::input(path, Location::File, "parquet", format!("{context}: {source}"))
+    }
+
+    /// Reading a text file a user named failed: not UTF-8 is refused input (exit 3), a
+    /// missing file a usage error (exit 2), anything else an I/O failure.
+    pub fn read_text(path: impl Into<PathBuf>, context: impl Into<String>, source: std::io::Error) -> Self {
+        let path = path.into();
+        match source.kind() {
+            std::io::ErrorKind::InvalidData => Error::input(path, Location::File, "text", "not UTF-8 text"),
+            std::io::ErrorKind::NotFound => Error::usage(path.display().to_string(), "no such file"),
+            _ => Error::io(path, context, source),
+        }
+    }
+
     pub fn usage(option: impl Into<String>, message: impl Into<String>) -> Self {
         Error::Usage { option: option.into(), message: message.into() }
     }

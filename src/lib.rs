@@ -11,6 +11,7 @@ pub mod dist;
 pub mod error;
 pub mod eval;
 pub mod model;
+pub mod panic_guard;
 pub mod parallel;
 pub mod progress;
 pub mod report;

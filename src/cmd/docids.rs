@@ -110,13 +110,17 @@ impl DocidsArgs {
 
 /// `grdr encode` output → (N, D) f32 in doc_idx order (every doc exactly once).
 pub fn read_embeddings(path: &Path, n_docs: usize) -> Result<Tensor> {
+    crate::panic_guard::catch(|| read_embeddings_unguarded(path, n_docs), |m| Error::bad_parquet(path, "damaged", m))
+}
+
+fn read_embeddings_unguarded(path: &Path, n_docs: usize) -> Result<Tensor> {
     let file = std::fs::File::open(path).map_err(|e| Error::io(path, "cannot open embeddings", e))?;
     let reader = ParquetRecordBatchReaderBuilder::try_new(file)
         .and_then(|b| b.build())
-        .map_err(|e| Error::parquet(path, "not a Parquet file", e))?;
+        .map_err(|e| Error::bad_parquet(path, "not a Parquet file", e))?;
     let mut rows: Vec<Option<Vec<f32>>> = vec![None; n_docs];
     for batch in reader {
-        let batch = batch.map_err(|e| Error::parquet(path, "cannot read", e))?;
+        let batch = batch.map_err(|e| Error::bad_parquet(path, "cannot read", e))?;
         let bad = |f: &str, m: &str| Error::input(path, Location::File, f, m);
         let idx = batch
             .column_by_name("idx")

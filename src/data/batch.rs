@@ -59,9 +59,14 @@ impl DocStore {
 
     fn read_group(&self, index: usize) -> Result<Vec<String>> {
         let path = &self.path;
+        crate::panic_guard::catch(|| self.read_group_unguarded(index), |m| Error::bad_parquet(path, "damaged", m))
+    }
+
+    fn read_group_unguarded(&self, index: usize) -> Result<Vec<String>> {
+        let path = &self.path;
         let file = File::open(path).map_err(|e| Error::io(path, "cannot open", e))?;
         let builder =
-            ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| Error::parquet(path, "cannot read", e))?;
+            ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| Error::bad_parquet(path, "cannot read", e))?;
         let leaves: Vec<usize> = builder
             .parquet_schema()
             .columns()
@@ -75,10 +80,10 @@ impl DocStore {
             .with_row_groups(vec![index])
             .with_projection(mask)
             .build()
-            .map_err(|e| Error::parquet(path, "cannot read", e))?;
+            .map_err(|e| Error::bad_parquet(path, "cannot read", e))?;
         let mut out = Vec::new();
         for batch in reader {
-            let batch = batch.map_err(|e| Error::parquet(path, "cannot read", e))?;
+            let batch = batch.map_err(|e| Error::bad_parquet(path, "cannot read", e))?;
             let col = |n: &str| {
                 batch
                     .column_by_name(n)

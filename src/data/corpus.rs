@@ -186,11 +186,16 @@ pub fn write_qrels(path: &Path, qrels: &[Qrel]) -> Result<()> {
     write_parquet(path, schema, qrels.len().max(1), vec![batch])
 }
 
-/// Reads every batch of a Parquet file, checking that it has the expected columns.
+/// Reads every batch of a Parquet file, checking that it has the expected columns. A
+/// damaged file is refused input, also where the parquet crate panics on it.
 fn read_batches(path: &Path, expected: &Schema) -> Result<Vec<RecordBatch>> {
+    crate::panic_guard::catch(|| read_batches_unguarded(path, expected), |m| Error::bad_parquet(path, "damaged", m))
+}
+
+fn read_batches_unguarded(path: &Path, expected: &Schema) -> Result<Vec<RecordBatch>> {
     let file = File::open(path).map_err(|e| Error::io(path, "cannot open", e))?;
     let builder = ParquetRecordBatchReaderBuilder::try_new(file)
-        .map_err(|e| Error::parquet(path, "not a readable Parquet file", e))?;
+        .map_err(|e| Error::bad_parquet(path, "not a readable Parquet file", e))?;
     let schema = builder.schema().clone();
     for field in expected.fields() {
         match schema.field_with_name(field.name()) {
@@ -206,8 +211,8 @@ fn read_batches(path: &Path, expected: &Schema) -> Result<Vec<RecordBatch>> {
             Err(_) => return Err(Error::input(path, Location::File, field.name(), "column missing")),
         }
     }
-    let reader = builder.with_batch_size(8192).build().map_err(|e| Error::parquet(path, "cannot read", e))?;
-    reader.map(|b| b.map_err(|e| Error::parquet(path, "cannot read", e))).collect()
+    let reader = builder.with_batch_size(8192).build().map_err(|e| Error::bad_parquet(path, "cannot read", e))?;
+    reader.map(|b| b.map_err(|e| Error::bad_parquet(path, "cannot read", e))).collect()
 }
 
 fn column<'a, T: 'static>(path: &Path, batch: &'a RecordBatch, name: &str) -> Result<&'a T> {

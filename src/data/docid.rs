@@ -173,9 +173,13 @@ impl DocidTable {
 
     /// Reads and validates a docid file.
     pub fn read(path: &Path) -> Result<DocidTable> {
+        crate::panic_guard::catch(|| Self::read_unguarded(path), |m| Error::bad_parquet(path, "damaged", m))
+    }
+
+    fn read_unguarded(path: &Path) -> Result<DocidTable> {
         let file = File::open(path).map_err(|e| Error::io(path, "cannot open the docid file", e))?;
         let builder = ParquetRecordBatchReaderBuilder::try_new(file)
-            .map_err(|e| Error::parquet(path, "not a Parquet file", e))?;
+            .map_err(|e| Error::bad_parquet(path, "not a Parquet file", e))?;
         let meta_json = builder
             .metadata()
             .file_metadata()
@@ -192,10 +196,10 @@ impl DocidTable {
                 format!("is `{}`, expected `{FORMAT}`", meta.format),
             ));
         }
-        let reader = builder.build().map_err(|e| Error::parquet(path, "cannot read", e))?;
+        let reader = builder.build().map_err(|e| Error::bad_parquet(path, "cannot read", e))?;
         let mut rows = Vec::new();
         for batch in reader {
-            let batch = batch.map_err(|e| Error::parquet(path, "cannot read", e))?;
+            let batch = batch.map_err(|e| Error::bad_parquet(path, "cannot read", e))?;
             let col = |name: &str| {
                 batch.column_by_name(name).ok_or_else(|| Error::input(path, Location::File, name, "column missing"))
             };

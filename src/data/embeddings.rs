@@ -83,21 +83,26 @@ pub struct Embeddings {
 
 /// Reads a file written by [`write_embeddings`] (`grdr encode`).
 pub fn read_embeddings(path: &Path) -> Result<Embeddings> {
+    crate::panic_guard::catch(|| read_unguarded(path), |m| Error::bad_parquet(path, "damaged", m))
+}
+
+fn read_unguarded(path: &Path) -> Result<Embeddings> {
     use arrow_array::Array;
     use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
     let file = std::fs::File::open(path).map_err(|e| Error::io(path, "cannot open embeddings", e))?;
-    let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| Error::parquet(path, "not Parquet", e))?;
+    let builder =
+        ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| Error::bad_parquet(path, "not Parquet", e))?;
     let meta = builder
         .schema()
         .metadata()
         .get(META_KEY)
         .and_then(|m| serde_json::from_str(m).ok())
         .unwrap_or(serde_json::Value::Null);
-    let reader = builder.build().map_err(|e| Error::parquet(path, "cannot read", e))?;
+    let reader = builder.build().map_err(|e| Error::bad_parquet(path, "cannot read", e))?;
     let bad = |field: &str, msg: &str| Error::input(path, crate::error::Location::File, field, msg);
     let (mut idx, mut ids, mut values, mut dim) = (Vec::new(), Vec::new(), Vec::new(), 0);
     for batch in reader {
-        let batch = batch.map_err(|e| Error::parquet(path, "cannot read", e))?;
+        let batch = batch.map_err(|e| Error::bad_parquet(path, "cannot read", e))?;
         let col = |name: &str| batch.column_by_name(name).ok_or_else(|| bad(name, "column missing"));
         let i = col("idx")?.as_any().downcast_ref::<Int64Array>().ok_or_else(|| bad("idx", "not int64"))?;
         let s = col("id")?.as_any().downcast_ref::<StringArray>().ok_or_else(|| bad("id", "not utf8"))?;

@@ -59,7 +59,8 @@ pub struct Manifest {
 
 impl Manifest {
     pub fn read(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, "cannot read the dataset manifest", e))?;
+        let text =
+            std::fs::read_to_string(path).map_err(|e| Error::read_text(path, "cannot read the dataset manifest", e))?;
         let m: Manifest = serde_json::from_str(&text)
             .map_err(|e| Error::input(path, Location::Line(e.line()), "manifest", e.to_string()))?;
         if m.format != FORMAT {
@@ -78,7 +79,11 @@ impl Manifest {
     pub fn check_sizes(&self, dir: &Path) -> Result<()> {
         for (name, entry) in &self.files {
             let path = dir.join(name);
-            let bytes = std::fs::metadata(&path).map_err(|e| Error::io(&path, "dataset file missing", e))?.len();
+            let bytes = std::fs::metadata(&path)
+                .map_err(|e| {
+                    Error::input(&path, Location::File, "file", format!("listed in manifest.json, cannot stat: {e}"))
+                })?
+                .len();
             if bytes != entry.bytes {
                 return Err(Error::input(
                     &path,
@@ -125,9 +130,13 @@ pub fn sha256_file(path: &Path) -> Result<String> {
 
 /// Checksum, size and row-group layout of a Parquet file just written.
 pub fn describe_parquet(path: &Path) -> Result<FileEntry> {
+    crate::panic_guard::catch(|| describe_parquet_unguarded(path), |m| Error::bad_parquet(path, "damaged", m))
+}
+
+fn describe_parquet_unguarded(path: &Path) -> Result<FileEntry> {
     let file = std::fs::File::open(path).map_err(|e| Error::io(path, "cannot open", e))?;
     let reader = parquet::file::serialized_reader::SerializedFileReader::new(file)
-        .map_err(|e| Error::parquet(path, "cannot read metadata", e))?;
+        .map_err(|e| Error::bad_parquet(path, "cannot read metadata", e))?;
     use parquet::file::reader::FileReader;
     let meta = reader.metadata();
     Ok(FileEntry {

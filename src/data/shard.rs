@@ -22,8 +22,12 @@ pub struct RowGroup {
 
 /// The row-group layout of a Parquet file, from its footer.
 pub fn read_row_groups(path: &Path) -> Result<Vec<RowGroup>> {
+    crate::panic_guard::catch(|| read_row_groups_unguarded(path), |m| Error::bad_parquet(path, "damaged", m))
+}
+
+fn read_row_groups_unguarded(path: &Path) -> Result<Vec<RowGroup>> {
     let file = File::open(path).map_err(|e| Error::io(path, "cannot open", e))?;
-    let reader = SerializedFileReader::new(file).map_err(|e| Error::parquet(path, "cannot read metadata", e))?;
+    let reader = SerializedFileReader::new(file).map_err(|e| Error::bad_parquet(path, "cannot read metadata", e))?;
     let mut first_row = 0u64;
     Ok((0..reader.metadata().num_row_groups())
         .map(|index| {

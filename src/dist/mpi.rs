@@ -365,6 +365,10 @@ impl Comm for MpiComm {
 fn install_panic_abort(world: World) {
     let previous = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
+        // A panic that a reader recovers from (crate::panic_guard) is not a failing rank.
+        if crate::panic_guard::is_guarded() {
+            return;
+        }
         previous(info);
         eprintln!("grdr: {}: panicked; aborting the job", world.label());
         abort_world(101);

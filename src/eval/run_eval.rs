@@ -273,13 +273,18 @@ impl<'a> Context<'a> {
 
 /// The `doc_id` column of docs.parquet, by doc_idx.
 pub fn read_doc_ids(ds: &Dataset) -> Result<Vec<String>> {
+    let path = ds.docs_path();
+    crate::panic_guard::catch(|| read_doc_ids_unguarded(ds), |m| Error::bad_parquet(&path, "damaged", m))
+}
+
+fn read_doc_ids_unguarded(ds: &Dataset) -> Result<Vec<String>> {
     use arrow_array::{Array, StringArray};
     use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
     use parquet::arrow::ProjectionMask;
     let path = ds.docs_path();
     let file = std::fs::File::open(&path).map_err(|e| Error::io(&path, "cannot open", e))?;
     let builder =
-        ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| Error::parquet(&path, "cannot read", e))?;
+        ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| Error::bad_parquet(&path, "cannot read", e))?;
     let leaves: Vec<usize> = builder
         .parquet_schema()
         .columns()
@@ -289,10 +294,10 @@ pub fn read_doc_ids(ds: &Dataset) -> Result<Vec<String>> {
         .map(|(i, _)| i)
         .collect();
     let mask = ProjectionMask::leaves(builder.parquet_schema(), leaves);
-    let reader = builder.with_projection(mask).build().map_err(|e| Error::parquet(&path, "cannot read", e))?;
+    let reader = builder.with_projection(mask).build().map_err(|e| Error::bad_parquet(&path, "cannot read", e))?;
     let mut out = Vec::new();
     for batch in reader {
-        let batch = batch.map_err(|e| Error::parquet(&path, "cannot read", e))?;
+        let batch = batch.map_err(|e| Error::bad_parquet(&path, "cannot read", e))?;
         let col = batch
             .column_by_name("doc_id")
             .and_then(|c| c.as_any().downcast_ref::<StringArray>().cloned())

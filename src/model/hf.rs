@@ -77,7 +77,7 @@ pub struct Loaded<M> {
 /// The parsed `config.json` of an HF directory.
 pub fn read_config(dir: &Path) -> Result<serde_json::Value> {
     let path = dir.join("config.json");
-    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, "cannot read model config", e))?;
+    let text = std::fs::read_to_string(&path).map_err(|e| Error::read_text(&path, "cannot read model config", e))?;
     serde_json::from_str(&text).map_err(|e| Error::input(&path, Location::Line(e.line()), "config", e.to_string()))
 }
 
@@ -95,7 +95,8 @@ pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
     }
     let index = dir.join("model.safetensors.index.json");
     if index.exists() {
-        let text = std::fs::read_to_string(&index).map_err(|e| Error::io(&index, "cannot read shard index", e))?;
+        let text =
+            std::fs::read_to_string(&index).map_err(|e| Error::read_text(&index, "cannot read shard index", e))?;
         let v: serde_json::Value = serde_json::from_str(&text)
             .map_err(|e| Error::input(&index, Location::Line(e.line()), "weight_map", e.to_string()))?;
         let map = v["weight_map"]

@@ -50,13 +50,13 @@ pub fn keys(path: &Path) -> Result<Vec<String>> {
     use std::io::Read;
     let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, "cannot open weights", e))?;
     let mut len = [0u8; 8];
-    f.read_exact(&mut len).map_err(|e| Error::io(path, "cannot read header", e))?;
+    f.read_exact(&mut len).map_err(|e| bad(path, format!("cannot read the header: {e}")))?;
     let n = u64::from_le_bytes(len);
     if n > 100_000_000 {
         return Err(bad(path, "header length implausible"));
     }
     let mut header = vec![0u8; n as usize];
-    f.read_exact(&mut header).map_err(|e| Error::io(path, "cannot read header", e))?;
+    f.read_exact(&mut header).map_err(|e| bad(path, format!("truncated header: {e}")))?;
     let header: BTreeMap<String, serde_json::Value> =
         serde_json::from_slice(&header).map_err(|e| bad(path, format!("header is not JSON: {e}")))?;
     Ok(header.into_keys().filter(|k| k != "__metadata__").collect())

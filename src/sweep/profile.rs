@@ -67,7 +67,8 @@ pub struct SlurmSettings {
 
 impl SlurmOptions {
     pub fn load(path: &Path) -> Result<SlurmOptions> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, "cannot read the cluster profile", e))?;
+        let text =
+            std::fs::read_to_string(path).map_err(|e| Error::read_text(path, "cannot read the cluster profile", e))?;
         toml::from_str(&text)
             .map_err(|e| Error::usage(path.display().to_string(), e.to_string().trim_end().to_string()))
     }

@@ -99,7 +99,8 @@ pub struct SweepSpec {
 
 impl SweepSpec {
     pub fn load(path: &Path) -> Result<SweepSpec> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, "cannot read the sweep file", e))?;
+        let text =
+            std::fs::read_to_string(path).map_err(|e| Error::read_text(path, "cannot read the sweep file", e))?;
         Self::parse(&text, path)
     }
 

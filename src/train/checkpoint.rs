@@ -138,8 +138,9 @@ pub fn verify(ckpt: &Path) -> Result<TrainState> {
     if !ckpt.is_dir() {
         return Err(Error::usage("checkpoint", format!("{} is not a checkpoint directory", ckpt.display())));
     }
-    let text = std::fs::read_to_string(&state_path)
-        .map_err(|e| Error::io(&state_path, "checkpoint incomplete: cannot read state.json", e))?;
+    let text = std::fs::read_to_string(&state_path).map_err(|e| {
+        Error::input(&state_path, Location::File, "state.json", format!("checkpoint incomplete or damaged: {e}"))
+    })?;
     let state: TrainState = serde_json::from_str(&text).map_err(|e| {
         Error::input(&state_path, Location::Line(e.line()), "state", format!("corrupted checkpoint state: {e}"))
     })?;
