@@ -41,17 +41,7 @@ fn refused_resume_leaves_the_run_config_untouched() {
     usage_error(&o, "[model]");
     assert_eq!(read(&run.join("config.toml")), before, "a refused --resume must not rewrite config.toml");
     // The run is still usable: resume without --config continues it.
-    ok(&train_no_config(&run, &["--resume", "--set", "train.max_steps=3"]));
-}
-
-fn train_no_config(run: &Path, extra: &[&str]) -> Output {
-    Command::new(bin())
-        .args(["train", "--output", run.to_str().unwrap()])
-        .args(extra)
-        .env("CI", "1")
-        .env("OMP_NUM_THREADS", "1")
-        .output()
-        .unwrap()
+    ok(&grdr(&["train", "--output", run.to_str().unwrap(), "--resume", "--set", "train.max_steps=3"]));
 }
 
 #[test]

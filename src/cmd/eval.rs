@@ -307,22 +307,22 @@ impl EvalArgs {
                 // A grdr export says what it is (grdr.json); any other directory is read as
                 // sentence-transformers describes it, with the flags' head settings.
                 if let Some(info) = ExportInfo::read(&dir)? {
-                    if kind.is_some_and(|k| k != info.kind) {
+                    let m = &info.model;
+                    if kind.is_some_and(|k| k != m.kind) {
                         return Err(Error::usage(
                             "--kind",
-                            format!("{} is a {:?} model (grdr.json)", dir.display(), info.kind),
+                            format!("{} is a {:?} model (grdr.json)", dir.display(), m.kind),
                         ));
                     }
+                    // The run's [model] as trained; the exported weights (and tokenizer) are
+                    // what it is initialised from.
                     let cfg = ModelConfig {
-                        kind: info.kind,
                         init: model.clone(),
-                        pooling: info.pooling.clone(),
-                        dim: info.dim,
-                        normalize: info.normalize,
-                        colbert_dim: self.colbert_dim.unwrap_or(info.colbert_dim),
-                        colbert_query_len: self.colbert_query_len.unwrap_or(info.colbert_query_len),
-                        query_augment_token: self.query_augment_token.unwrap_or(info.query_augment_token),
-                        ..ModelConfig::default()
+                        tokenizer: None,
+                        colbert_dim: self.colbert_dim.unwrap_or(m.colbert_dim),
+                        colbert_query_len: self.colbert_query_len.unwrap_or(m.colbert_query_len),
+                        query_augment_token: self.query_augment_token.unwrap_or(m.query_augment_token),
+                        ..m.clone()
                     };
                     let mut opts = EvalOptions::for_model(info.doc_max_len, device);
                     opts.query_max_len = info.query_max_len;

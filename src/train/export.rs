@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::config::{ModelKind, RunConfig};
+use crate::config::{ModelConfig, RunConfig};
 use crate::error::{Error, Location, Result};
 use crate::model::generative::add_docid_tokens;
 use crate::model::task::{Net, Task, HEAD_PREFIX};
@@ -23,13 +23,8 @@ pub const INFO_FILE: &str = "grdr.json";
 /// What an exported model is and how it reads text (`grdr.json`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ExportInfo {
-    pub kind: ModelKind,
-    pub pooling: String,
-    pub dim: Option<i64>,
-    pub normalize: bool,
-    pub colbert_dim: i64,
-    pub colbert_query_len: i64,
-    pub query_augment_token: i64,
+    /// The run's `[model]` section as trained (kind, pooling, projection, ColBERT settings).
+    pub model: ModelConfig,
     pub query_max_len: usize,
     /// Document truncation at evaluation (`eval.doc_max_len`, else `data.doc_max_len`).
     pub doc_max_len: usize,
@@ -39,15 +34,8 @@ pub struct ExportInfo {
 
 impl ExportInfo {
     fn of(config: &RunConfig) -> ExportInfo {
-        let m = &config.model;
         ExportInfo {
-            kind: m.kind,
-            pooling: m.pooling.clone(),
-            dim: m.dim,
-            normalize: m.normalize,
-            colbert_dim: m.colbert_dim,
-            colbert_query_len: m.colbert_query_len,
-            query_augment_token: m.query_augment_token,
+            model: config.model.clone(),
             query_max_len: config.data.query_max_len,
             doc_max_len: config.eval.doc_max_len.unwrap_or(config.data.doc_max_len),
             docids: config.docids.path.clone(),
@@ -128,7 +116,7 @@ fn write_sentence_transformers(
         &out.join("sentence_bert_config.json"),
         &json!({"max_seq_length": info.doc_max_len, "do_lower_case": false}),
     )?;
-    let first = info.pooling != "mean";
+    let first = info.model.pooling != "mean";
     crate::atomic::write_json(
         &out.join("1_Pooling/config.json"),
         &json!({
@@ -137,7 +125,7 @@ fn write_sentence_transformers(
             "pooling_mode_weightedmean_tokens": false, "pooling_mode_lasttoken": false, "include_prompt": true,
         }),
     )?;
-    if let Some(d) = info.dim {
+    if let Some(d) = info.model.dim {
         let tensor = |suffix: &str| {
             let name = format!("{HEAD_PREFIX}.projection.{suffix}");
             head.iter()
@@ -155,7 +143,7 @@ fn write_sentence_transformers(
         )?;
         modules.push(json!({"idx": 2, "name": "2", "path": "2_Dense", "type": "sentence_transformers.models.Dense"}));
     }
-    if info.normalize {
+    if info.model.normalize {
         let idx = modules.len();
         modules.push(json!({"idx": idx, "name": idx.to_string(), "path": format!("{idx}_Normalize"),
                             "type": "sentence_transformers.models.Normalize"}));
