@@ -358,3 +358,19 @@ fn sigterm_during_the_final_evaluation_ends_the_run() {
     drain.join().unwrap();
     assert_eq!(status.signal(), Some(libc::SIGTERM), "{status}");
 }
+
+/// `grdr info` says when an artefact the set-up registered is gone (e.g. the reference
+/// Python of `launcher/setup --reference` never made), instead of naming it as if present.
+#[test]
+fn info_marks_missing_artefacts() {
+    let dir = tempfile::tempdir().unwrap();
+    let real = grdr::assets::resolve("minilm").unwrap();
+    let assets = serde_json::json!({"minilm": real, "python": dir.path().join("pyref/bin/python")});
+    std::fs::write(dir.path().join("assets.json"), assets.to_string()).unwrap();
+    let o = Command::new(bin()).arg("info").env("GRDR_CACHE", dir.path()).output().unwrap();
+    ok(&o);
+    let out = String::from_utf8_lossy(&o.stdout);
+    let line = |name: &str| out.lines().find(|l| l.starts_with(&format!("artefact {name}:"))).unwrap().to_string();
+    assert!(line("python").ends_with("(missing)"), "{out}");
+    assert!(!line("minilm").contains("missing"), "{out}");
+}

@@ -208,7 +208,13 @@ pub fn load<M: HfModel>(dir: &Path, opts: LoadOptions) -> Result<Loaded<M>> {
         keys.extend(super::safetensors::keys(f)?);
     }
     let mut vs = nn::VarStore::new(opts.device);
-    let model = M::build(&vs.root(), &config, &keys)?;
+    // A config.json with impossible sizes (negative, absurd) makes libtorch refuse to create
+    // a tensor, which tch reports by panicking: refused input naming the file instead.
+    let config_path = dir.join("config.json");
+    let model = crate::panic_guard::catch(
+        || M::build(&vs.root(), &config, &keys),
+        |m| Error::input(&config_path, Location::File, "config.json", format!("cannot build the model: {}", first_line(&m))),
+    )?;
     if opts.kind != Kind::Float {
         vs.set_kind(opts.kind);
     }
@@ -341,4 +347,11 @@ impl HfModel for BertModel {
     fn config_json(&self) -> serde_json::Value {
         serde_json::to_value(&self.config).expect("BertConfig serialises")
     }
+}
+
+/// The first line of a (libtorch) message, without its C++ backtrace (which a panic's
+/// debug-formatted error carries with escaped newlines).
+fn first_line(message: &str) -> &str {
+    let line = message.split("\\n").next().unwrap_or(message);
+    line.lines().next().unwrap_or(line)
 }
