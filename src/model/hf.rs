@@ -213,7 +213,14 @@ pub fn load<M: HfModel>(dir: &Path, opts: LoadOptions) -> Result<Loaded<M>> {
     let config_path = dir.join("config.json");
     let model = crate::panic_guard::catch(
         || M::build(&vs.root(), &config, &keys),
-        |m| Error::input(&config_path, Location::File, "config.json", format!("cannot build the model: {}", first_line(&m))),
+        |m| {
+            Error::input(
+                &config_path,
+                Location::File,
+                "config.json",
+                format!("cannot build the model: {}", first_line(&m)),
+            )
+        },
     )?;
     if opts.kind != Kind::Float {
         vs.set_kind(opts.kind);
