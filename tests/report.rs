@@ -56,6 +56,8 @@ fn make_sweep(root: &Path) -> PathBuf {
                 let train = json!({"steps": 30, "resumed_at": 0, "world_size": 2, "global_batch": 64,
                                    "train_seconds": 60.0 + index as f64, "grdr_version": "0.1.0"});
                 fs::write(run.join("train.json"), train.to_string()).unwrap();
+                fs::write(run.join("world.json"), json!({"world_size": 2, "nodes": 1 + index % 2}).to_string())
+                    .unwrap();
                 let mut m = json!({"nDCG@10": ndcg(f, neg), "R@1": 0.2, "R@10": 0.5, "R@100": 0.7 + 0.01 * k as f64,
                     "R@1000": 0.9, "MRR@10": 0.4, "MAP": 0.35, "success@1": 0.3, "success@5": 0.6, "success@10": 0.7,
                     "queries": 300, "eval_seconds": 12.5});
@@ -120,7 +122,13 @@ fn report_tables_and_plots() {
     for c in ["nDCG@10", "R@100", "MAP", "queries", "eval_seconds", "memorization_R@1", "steps", "world_size"] {
         assert!(names.iter().any(|n| n == c), "column {c} missing: {names:?}");
     }
-    assert_eq!(&names[names.len() - 5..], ["steps", "world_size", "train_seconds", "final_loss", "samples_per_s"]);
+    assert_eq!(
+        &names[names.len() - 6..],
+        ["steps", "world_size", "nodes", "train_seconds", "final_loss", "samples_per_s"]
+    );
+    // Nodes from each run's world.json (null for the point still running).
+    let nodes = col::<Int64Array>(&batch, "nodes");
+    assert!((0..nodes.len()).any(|i| nodes.is_valid(i) && nodes.value(i) == 2), "{nodes:?}");
     let negs = col::<Int64Array>(&batch, "train.num_negatives");
     assert_eq!(negs.values().to_vec(), [4, 16, 64, 4, 16, 64]);
     let family = col::<StringArray>(&batch, "family");

@@ -23,6 +23,24 @@ fn two_equal_one(text: &str, steps: u64) {
     let (rel, max_abs) = param_distance(&params(&two, steps), &params(&one, steps));
     assert!(rel <= TOL, "2 ranks vs 1 rank: relative parameter distance {rel:e}");
     assert!(max_abs <= 1e-4, "2 ranks vs 1 rank: largest parameter difference {max_abs:e}");
+    // Each run records the world it ran on.
+    let world = |run: &std::path::Path| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(run.join("world.json")).unwrap()).unwrap()
+    };
+    let (w1, w2) = (world(&one), world(&two));
+    assert_eq!(
+        (w1["world_size"].as_u64(), w1["backend"].as_str(), w1["launcher"].as_str()),
+        (Some(1), Some("local"), Some("none"))
+    );
+    assert_eq!(
+        (w2["world_size"].as_u64(), w2["backend"].as_str(), w2["launcher"].as_str()),
+        (Some(2), Some("mpi"), Some("mpirun"))
+    );
+    assert_eq!(w2["nodes"], 1);
+    let ranks = w2["ranks"].as_array().unwrap();
+    assert_eq!(ranks.iter().map(|r| r["rank"].as_u64().unwrap()).collect::<Vec<_>>(), [0, 1]);
+    assert_ne!(ranks[0]["pid"], ranks[1]["pid"]);
+    assert_eq!(ranks[0]["host"], ranks[1]["host"]);
     let (l1, l2) = (losses(&one), losses(&two));
     assert_eq!(l1.len(), l2.len(), "both runs log the same steps");
     assert!(!l1.is_empty());

@@ -68,6 +68,9 @@ pub enum ReduceOp {
 pub trait Comm {
     fn world(&self) -> World;
 
+    /// The collectives' backend as recorded in `world.json`: `local`, `mpi` or `nccl`.
+    fn backend_name(&self) -> &'static str;
+
     /// In-place all-reduce of `tensor` (any shape; contiguous or not).
     fn all_reduce_(&self, tensor: &mut Tensor, op: ReduceOp) -> Result<()>;
 
@@ -152,6 +155,10 @@ pub struct LocalComm;
 impl Comm for LocalComm {
     fn world(&self) -> World {
         World::SINGLE
+    }
+
+    fn backend_name(&self) -> &'static str {
+        "local"
     }
     fn all_reduce_(&self, tensor: &mut Tensor, op: ReduceOp) -> Result<()> {
         check_op_kind(self.world(), op, tensor.kind())

@@ -14,6 +14,7 @@
 //! stuck in a collective past `GRDR_COLLECTIVE_TIMEOUT` seconds aborts the job itself.
 pub mod comm;
 pub mod ddp;
+pub mod describe;
 pub mod gather;
 pub mod mpi;
 pub mod nccl;

@@ -227,6 +227,10 @@ impl Comm for MpiComm {
         self.world
     }
 
+    fn backend_name(&self) -> &'static str {
+        "mpi"
+    }
+
     fn all_reduce_(&self, tensor: &mut Tensor, op: ReduceOp) -> Result<()> {
         let world = self.world;
         check_op_kind(world, op, tensor.kind())?;

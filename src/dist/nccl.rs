@@ -276,6 +276,10 @@ impl Comm for NcclComm {
         self.world
     }
 
+    fn backend_name(&self) -> &'static str {
+        "nccl"
+    }
+
     fn all_reduce_(&self, tensor: &mut Tensor, op: ReduceOp) -> Result<()> {
         if !self.on_device(tensor, "all_reduce")? {
             return self.bootstrap.all_reduce_(tensor, op);

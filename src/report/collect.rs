@@ -25,11 +25,20 @@ struct TrainFile {
     train_seconds: Option<f64>,
 }
 
+/// `run/world.json`: what the report reads of it.
+#[derive(Debug, Default, Deserialize)]
+struct WorldFile {
+    #[serde(default)]
+    nodes: Option<i64>,
+}
+
 /// Training figures of one point; each is null when its file is not there yet.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Training {
     pub steps: Option<i64>,
     pub world_size: Option<i64>,
+    /// Distinct hosts the run's ranks ran on (`world.json`).
+    pub nodes: Option<i64>,
     pub train_seconds: Option<f64>,
     /// The loss of the last `metrics.jsonl` record.
     pub final_loss: Option<f64>,
@@ -117,6 +126,7 @@ fn read_point(sweep_dir: &Path, spec: PointEntry) -> Result<PointRow> {
     };
     let metrics: Map<String, Value> = read_json(&run.join("eval").join("metrics.json"), "metrics")?.unwrap_or_default();
     let train: TrainFile = read_json(&run.join("train.json"), "train")?.unwrap_or_default();
+    let world: WorldFile = read_json(&run.join("world.json"), "world")?.unwrap_or_default();
     // A running point may be appending its last record as we read; only a finished run's
     // log must be complete.
     let (final_loss, mean_samples_per_s) = read_log(&run.join("metrics.jsonl"), state != DONE)?;
@@ -130,6 +140,7 @@ fn read_point(sweep_dir: &Path, spec: PointEntry) -> Result<PointRow> {
         training: Training {
             steps: train.steps,
             world_size: train.world_size,
+            nodes: world.nodes,
             train_seconds: train.train_seconds,
             final_loss,
             mean_samples_per_s,

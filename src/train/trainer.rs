@@ -29,6 +29,7 @@ use crate::data::examples::{training_pairs, Sampler, Source, Targets};
 use crate::data::shard::{self, tag, RowGroup, SplitMix64};
 use crate::data::text::TextTokenizer;
 use crate::data::Dataset;
+use crate::dist::describe::WorldInfo;
 use crate::dist::{self, Comm, Ddp, DdpOptions, ReduceOp};
 use crate::error::{Error, Result};
 use crate::eval::run_eval::EvalSummary;
@@ -90,7 +91,8 @@ fn run(comm: &dyn Comm, cfg: &RunConfig, opts: &RunOptions, device: Device) -> R
     let plan = Plan::new(cfg, comm.world().size, &trainee.sampler, &resume, device)?;
     // Config, data, device and model are known good: only now is the run directory
     // written (an overwritten run is moved aside until this one has a checkpoint).
-    claim_run_dir(comm, cfg, opts)?;
+    let world = dist::describe::describe(comm, device)?;
+    claim_run_dir(comm, cfg, opts, &world)?;
     log_start(comm, cfg, &trainee, &plan, &resume);
     let t_loop = Instant::now();
     if let Some(preempted) = step_loop(comm, cfg, &opts.run_dir, &mut trainee, &plan, &resume)? {
@@ -136,8 +138,9 @@ fn check_run_dir(comm: &dyn Comm, cfg: &RunConfig, opts: &RunOptions) -> Result<
 }
 
 /// Rank 0 makes the run directory this run's: an `--overwrite`n run moves aside (kept until
-/// this run's first checkpoint), and the resolved config is written.
-fn claim_run_dir(comm: &dyn Comm, cfg: &RunConfig, opts: &RunOptions) -> Result<()> {
+/// this run's first checkpoint), and the resolved config and the world it runs on
+/// (`world.json`) are written.
+fn claim_run_dir(comm: &dyn Comm, cfg: &RunConfig, opts: &RunOptions, world: &WorldInfo) -> Result<()> {
     if comm.world().is_coordinator() {
         let run_dir = opts.run_dir.as_path();
         if opts.overwrite && !opts.resume {
@@ -145,6 +148,7 @@ fn claim_run_dir(comm: &dyn Comm, cfg: &RunConfig, opts: &RunOptions) -> Result<
         }
         std::fs::create_dir_all(run_dir).map_err(|e| Error::io(run_dir, "cannot create the run directory", e))?;
         cfg.write(&run_dir.join("config.toml"))?;
+        crate::atomic::write_json(&run_dir.join("world.json"), world)?;
     }
     comm.barrier()
 }
