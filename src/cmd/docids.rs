@@ -2,9 +2,7 @@
 //! `data/docid.rs`).
 use std::path::{Path, PathBuf};
 
-use arrow_array::{Array, FixedSizeListArray, Float32Array, Int64Array};
 use clap::Args;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use tch::Tensor;
 
 use crate::data::docid::{self, DocidTable, Scheme};
@@ -108,52 +106,32 @@ impl DocidsArgs {
     }
 }
 
-/// `grdr encode` output → (N, D) f32 in doc_idx order (every doc exactly once).
+/// `grdr encode` output (`data::embeddings`) → (N, D) f32 in doc_idx order, every document
+/// exactly once.
 pub fn read_embeddings(path: &Path, n_docs: usize) -> Result<Tensor> {
-    crate::panic_guard::catch(|| read_embeddings_unguarded(path, n_docs), |m| Error::bad_parquet(path, "damaged", m))
-}
-
-fn read_embeddings_unguarded(path: &Path, n_docs: usize) -> Result<Tensor> {
-    let file = std::fs::File::open(path).map_err(|e| Error::io(path, "cannot open embeddings", e))?;
-    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
-        .and_then(|b| b.build())
-        .map_err(|e| Error::bad_parquet(path, "not a Parquet file", e))?;
-    let mut rows: Vec<Option<Vec<f32>>> = vec![None; n_docs];
-    for batch in reader {
-        let batch = batch.map_err(|e| Error::bad_parquet(path, "cannot read", e))?;
-        let bad = |f: &str, m: &str| Error::input(path, Location::File, f, m);
-        let idx = batch
-            .column_by_name("idx")
-            .and_then(|c| c.as_any().downcast_ref::<Int64Array>().cloned())
-            .ok_or_else(|| bad("idx", "missing or not int64"))?;
-        let emb = batch
-            .column_by_name("embedding")
-            .and_then(|c| c.as_any().downcast_ref::<FixedSizeListArray>().cloned())
-            .ok_or_else(|| bad("embedding", "missing or not a fixed-size list"))?;
-        for i in 0..batch.num_rows() {
-            let d = idx.value(i);
-            if d < 0 || d as usize >= n_docs {
-                return Err(Error::input(
-                    path,
-                    Location::Row(i),
-                    "idx",
-                    format!("{d} is not a doc index of the dataset"),
-                ));
-            }
-            let v = emb.value(i);
-            let v = v.as_any().downcast_ref::<Float32Array>().ok_or_else(|| bad("embedding", "not float32"))?;
-            rows[d as usize] = Some(v.values().to_vec());
+    let e = crate::data::embeddings::read_embeddings(path)?;
+    let mut row_of: Vec<Option<i64>> = vec![None; n_docs];
+    for (row, &d) in e.idx.iter().enumerate() {
+        if d < 0 || d as usize >= n_docs {
+            return Err(Error::input(
+                path,
+                Location::Row(row),
+                "idx",
+                format!("{d} is not a doc index of the dataset"),
+            ));
         }
+        row_of[d as usize] = Some(row as i64);
     }
-    let dim = rows.iter().flatten().next().map(|r| r.len()).unwrap_or(0);
-    let mut flat = Vec::with_capacity(n_docs * dim);
-    for (d, r) in rows.into_iter().enumerate() {
-        let r = r.ok_or_else(|| {
-            Error::input(path, Location::File, "idx", format!("document {d} has no embedding (encode --what docs)"))
-        })?;
-        flat.extend(r);
-    }
-    Ok(Tensor::from_slice(&flat).view([n_docs as i64, dim as i64]))
+    let rows = row_of
+        .into_iter()
+        .enumerate()
+        .map(|(d, r)| {
+            r.ok_or_else(|| {
+                Error::input(path, Location::File, "idx", format!("document {d} has no embedding (encode --what docs)"))
+            })
+        })
+        .collect::<Result<Vec<i64>>>()?;
+    Ok(e.embeddings.index_select(0, &Tensor::from_slice(&rows)))
 }
 
 /// Reads a docid file (validated), for other commands.

@@ -86,8 +86,8 @@ fn run(comm: &dyn Comm, cfg: &RunConfig, opts: &RunOptions, device: Device) -> R
     // signals take their default action again.
     let handlers = signal::install();
     let resume = check_run_dir(comm, cfg, opts)?;
-    let inputs = Inputs::load(comm, cfg, opts.verify)?;
-    let mut trainee = Trainee::build(comm, cfg, &inputs, resume.checkpoint.as_deref(), device)?;
+    let mut inputs = Inputs::load(comm, cfg, opts.verify)?;
+    let mut trainee = Trainee::build(comm, cfg, &mut inputs, resume.checkpoint.as_deref(), device)?;
     let plan = Plan::new(cfg, comm.world().size, &trainee.sampler, &resume, device)?;
     // Config, data, device and model are known good: only now is the run directory
     // written (an overwritten run is moved aside until this one has a checkpoint).
@@ -158,9 +158,9 @@ fn claim_run_dir(comm: &dyn Comm, cfg: &RunConfig, opts: &RunOptions, world: &Wo
 struct Inputs {
     ds: Dataset,
     groups: Vec<RowGroup>,
-    /// (query_idx, doc_idx) training pairs of `data.train_split`.
+    /// (query_idx, doc_idx) training pairs of `data.train_split` (moved into the sampler).
     pairs: Vec<(u32, u32)>,
-    /// Every query's text, by query_idx.
+    /// Every query's text, by query_idx (moved into the batcher).
     queries: Vec<String>,
     docids: Option<DocidTable>,
 }
@@ -209,7 +209,7 @@ impl<'c> Trainee<'c> {
     fn build(
         comm: &'c dyn Comm,
         cfg: &RunConfig,
-        inputs: &Inputs,
+        inputs: &mut Inputs,
         checkpoint: Option<&Path>,
         device: Device,
     ) -> Result<Trainee<'c>> {
@@ -231,7 +231,8 @@ impl<'c> Trainee<'c> {
             optimizer.load(&ckpt.join(checkpoint::OPTIMIZER_FILE))?;
         }
         let ddp = Ddp::new(comm, task.named_parameters(), DdpOptions { bucket_bytes: cfg.dist.bucket_mb << 20 })?;
-        let pairs = inputs.pairs.clone();
+        // The batcher and sampler own these from here on (no second copy at start-up).
+        let pairs = std::mem::take(&mut inputs.pairs);
         let source = match cfg.model.kind {
             ModelKind::Dual | ModelKind::Colbert => {
                 let hard = mine_hard_negatives(comm, &inputs.ds, &pairs, cfg)?;
@@ -249,7 +250,7 @@ impl<'c> Trainee<'c> {
         let tokenizer = |max_len| TextTokenizer::from_path(&task.tokenizer_json, max_len);
         let batcher = Batcher {
             docs: DocStore::new(&inputs.ds.docs_path(), inputs.groups.clone(), cfg.data.doc_cache_row_groups),
-            queries: inputs.queries.clone(),
+            queries: std::mem::take(&mut inputs.queries),
             query_tok: tokenizer(cfg.data.query_max_len)?,
             doc_tok: tokenizer(cfg.data.doc_max_len)?,
             span_tok: match cfg.data.index_view {
