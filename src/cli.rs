@@ -38,6 +38,8 @@ pub enum Command {
     Train(cmd::train::TrainArgs),
     /// Distributed evaluation (DR, ColBERT, GR; end to end or rerank): run.trec, metrics.json.
     Eval(cmd::eval::EvalArgs),
+    /// The papers' analyses of a trained model: alignment, exact-match, low-rank, heatmap, spectrum, calibration.
+    Analyze(cmd::analyze::AnalyzeArgs),
     /// Write a synthetic dataset (random words, random qrels) for throughput and memory tests.
     Synth(cmd::synth::SynthArgs),
     /// A sweep's results: results.parquet/.csv, a markdown table, PNG/SVG plots per metric and axis.
@@ -56,6 +58,7 @@ impl Command {
             Command::Info(a) => a.run(),
             Command::Encode(a) => a.run(),
             Command::Eval(a) => a.run(),
+            Command::Analyze(a) => a.run(),
             Command::Synth(a) => a.run(),
             Command::Report(a) => a.run(),
             Command::Sweep(a) => a.run(),

@@ -1,5 +1,6 @@
 //! grdr: distributed training and evaluation of generative (GR) and dense (DR) retrieval
 //! models on libtorch. See docs/ARCHITECTURE.md for the data flow.
+pub mod analysis;
 pub mod assets;
 pub mod atomic;
 pub mod cli;

@@ -1,4 +1,5 @@
 //! One module per subcommand: its clap arguments and the code that carries it out.
+pub mod analyze;
 pub mod bm25;
 pub mod docids;
 pub mod encode;
@@ -7,6 +8,7 @@ pub mod eval_run;
 pub mod info;
 pub mod prepare;
 pub mod report;
+pub mod subject;
 pub mod sweep;
 pub mod synth;
 pub mod train;

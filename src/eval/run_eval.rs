@@ -131,7 +131,7 @@ pub struct Context<'a> {
 }
 
 impl<'a> Context<'a> {
-    fn new(
+    pub fn new(
         comm: &'a dyn Comm,
         task: &'a Task,
         ds: &'a Dataset,

@@ -98,6 +98,13 @@ pub fn generative(ctx: &Context, info: &mut Info, metrics: &mut Info) -> Result<
             );
         }
         all.sort_by_key(|x| x.0);
+        info.insert(
+            "calibration_per_query".into(),
+            json!(all
+                .iter()
+                .map(|(q, b, p)| json!({"query_id": ctx.queries[*q].query_id, "Brier": b, "p_relevant": p}))
+                .collect::<Vec<_>>()),
+        );
         let per_query: Vec<QueryCalibration> = all
             .into_iter()
             .map(|(_, brier, p_relevant)| QueryCalibration { brier, p_relevant, gaps: vec![] })

@@ -237,7 +237,8 @@ pub(crate) enum BlockKv<'a> {
 
 impl T5Block {
     /// `xs` (B, T, D); `self_bias` (B|1, H, T, T'): position bias plus masks. Returns the new
-    /// states and the cross-attention weights (B, H, T, L) when asked.
+    /// states and, when asked, the cross-attention weights (B, H, T, L) with the normed states
+    /// (B, T, D) the cross-attention read (its queries are their projection).
     pub(crate) fn forward(
         &self,
         xs: &Tensor,
@@ -245,7 +246,7 @@ impl T5Block {
         kv: BlockKv,
         train: bool,
         need_cross_weights: bool,
-    ) -> (Tensor, Option<Tensor>) {
+    ) -> (Tensor, Option<(Tensor, Tensor)>) {
         let normed = self.self_attention_norm.forward(xs);
         let gemm = match &kv {
             BlockKv::Full { gemm, .. } | BlockKv::Cached { gemm, .. } => *gemm,
@@ -282,7 +283,7 @@ impl T5Block {
             {
                 xs = xs + h.dropout(self.dropout, train);
             }
-            weights = w;
+            weights = w.map(|w| (w, normed));
         }
         let h = self.ff.forward_with(&self.ff_norm.forward(&xs), train, gemm);
         (xs + h.dropout(self.dropout, train), weights)
@@ -293,6 +294,27 @@ enum KvSrc<'a> {
     Enc(&'a Tensor),
     Proj(Tensor, Tensor),
     Grouped(Tensor, Tensor, &'a CrossRows),
+}
+
+/// The cross-attention weights and inputs of every block, when asked for.
+struct CrossRecord(Option<(Vec<Tensor>, Vec<Tensor>)>);
+
+impl CrossRecord {
+    fn new(wanted: bool) -> Self {
+        CrossRecord(wanted.then(|| (Vec::new(), Vec::new())))
+    }
+
+    fn push(&mut self, block: Option<(Tensor, Tensor)>) {
+        if let (Some((weights, inputs)), Some((w, x))) = (self.0.as_mut(), block) {
+            weights.push(w);
+            inputs.push(x);
+        }
+    }
+
+    fn output(self, hidden: Tensor, pre_norm: Tensor) -> DecoderOutput {
+        let (cross_attentions, cross_inputs) = self.0.map(|(w, x)| (Some(w), Some(x))).unwrap_or((None, None));
+        DecoderOutput { hidden, cross_attentions, cross_inputs, pre_norm }
+    }
 }
 
 /// HF `T5Stack`: `embed_tokens` (tied to `shared`), `block.{i}`, `final_layer_norm`.
@@ -314,6 +336,12 @@ pub struct DecoderOutput {
     /// Per block, the cross-attention weights (B, H, T, L): the alignment matrix A of
     /// Wu et al. (document tokens × query tokens), when asked for.
     pub cross_attentions: Option<Vec<Tensor>>,
+    /// Per block, the normed states (B, T, D) its cross-attention projected to queries, when
+    /// the weights are asked for (`grdr analyze low-rank` rebuilds the scores from them).
+    pub cross_inputs: Option<Vec<Tensor>>,
+    /// The residual stream before the final layer norm (B, T, D): with it, a component's
+    /// direct contribution to the logits is linear (`grdr analyze alignment`).
+    pub pre_norm: Tensor,
 }
 
 impl T5Stack {
@@ -369,19 +397,14 @@ impl T5Stack {
         let t = ids.size()[1];
         let bias = self.position_bias(t, t, 0, ids.device()) + additive_causal_mask(t, 0, xs.kind(), ids.device());
         let cross_mask = padding_bias(enc_mask, xs.kind());
-        let mut cross = need_cross.then(Vec::new);
+        let mut cross = CrossRecord::new(need_cross);
         for block in &self.block {
             let kv = BlockKv::Full { enc: Some(enc), cross_mask: cross_mask.as_ref(), gemm: Gemm::fastest_for(enc) };
             let (h, w) = block.forward(&xs, &bias, kv, train, need_cross);
             xs = h;
-            if let (Some(c), Some(w)) = (cross.as_mut(), w) {
-                c.push(w);
-            }
+            cross.push(w);
         }
-        DecoderOutput {
-            hidden: self.final_layer_norm.forward(&xs).dropout(self.dropout, train),
-            cross_attentions: cross,
-        }
+        cross.output(self.final_layer_norm.forward(&xs).dropout(self.dropout, train), xs)
     }
 
     /// A cache for decoding against `enc` (B, L, D): projects every block's cross-attention
@@ -407,17 +430,15 @@ impl T5Stack {
         let (t, off) = (ids.size()[1], cache.len);
         let bias =
             self.position_bias(t, off + t, off, ids.device()) + additive_causal_mask(t, off, xs.kind(), ids.device());
-        let mut cross = need_cross.then(Vec::new);
+        let mut cross = CrossRecord::new(need_cross);
         let T5Cache { layers, cross_mask, rows, gemm, .. } = cache;
         for (block, layer) in self.block.iter().zip(layers.iter_mut()) {
             let kv = BlockKv::Cached { layer, cross_mask: cross_mask.as_ref(), rows: rows.as_ref(), gemm: *gemm };
             let (h, w) = block.forward(&xs, &bias, kv, false, need_cross);
             xs = h;
-            if let (Some(c), Some(w)) = (cross.as_mut(), w) {
-                c.push(w);
-            }
+            cross.push(w);
         }
         cache.len += t;
-        DecoderOutput { hidden: self.final_layer_norm.forward(&xs), cross_attentions: cross }
+        cross.output(self.final_layer_norm.forward(&xs), xs)
     }
 }

@@ -70,6 +70,18 @@ impl T5ForConditionalGeneration {
         }
     }
 
+    /// The output vectors of `ids` (…) → (…, D): `lm_logits(h)[…, v] = h · output_rows(v)`,
+    /// the d_model^-0.5 of v1.0 models included (Wu et al.'s e_v).
+    pub fn output_rows(&self, ids: &Tensor) -> Tensor {
+        let w = self.lm_head.as_ref().unwrap_or(&self.shared);
+        let rows = Tensor::embedding(w, ids, -1, false, false);
+        if self.config.scales_decoder_outputs() {
+            rows * (self.config.d_model as f64).powf(-0.5)
+        } else {
+            rows
+        }
+    }
+
     /// Rows of the vocabulary projection (the vocabulary size the logits have).
     pub fn lm_head_rows(&self) -> i64 {
         self.lm_head.as_ref().unwrap_or(&self.shared).size()[0]
@@ -86,7 +98,7 @@ impl T5ForConditionalGeneration {
         need_cross_attentions: bool,
     ) -> Seq2SeqOutput {
         let encoder_hidden = self.encode(input_ids, attention_mask, train);
-        let DecoderOutput { hidden, cross_attentions } =
+        let DecoderOutput { hidden, cross_attentions, .. } =
             self.decoder.decode(decoder_input_ids, &encoder_hidden, attention_mask, train, need_cross_attentions);
         Seq2SeqOutput { logits: self.lm_logits(&hidden), decoder_hidden: hidden, encoder_hidden, cross_attentions }
     }

@@ -13,11 +13,13 @@
 //! SWEEPDIR/report/results.parquet, results.csv     table.rs (+ markdown on stdout)
 //! SWEEPDIR/report/<metric>-vs-<axis>.{png,svg}     plot.rs, scale.rs, font.rs
 //! ```
-//! Every file is written under a temporary name and renamed, so a report is never seen
-//! half-written. See docs/REPORT.md for the conventions of the plots.
+//! `heatmap.rs` draws the alignment matrices of `grdr analyze heatmap` (plot.rs the line
+//! figures of the other analyses). Every file is written under a temporary name and renamed,
+//! so a report is never seen half-written. See docs/REPORT.md for the conventions of the plots.
 pub mod collect;
 pub mod columns;
 pub mod font;
+pub mod heatmap;
 pub mod plot;
 pub mod scale;
 pub mod table;

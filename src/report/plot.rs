@@ -295,29 +295,36 @@ fn draw_error(path: &Path, e: impl std::fmt::Display) -> Error {
 
 /// Draws `fig` as `dir/<stem>.png` and `.svg`, each under a temporary name first.
 pub fn write_figure(dir: &Path, fig: &Figure) -> Result<[PathBuf; 2]> {
-    let png = dir.join(format!("{}.png", fig.stem));
+    write_png_svg(
+        dir,
+        &fig.stem,
+        |png| draw(&BitMapBackend::new(png, SIZE).into_drawing_area(), fig).map_err(|e| e.to_string()),
+        |svg| draw(&SVGBackend::with_string(svg, SIZE).into_drawing_area(), fig).map_err(|e| e.to_string()),
+    )
+}
+
+/// Writes `dir/<stem>.png` (drawn by `png` into a temporary file that is renamed into place)
+/// and `dir/<stem>.svg` (drawn by `svg` into a string, written atomically).
+pub(crate) fn write_png_svg(
+    dir: &Path,
+    stem: &str,
+    png: impl FnOnce(&Path) -> std::result::Result<(), String>,
+    svg: impl FnOnce(&mut String) -> std::result::Result<(), String>,
+) -> Result<[PathBuf; 2]> {
+    let png_path = dir.join(format!("{stem}.png"));
     // The bitmap backend picks the encoder from the extension, so the temp name keeps it.
-    let tmp = dir.join(format!(".{}.tmp-{}.png", fig.stem, std::process::id()));
-    let drawn = {
-        let root = BitMapBackend::new(&tmp, SIZE).into_drawing_area();
-        draw(&root, fig)
-    };
-    if let Err(e) = drawn
-        .map_err(|e| draw_error(&png, e))
-        .and_then(|()| std::fs::rename(&tmp, &png).map_err(|e| Error::io(&png, "cannot rename into place", e)))
-    {
+    let tmp = dir.join(format!(".{stem}.tmp-{}.png", std::process::id()));
+    if let Err(e) = png(&tmp).map_err(|e| draw_error(&png_path, e)).and_then(|()| {
+        std::fs::rename(&tmp, &png_path).map_err(|e| Error::io(&png_path, "cannot rename into place", e))
+    }) {
         let _ = std::fs::remove_file(&tmp);
         return Err(e);
     }
-
-    let svg = dir.join(format!("{}.svg", fig.stem));
+    let svg_path = dir.join(format!("{stem}.svg"));
     let mut text = String::new();
-    {
-        let root = SVGBackend::with_string(&mut text, SIZE).into_drawing_area();
-        draw(&root, fig).map_err(|e| draw_error(&svg, e))?;
-    }
-    crate::atomic::write_file(&svg, |w| std::io::Write::write_all(w, text.as_bytes()))?;
-    Ok([png, svg])
+    svg(&mut text).map_err(|e| draw_error(&svg_path, e))?;
+    crate::atomic::write_file(&svg_path, |w| std::io::Write::write_all(w, text.as_bytes()))?;
+    Ok([png_path, svg_path])
 }
 
 #[cfg(test)]
