@@ -183,41 +183,51 @@ impl AlignRows {
     }
 }
 
-/// Rows of `mvdr_form.parquet` for one GR pair: per layer (and −1, their sum) and docid
-/// position, the MVDR form beside the real logit.
-fn mvdr_rows(p: &Pair, g: &GrPair) -> Table {
-    let logit = f32s(&g.logit);
-    let per_layer: Vec<Vec<f32>> =
-        g.a.iter()
-            .zip(&g.score)
-            .map(|(a, s)| f32s(&(a * s).sum_dim_intlist([0i64, 2].as_slice(), false, Kind::Float)))
-            .collect();
-    let m = logit.len();
-    let mut t = (vec![], vec![], vec![], vec![], vec![], vec![]);
-    let layers: Vec<(i32, Vec<f32>)> = per_layer
-        .iter()
-        .enumerate()
-        .map(|(l, v)| (l as i32, v.clone()))
-        .chain(std::iter::once((-1, (0..m).map(|i| per_layer.iter().map(|v| v[i]).sum()).collect())))
-        .collect();
-    for (l, v) in layers {
-        for i in 0..m {
-            t.0.push(p.query_id.clone());
-            t.1.push(p.doc_id.clone());
-            t.2.push(l);
-            t.3.push(i as i32);
-            t.4.push(v[i]);
-            t.5.push(logit[i]);
+/// Rows of `mvdr_form.parquet`: per pair, layer (−1: their sum) and docid position, the MVDR
+/// form beside the real logit.
+#[derive(Default)]
+struct FormRows {
+    query_id: Vec<String>,
+    doc_id: Vec<String>,
+    layer: Vec<i32>,
+    position: Vec<i32>,
+    mvdr: Vec<f32>,
+    logit: Vec<f32>,
+}
+
+impl FormRows {
+    fn add(&mut self, p: &Pair, g: &GrPair) {
+        let logit = f32s(&g.logit);
+        let per_layer: Vec<Vec<f32>> =
+            g.a.iter()
+                .zip(&g.score)
+                .map(|(a, s)| f32s(&(a * s).sum_dim_intlist([0i64, 2].as_slice(), false, Kind::Float)))
+                .collect();
+        let m = logit.len();
+        let total: Vec<f32> = (0..m).map(|i| per_layer.iter().map(|v| v[i]).sum()).collect();
+        let layers = per_layer.iter().enumerate().map(|(l, v)| (l as i32, v)).chain(std::iter::once((-1, &total)));
+        for (l, v) in layers {
+            for i in 0..m {
+                self.query_id.push(p.query_id.clone());
+                self.doc_id.push(p.doc_id.clone());
+                self.layer.push(l);
+                self.position.push(i as i32);
+                self.mvdr.push(v[i]);
+                self.logit.push(logit[i]);
+            }
         }
     }
-    Table::new(vec![
-        ("query_id", Col::Str(t.0)),
-        ("doc_id", Col::Str(t.1)),
-        ("layer", Col::I32(t.2)),
-        ("position", Col::I32(t.3)),
-        ("mvdr", Col::F32(t.4)),
-        ("logit", Col::F32(t.5)),
-    ])
+
+    fn table(self) -> Table {
+        Table::new(vec![
+            ("query_id", Col::Str(self.query_id)),
+            ("doc_id", Col::Str(self.doc_id)),
+            ("layer", Col::I32(self.layer)),
+            ("position", Col::I32(self.position)),
+            ("mvdr", Col::F32(self.mvdr)),
+            ("logit", Col::F32(self.logit)),
+        ])
+    }
 }
 
 /// Accumulates, per layer, the pair sums and the cells of the MVDR form and the real logit.
@@ -294,7 +304,7 @@ pub fn run(ctx: &Context, opts: &AnalyzeOptions, out: Option<&std::path::Path>) 
     let mut files =
         vec![("pairs.parquet", pairs::table(&[], side)), ("alignment.parquet", AlignRows::default().table())];
     if gr.is_some() {
-        files.push(("mvdr_form.parquet", mvdr_rows_empty()));
+        files.push(("mvdr_form.parquet", FormRows::default().table()));
     }
     let mut sinks = Sinks::new(out, files);
     let mut fit = FormFit::default();
@@ -305,7 +315,7 @@ pub fn run(ctx: &Context, opts: &AnalyzeOptions, out: Option<&std::path::Path>) 
         |b| {
             let batch: Vec<&Pair> = pairs[b * batch_size..((b + 1) * batch_size).min(pairs.len())].iter().collect();
             let mut rows = AlignRows::default();
-            let mut form = Table::default();
+            let mut form = FormRows::default();
             match gr {
                 Some(model) => {
                     for (p, g) in batch.iter().zip(gr_pairs(model, &batch, ctx.opts.device)) {
@@ -314,7 +324,7 @@ pub fn run(ctx: &Context, opts: &AnalyzeOptions, out: Option<&std::path::Path>) 
                                 matrix_rows(&mut rows, p, "cross-attention", l as i32, h as i32, &a.get(h), &s.get(h));
                             }
                         }
-                        form.append(mvdr_rows(p, &g));
+                        form.add(p, &g);
                     }
                 }
                 None => {
@@ -328,7 +338,7 @@ pub fn run(ctx: &Context, opts: &AnalyzeOptions, out: Option<&std::path::Path>) 
             let owned: Vec<Pair> = batch.into_iter().cloned().collect();
             let mut tables = vec![pairs::table(&owned, side), rows.table()];
             if gr.is_some() {
-                tables.push(form);
+                tables.push(form.table());
             }
             Ok(tables)
         },
@@ -376,23 +386,4 @@ pub fn run(ctx: &Context, opts: &AnalyzeOptions, out: Option<&std::path::Path>) 
         summary["mvdr_form"] = fit_summary;
     }
     Ok(Some(Outcome { summary, plots }))
-}
-
-fn mvdr_rows_empty() -> Table {
-    let p = Pair {
-        query_id: String::new(),
-        doc_id: String::new(),
-        doc_idx: 0,
-        input_ids: vec![],
-        doc_side_ids: vec![],
-        doc_tokens: vec![],
-    };
-    let g = GrPair {
-        a: vec![],
-        score: vec![],
-        logit: Tensor::zeros([0], (Kind::Float, tch::Device::Cpu)),
-        cross_input: vec![],
-        enc: Tensor::zeros([0, 0], (Kind::Float, tch::Device::Cpu)),
-    };
-    mvdr_rows(&p, &g)
 }

@@ -21,9 +21,11 @@ use crate::eval::run_gr;
 use crate::model::task::Net;
 
 type Info = serde_json::Map<String, serde_json::Value>;
+/// Query id → (Brier, mean p of the relevant docids).
+type PerQuery = HashMap<String, (f64, f64)>;
 
 /// Per query id: (Brier, mean p of the relevant docids), and the summary of one evaluation.
-fn calibrate(ctx: &Context, beam: usize, limit: usize) -> Result<(HashMap<String, (f64, f64)>, serde_json::Value)> {
+fn calibrate(ctx: &Context, beam: usize, limit: usize) -> Result<(PerQuery, serde_json::Value)> {
     let mut opts = ctx.opts.clone();
     opts.calibration = true;
     opts.beam = Some(beam);
@@ -59,7 +61,7 @@ pub fn run(ctx: &Context, opts: &AnalyzeOptions, out: Option<&std::path::Path>) 
     let Some(out) = out else { return Ok(None) };
     let ids: Vec<String> =
         ctx.queries[..limit].iter().map(|q| q.query_id.clone()).filter(|q| approx.contains_key(q)).collect();
-    let col = |m: &HashMap<String, (f64, f64)>, f: fn(&(f64, f64)) -> f64| {
+    let col = |m: &PerQuery, f: fn(&(f64, f64)) -> f64| {
         Col::F64(ids.iter().map(|q| m.get(q).map(f).unwrap_or(f64::NAN)).collect())
     };
     let mut columns = vec![

@@ -94,7 +94,8 @@ fn doc_to_query(rows: &mut TokenRows, p: &Pair, model: &str, layer: i32, a: &Ten
             continue;
         }
         let row = &w[i * n..(i + 1) * n];
-        let soft: f32 = (0..n).filter(|&j| p.input_ids[j] == d).map(|j| row[j]).sum();
+        // `+ 0.0`: an empty f32 sum is −0.0.
+        let soft: f32 = (0..n).filter(|&j| p.input_ids[j] == d).map(|j| row[j]).sum::<f32>() + 0.0;
         let arg = (0..n).fold(0, |best, j| if row[j] > row[best] { j } else { best });
         rows.push(p, model, "d2q", "soft", layer, i, d, soft);
         rows.push(p, model, "d2q", "hard", layer, i, d, (p.input_ids[arg] == d) as u8 as f32);
@@ -120,6 +121,49 @@ fn query_to_doc(rows: &mut TokenRows, p: &Pair, hard: &Tensor, soft: &Tensor, is
     }
 }
 
+/// Rows of `exact_match.parquet`.
+#[derive(Default)]
+struct BucketRows {
+    model: Vec<String>,
+    direction: Vec<String>,
+    mode: Vec<String>,
+    layer: Vec<i32>,
+    bucket: Vec<i32>,
+    idf_lo: Vec<f64>,
+    idf_hi: Vec<f64>,
+    rate: Vec<f64>,
+    tokens: Vec<i32>,
+}
+
+impl BucketRows {
+    /// One bucket: `chunk` holds its (idf, value) pairs, sorted by idf.
+    fn push(&mut self, (model, direction, mode, layer): (&str, &str, &str, i32), bucket: usize, chunk: &[(f64, f64)]) {
+        self.model.push(model.into());
+        self.direction.push(direction.into());
+        self.mode.push(mode.into());
+        self.layer.push(layer);
+        self.bucket.push(bucket as i32);
+        self.idf_lo.push(chunk[0].0);
+        self.idf_hi.push(chunk[chunk.len() - 1].0);
+        self.rate.push(chunk.iter().map(|x| x.1).sum::<f64>() / chunk.len() as f64);
+        self.tokens.push(chunk.len() as i32);
+    }
+
+    fn table(self) -> Table {
+        Table::new(vec![
+            ("model", Col::Str(self.model)),
+            ("direction", Col::Str(self.direction)),
+            ("mode", Col::Str(self.mode)),
+            ("layer", Col::I32(self.layer)),
+            ("bucket", Col::I32(self.bucket)),
+            ("idf_lo", Col::F64(self.idf_lo)),
+            ("idf_hi", Col::F64(self.idf_hi)),
+            ("rate", Col::F64(self.rate)),
+            ("tokens", Col::I32(self.tokens)),
+        ])
+    }
+}
+
 /// Equal-count IDF buckets of each (model, direction, mode, layer) group's token values.
 fn bucketize(tokens: &Table, idf: &Idf, buckets: usize) -> (Table, serde_json::Value) {
     let (Some(Col::Str(model)), Some(Col::Str(dir)), Some(Col::Str(mode)), Some(Col::I32(layer))) =
@@ -130,15 +174,15 @@ fn bucketize(tokens: &Table, idf: &Idf, buckets: usize) -> (Table, serde_json::V
     let (Some(Col::I32(tok)), Some(Col::F32(val))) = (tokens.col("token"), tokens.col("value")) else {
         unreachable!("token rows have these columns")
     };
-    let mut groups: BTreeMap<(String, String, String, i32), Vec<(f64, f64)>> = BTreeMap::new();
+    // (model, direction, mode, layer) → (idf, value) of each token
+    let mut groups: BTreeMap<(&str, &str, &str, i32), Vec<(f64, f64)>> = BTreeMap::new();
     for i in 0..tok.len() {
         groups
-            .entry((model[i].clone(), dir[i].clone(), mode[i].clone(), layer[i]))
+            .entry((&model[i], &dir[i], &mode[i], layer[i]))
             .or_default()
             .push((idf.idf(tok[i] as i64), val[i] as f64));
     }
-    let mut out: (Vec<String>, Vec<String>, Vec<String>, Vec<i32>, Vec<i32>) = Default::default();
-    let mut stats: (Vec<f64>, Vec<f64>, Vec<f64>, Vec<i32>) = Default::default();
+    let mut rows = BucketRows::default();
     let mut overall = vec![];
     for ((m, d, md, l), mut v) in groups {
         v.sort_by(|a, b| a.0.total_cmp(&b.0));
@@ -146,33 +190,14 @@ fn bucketize(tokens: &Table, idf: &Idf, buckets: usize) -> (Table, serde_json::V
         let k = buckets.min(n).max(1);
         for b in 0..k {
             let chunk = &v[b * n / k..(b + 1) * n / k];
-            if chunk.is_empty() {
-                continue;
+            if !chunk.is_empty() {
+                rows.push((m, d, md, l), b, chunk);
             }
-            out.0.push(m.clone());
-            out.1.push(d.clone());
-            out.2.push(md.clone());
-            out.3.push(l);
-            out.4.push(b as i32);
-            stats.0.push(chunk[0].0);
-            stats.1.push(chunk[chunk.len() - 1].0);
-            stats.2.push(chunk.iter().map(|x| x.1).sum::<f64>() / chunk.len() as f64);
-            stats.3.push(chunk.len() as i32);
         }
         overall.push(json!({"model": m, "direction": d, "mode": md, "layer": l, "tokens": n,
             "rate": v.iter().map(|x| x.1).sum::<f64>() / n.max(1) as f64}));
     }
-    let table = Table::new(vec![
-        ("model", Col::Str(out.0)),
-        ("direction", Col::Str(out.1)),
-        ("mode", Col::Str(out.2)),
-        ("layer", Col::I32(out.3)),
-        ("bucket", Col::I32(out.4)),
-        ("idf_lo", Col::F64(stats.0)),
-        ("idf_hi", Col::F64(stats.1)),
-        ("rate", Col::F64(stats.2)),
-        ("tokens", Col::I32(stats.3)),
-    ]);
+    let table = rows.table();
     (table, json!(overall))
 }
 

@@ -84,8 +84,11 @@ fn augment(ids: &[i64], len: i64, token: i64) -> Vec<i64> {
     v
 }
 
+/// Token id rows, one per pair.
+type Rows = Vec<Vec<i64>>;
+
 /// Per pair: (the doc side's model input, the doc tokens the alignment's rows stand for).
-fn doc_side(ctx: &Context, chosen: &[(usize, i64)]) -> Result<(Vec<Vec<i64>>, Vec<Vec<i64>>)> {
+fn doc_side(ctx: &Context, chosen: &[(usize, i64)]) -> Result<(Rows, Rows)> {
     match &ctx.task.net {
         Net::Generative { model, .. } => {
             let table = ctx.docids()?;

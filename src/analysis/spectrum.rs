@@ -105,3 +105,40 @@ pub fn run(ctx: &Context, opts: &AnalyzeOptions, out: Option<&std::path::Path>) 
     }];
     Ok(Some(Outcome { summary, plots }))
 }
+
+/// One row per sweep point: its name, swept `model.dim` and the ranks of its spectrum.
+pub fn sweep_table(points: &[(String, Option<f64>, serde_json::Value)]) -> Table {
+    let f = |key: &str| Col::F64(points.iter().map(|(_, _, s)| s[key].as_f64().unwrap_or(f64::NAN)).collect());
+    Table::new(vec![
+        ("point", Col::Str(points.iter().map(|p| p.0.clone()).collect())),
+        ("model_dim", Col::F64(points.iter().map(|p| p.1.unwrap_or(f64::NAN)).collect())),
+        ("dim", f("dim")),
+        ("effective_rank", f("effective_rank")),
+        ("stable_rank", f("stable_rank")),
+        ("numerical_rank", f("numerical_rank")),
+        ("max_possible_rank", f("max_possible_rank")),
+    ])
+}
+
+/// Effective (and numerical) rank against the embedding dimension, with the dimension
+/// itself as the bound the corollary states.
+pub fn sweep_plots(points: &[(String, Option<f64>, serde_json::Value)]) -> Vec<Plot> {
+    let mut pts: Vec<(f64, f64, f64)> = points
+        .iter()
+        .filter_map(|(_, _, s)| {
+            Some((s["dim"].as_f64()?, s["effective_rank"].as_f64()?, s["numerical_rank"].as_f64()?))
+        })
+        .collect();
+    pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+    vec![Plot::Lines {
+        stem: "effective-rank-vs-dim".into(),
+        title: "Rank of the query × document score matrix against the embedding dimension".into(),
+        x_label: "embedding dimension".into(),
+        y_label: "rank".into(),
+        series: vec![
+            ("numerical rank (σ > σ₁·1e-6)".into(), pts.iter().map(|p| (p.0, p.2)).collect()),
+            ("effective rank exp H(σ/Σσ)".into(), pts.iter().map(|p| (p.0, p.1)).collect()),
+            ("dimension (the bound)".into(), pts.iter().map(|p| (p.0, p.0)).collect()),
+        ],
+    }]
+}

@@ -85,6 +85,10 @@ pub struct AnalyzeArgs {
     /// heatmap: another `grdr analyze heatmap` output drawn beside this one (MVDR beside GR).
     #[arg(long)]
     pub beside: Option<PathBuf>,
+    /// spectrum: every finished point of this sweep (`grdr sweep`) instead of --run/--model,
+    /// and the effective rank against the swept `model.dim` (Zhang et al. Cor. 3.3).
+    #[arg(long, conflicts_with_all = ["run", "model"])]
+    pub sweep: Option<PathBuf>,
     /// spectrum: documents in the sample (evenly spaced; all when the corpus has fewer; default 2000).
     #[arg(long)]
     pub docs: Option<usize>,
@@ -132,6 +136,7 @@ impl AnalyzeArgs {
         only("--exact", self.exact, What::Calibration)?;
         only("--beam", self.beam.is_some(), What::Calibration)?;
         only("--docs", self.docs.is_some(), What::Spectrum)?;
+        only("--sweep", self.sweep.is_some(), What::Spectrum)?;
         if what == What::Heatmap && self.limit.is_some() {
             return Err(Error::usage("--limit", "heatmap draws the one pair of --query-id/--doc-id"));
         }
@@ -154,10 +159,81 @@ impl AnalyzeArgs {
     }
 
     fn run_rank(&self, comm: &dyn Comm) -> Result<()> {
-        let world = comm.world();
         let opts = self.options()?;
+        if let Some(sweep) = &self.sweep {
+            return self.spectrum_sweep(comm, sweep, &opts);
+        }
+        let out = if comm.world().is_coordinator() { Some(TempDir::new(&self.output, self.overwrite)?) } else { None };
+        let Some((mut outcome, data)) = self.analyze_one(comm, &self.subject, &opts, out.as_ref().map(|o| o.path()))?
+        else {
+            return Ok(());
+        };
+        let out = out.expect("rank 0 has the output");
+        if let serde_json::Value::Object(m) = &mut outcome.summary {
+            m.insert("subject".into(), self.subject.name().into());
+            m.insert("data".into(), data.into());
+        }
+        finish(out.path(), &outcome)?;
+        let dest = out.commit()?;
+        println!("{}", serde_json::to_string_pretty(&outcome.summary).unwrap_or_default());
+        tracing::info!("wrote {}", dest.display());
+        Ok(())
+    }
+
+    /// Spectrum of every finished point of a sweep: one subdirectory per point, and
+    /// `spectrum_sweep.parquet` + effective rank against `model.dim`.
+    fn spectrum_sweep(&self, comm: &dyn Comm, sweep: &std::path::Path, opts: &AnalyzeOptions) -> Result<()> {
+        let results = crate::report::collect(sweep)?;
+        let done: Vec<_> = results.rows.iter().filter(|r| r.state == crate::report::collect::DONE).collect();
+        if done.is_empty() {
+            return Err(Error::usage("--sweep", format!("{} has no finished point", sweep.display())));
+        }
+        let out = if comm.world().is_coordinator() { Some(TempDir::new(&self.output, self.overwrite)?) } else { None };
+        let mut rows = Vec::new();
+        for point in &done {
+            let subject =
+                SubjectArgs { run: Some(point.run_dir.clone()), data: self.subject.data.clone(), ..Default::default() };
+            let dir = out.as_ref().map(|o| o.path().join(&point.name));
+            if let Some(d) = &dir {
+                std::fs::create_dir_all(d).map_err(|e| Error::io(d, "cannot create", e))?;
+            }
+            if let (Some((outcome, _)), Some(d)) = (self.analyze_one(comm, &subject, opts, dir.as_deref())?, &dir) {
+                finish(d, &outcome)?;
+                rows.push((
+                    point.name.clone(),
+                    point.values.get("model.dim").and_then(|v| v.as_f64()),
+                    outcome.summary,
+                ));
+            }
+        }
+        let Some(out) = out else { return Ok(()) };
+        let table = crate::analysis::spectrum::sweep_table(&rows);
+        crate::analysis::table::write_table(&out.path().join("spectrum_sweep.parquet"), &table)?;
+        let summary = serde_json::json!({
+            "analysis": "spectrum", "sweep": sweep.display().to_string(),
+            "points": rows.iter().map(|(name, dim, s)| serde_json::json!({"point": name, "model.dim": dim,
+                "dim": s["dim"], "effective_rank": s["effective_rank"], "stable_rank": s["stable_rank"],
+                "numerical_rank": s["numerical_rank"]})).collect::<Vec<_>>(),
+        });
+        let outcome = analysis::Outcome { summary, plots: crate::analysis::spectrum::sweep_plots(&rows) };
+        finish(out.path(), &outcome)?;
+        let dest = out.commit()?;
+        println!("{}", serde_json::to_string_pretty(&outcome.summary).unwrap_or_default());
+        tracing::info!("wrote {}", dest.display());
+        Ok(())
+    }
+
+    /// One model's analysis; rank 0 gets the outcome and the dataset it read.
+    fn analyze_one(
+        &self,
+        comm: &dyn Comm,
+        subject_args: &SubjectArgs,
+        opts: &AnalyzeOptions,
+        out: Option<&std::path::Path>,
+    ) -> Result<Option<(analysis::Outcome, String)>> {
+        let world = comm.world();
         let device = crate::device::parse_device(&self.device, world.local_rank, "--device")?;
-        let subject = self.subject.resolve(device)?;
+        let subject = subject_args.resolve(device)?;
         let mut eval = subject.opts.clone();
         if let Some(s) = &self.split {
             eval.split = s.clone();
@@ -175,37 +251,33 @@ impl AnalyzeArgs {
             eval.beam = self.beam;
         }
         eval.validate()?;
-        let out = if world.is_coordinator() { Some(TempDir::new(&self.output, self.overwrite)?) } else { None };
         let docids = subject.docids.as_deref().map(DocidTable::read).transpose()?;
-        let task = self.subject.build_task(&subject, device, docids.as_ref())?;
+        let task = subject_args.build_task(&subject, device, docids.as_ref())?;
         task.check_lengths(&[("--query-max-len", eval.query_max_len), ("--doc-max-len", eval.doc_max_len)])?;
         let ds = Dataset::open(&subject.data)?;
         if self.verify {
             ds.verify()?;
         }
         let what = What::from(self.what);
-        let outcome =
-            analysis::analyze(comm, &task, &ds, docids.as_ref(), &eval, &opts, what, out.as_ref().map(|o| o.path()))?;
-        let (Some(mut outcome), Some(out)) = (outcome, out) else { return Ok(()) };
-
-        // ---- Rank 0: summary and figures --------------------------------------------------
-        if let serde_json::Value::Object(m) = &mut outcome.summary {
-            m.insert("grdr_version".into(), crate::VERSION.into());
-            m.insert("subject".into(), self.subject.name().into());
-            m.insert("data".into(), subject.data.display().to_string().into());
-        }
-        analysis::write_summary(out.path(), &outcome.summary)?;
-        if !outcome.plots.is_empty() {
-            crate::report::font::ensure_registered(None)?;
-        }
-        for plot in &outcome.plots {
-            draw(out.path(), plot)?;
-        }
-        let dest = out.commit()?;
-        println!("{}", serde_json::to_string_pretty(&outcome.summary).unwrap_or_default());
-        tracing::info!("wrote {}", dest.display());
-        Ok(())
+        let outcome = analysis::analyze(comm, &task, &ds, docids.as_ref(), &eval, opts, what, out)?;
+        Ok(outcome.map(|o| (o, subject.data.display().to_string())))
     }
+}
+
+/// Rank 0: `summary.json` and the figures of an outcome, into `dir`.
+fn finish(dir: &std::path::Path, outcome: &analysis::Outcome) -> Result<()> {
+    let mut summary = outcome.summary.clone();
+    if let serde_json::Value::Object(m) = &mut summary {
+        m.insert("grdr_version".into(), crate::VERSION.into());
+    }
+    analysis::write_summary(dir, &summary)?;
+    if !outcome.plots.is_empty() {
+        crate::report::font::ensure_registered(None)?;
+    }
+    for plot in &outcome.plots {
+        draw(dir, plot)?;
+    }
+    Ok(())
 }
 
 /// Draws an analysis figure through the report plotting.

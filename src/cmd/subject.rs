@@ -21,8 +21,8 @@ pub enum ModelKindArg {
     Generative,
 }
 
-#[derive(Debug, Args)]
-#[command(group(clap::ArgGroup::new("model_or_run").required(true).args(["run", "model"])))]
+#[derive(Debug, Default, Args)]
+#[command(group(clap::ArgGroup::new("model_or_run").args(["run", "model"])))]
 pub struct SubjectArgs {
     /// A training run directory: its config.toml and newest checkpoints/step-N/ are evaluated.
     #[arg(long)]
@@ -186,7 +186,7 @@ impl SubjectArgs {
                 let opts = EvalOptions::for_model(spec.max_len, device);
                 Ok(Subject { opts, data, docids: self.docids.clone(), checkpoint: None, model: cfg })
             }
-            (None, None) => unreachable!("clap requires --run or --model"),
+            (None, None) => Err(Error::usage("--run", "name the model: --run RUNDIR or --model NAME|DIR")),
         }
     }
 

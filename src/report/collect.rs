@@ -58,6 +58,8 @@ pub struct PointRow {
     /// `eval/metrics.json` as written (empty when not evaluated yet).
     pub metrics: Map<String, Value>,
     pub training: Training,
+    /// The point's run directory (`SWEEPDIR/points/<name>/run`).
+    pub run_dir: std::path::PathBuf,
 }
 
 #[derive(Debug, Clone)]
@@ -145,6 +147,7 @@ fn read_point(sweep_dir: &Path, spec: PointEntry) -> Result<PointRow> {
             final_loss,
             mean_samples_per_s,
         },
+        run_dir: run,
     })
 }
 

@@ -58,7 +58,8 @@ fn draw_panel<DB: DrawingBackend>(
         .margin(10)
         .x_label_area_size(MARGIN_BOTTOM - 30)
         .y_label_area_size(MARGIN_LEFT - 20)
-        .build_cartesian_2d((0..n.max(1)).into_segmented(), (0..m.max(1)).into_segmented())?;
+        // An integer range's segments include its end: 0..n-1 gives the n cells.
+        .build_cartesian_2d((0..n.max(1) - 1).into_segmented(), (0..m.max(1) - 1).into_segmented())?;
     let label = |names: &[String], v: &SegmentValue<i32>, flip: bool| -> String {
         match v {
             SegmentValue::CenterOf(i) => {
@@ -68,22 +69,8 @@ fn draw_panel<DB: DrawingBackend>(
             _ => String::new(),
         }
     };
-    chart
-        .configure_mesh()
-        .disable_mesh()
-        .x_labels(n as usize)
-        .y_labels(m as usize)
-        .x_label_formatter(&|v| label(&p.cols, v, false))
-        .y_label_formatter(&|v| label(&p.rows, v, true))
-        .x_label_style(
-            TextStyle::from((FAMILY, 12).into_font().transform(FontTransform::Rotate90))
-                .pos(Pos::new(HPos::Left, VPos::Center)),
-        )
-        .y_label_style((FAMILY, 12))
-        .x_desc(&p.col_label)
-        .y_desc(&p.row_label)
-        .axis_desc_style((FAMILY, 14))
-        .draw()?;
+    // The cells first: the rotated column labels start at the plot's edge, and cells drawn
+    // after them would cover their first letters.
     chart.draw_series(p.values.iter().enumerate().flat_map(|(i, row)| {
         let y = m - 1 - i as i32;
         row.iter().enumerate().map(move |(j, &v)| {
@@ -97,6 +84,27 @@ fn draw_panel<DB: DrawingBackend>(
             )
         })
     }))?;
+    chart
+        .configure_mesh()
+        .disable_mesh()
+        .x_labels(n as usize)
+        .y_labels(m as usize)
+        // Column labels are drawn below, rotated, starting at the plot's edge.
+        .x_label_formatter(&|_| String::new())
+        .y_label_formatter(&|v| label(&p.rows, v, true))
+        .y_label_style((FAMILY, 12))
+        .x_desc(&p.col_label)
+        .y_desc(&p.row_label)
+        .axis_desc_style((FAMILY, 14))
+        .draw()?;
+    let style = TextStyle::from((FAMILY, 12).into_font().transform(FontTransform::Rotate90))
+        .pos(Pos::new(HPos::Left, VPos::Center));
+    let base = area.get_base_pixel();
+    for j in 0..n {
+        let (x, y) = chart.backend_coord(&(SegmentValue::CenterOf(j), SegmentValue::Exact(0)));
+        let text = label(&p.cols, &SegmentValue::CenterOf(j), false);
+        area.draw(&Text::new(text, (x - base.0, y - base.1 + 6), style.clone()))?;
+    }
     Ok(())
 }
 
