@@ -16,6 +16,8 @@ structural problems (missing or duplicated cells, wrong row counts) are reported
     colbert      MODEL ALIGN_OUT EXACT_OUT DATA   HF BERT + grdr head → S; exact match
     low-rank     MODEL OUT                 HF attention + numpy ‖A − R‖, SVD, ‖W_Qᵀ W_K‖
     spectrum     MODEL DATA OUT --limit N --docs K --query-max-len L --doc-max-len L
+    gr-calibration MODEL DOCIDS DATA OUT --limit N --beam W --query-max-len L
+                 HF log-likelihood of every atomic docid → exact and beam Brier
     same         DIR_A DIR_B               two analyze outputs hold the same rows
 
 Floating point: grdr computes in f32, the references here in f64 (HF models are loaded in
@@ -846,6 +848,219 @@ def cmd_spectrum(a):
 
 
 # ---------------------------------------------------------------------------------------
+# GR calibration (atomic docids): every docid's sequence log-likelihood from HF
+# ---------------------------------------------------------------------------------------
+def logsumexp(x):
+    m = x.max()
+    return float(m + np.log(np.exp(x - m).sum()))
+
+
+def brier_of(ll, rel_idx, r):
+    """(Brier, mean p of the relevant) of p = softmax(ll); `rel_idx` the relevant docids'
+    positions in `ll` (those outside the considered set count with p = 0), r = |relevant|."""
+    p = np.exp(ll - logsumexp(ll))
+    p_rel = np.zeros(r)
+    p_rel[: len(rel_idx)] = p[rel_idx]
+    return float((p * p).sum() - 2.0 / r * p_rel.sum() + 1.0 / r), float(p_rel.mean())
+
+
+def atomic_log_likelihoods(m, query_ids, base, n_docs, eos, chunk, check):
+    """log p([base + i, eos] | query) for every docid i, teacher forced from
+    decoder_start_token_id, log-softmax over the whole vocabulary at each position (f64), and
+    the first position's log-softmax (what the beam's first step ranks).
+
+    HF's full forward makes (docids × 2 × vocabulary) logits, mostly the first position's,
+    which is the same for every docid: too slow in f64 for every docid. So both positions
+    come from HF's decoder and HF's own output head (`scale_decoder_outputs` then `lm_head`,
+    as T5ForConditionalGeneration.forward does), position 0 once, and the `check` docids are
+    also scored by HF's full forward: `self_fast_path_abs`, `self_first_step_abs`."""
+    import torch
+
+    start = m.config.decoder_start_token_id
+    ids = torch.tensor([query_ids], dtype=torch.long)
+    mask = torch.ones_like(ids)
+    scale = m.config.d_model**-0.5 if getattr(m.config, "scale_decoder_outputs", m.config.tie_word_embeddings) else 1.0
+
+    def full(docs):
+        """HF's own forward over [start, base + d] for docids `docs`: ll and position 0's log p."""
+        n = len(docs)
+        dec = torch.tensor([[start, base + d] for d in docs], dtype=torch.long)
+        with torch.no_grad():
+            o = m(input_ids=ids.expand(n, -1), attention_mask=mask.expand(n, -1), decoder_input_ids=dec)
+        lp = torch.log_softmax(o.logits.double(), dim=-1).numpy()  # (n, 2, V)
+        return lp[np.arange(n), 0, base + np.asarray(docs)] + lp[:, 1, eos], lp[0, 0]
+
+    with torch.no_grad():
+        enc = m.get_encoder()(input_ids=ids, attention_mask=mask).last_hidden_state
+    ll = np.empty(n_docs)
+    first = None
+    for lo in range(0, n_docs, chunk):
+        hi = min(n_docs, lo + chunk)
+        n = hi - lo
+        tok = torch.arange(base + lo, base + hi, dtype=torch.long)
+        dec = torch.stack([torch.full((n,), start, dtype=torch.long), tok], dim=1)  # (n, 2)
+        with torch.no_grad():
+            h = m.decoder(
+                input_ids=dec,
+                encoder_hidden_states=enc.expand(n, -1, -1),
+                encoder_attention_mask=mask.expand(n, -1),
+            ).last_hidden_state  # (n, 2, D)
+            if first is None:
+                first = torch.log_softmax(m.lm_head(h[0, 0] * scale).double(), dim=-1).numpy()
+            z = m.lm_head(h[:, 1] * scale).double()  # (n, V)
+        # log Σ exp z per row, shifted by the chunk's largest logit (in place: torch's
+        # logsumexp is 3× slower in f64); a row ~700 below it would underflow to −∞ and
+        # make its ll +∞, which the caller refuses (`problems`).
+        top = z.max()
+        z_eos = z[:, eos].clone()
+        lse = z.sub_(top).exp_().sum(dim=-1).log_() + top
+        lp_eos = (z_eos - lse).numpy()
+        ll[lo:hi] = first[base + lo : base + hi] + lp_eos
+    ref_ll, ref_first = full(check)
+    dev = {
+        "self_fast_path_abs": float(np.abs(ll[check] - ref_ll).max()),
+        "self_first_step_abs": float(np.abs(first - ref_first).max()),
+    }
+    return ll, first, dev
+
+
+def hf_beam(m, query_ids, base, n_docs, eos, width):
+    """HF transformers' own constrained beam search: generate(num_beams=W,
+    length_penalty=0) over the atomic docid trie (docid token, then eos). Docid indices, best first."""
+    import torch
+
+    start = m.config.decoder_start_token_id
+    docid_tokens = list(range(base, base + n_docs))
+
+    def allowed(_batch, prefix):
+        n = len(prefix)
+        return docid_tokens if n == 1 else [eos] if n == 2 else [m.config.pad_token_id]
+
+    ids = torch.tensor([query_ids], dtype=torch.long)
+    with torch.no_grad():
+        g = m.generate(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            decoder_start_token_id=start,
+            num_beams=width,
+            num_return_sequences=width,
+            length_penalty=0.0,
+            early_stopping=False,
+            do_sample=False,
+            max_new_tokens=2,
+            prefix_allowed_tokens_fn=allowed,
+            return_dict_in_generate=True,
+            output_scores=True,
+        )
+    seqs = g.sequences.tolist()
+    return [s[1] - base for s in seqs], [float(x) for x in g.sequences_scores]
+
+
+def cmd_gr_calibration(a):
+    m = load_t5(a.model)
+    cfg = m.config
+    eos = cfg.eos_token_id
+    tok_json = os.path.join(a.model, "tokenizer.json")
+    problems = []
+    # The docid file: one atomic docid per document, document doc_idx i → token base + i,
+    # base = the vocabulary before the docid tokens (the exported tokenizer names them <d{i}>).
+    dt = table(a.docids)
+    doc_ids, _ = corpus(a.data)
+    n_docs = len(doc_ids)
+    if sorted(dt["doc_idx"]) != list(range(n_docs)) or any(len(t) != 1 for t in dt["tokens"]):
+        problems.append("the docid file is not one atomic docid per document")
+    base = cfg.vocab_size - n_docs
+    tk = tokenizer(tok_json)
+    if tk.token_to_id("<d0>") != base or tk.token_to_id(f"<d{n_docs - 1}>") != base + n_docs - 1:
+        problems.append(f"tokenizer: <d0> = {tk.token_to_id('<d0>')}, base {base}")
+    doc_idx = {d: i for i, d in enumerate(doc_ids)}
+
+    queries, relevant = judged_queries(a.data, a.split)
+    queries = queries[: a.limit]
+    qtok = tokenizer(tok_json, a.query_max_len)
+    got = table(os.path.join(a.out, "calibration.parquet"))
+    s = summary(a.out)
+    if list(got["query_id"]) != [q for q, _ in queries]:
+        problems.append(f"calibration.parquet query_id {got['query_id']} != {[q for q, _ in queries]}")
+    dev = defaultdict(float)
+    per_query, beams = [], {}
+    ref_cols = defaultdict(list)
+    for row, (qid, text) in enumerate(queries):
+        rel = sorted({doc_idx[d] for d in relevant.get(qid, []) if d in doc_idx})
+        check = sorted(set(range(16)) | set(rel) | {n_docs - 1})
+        ll, first, self_dev = atomic_log_likelihoods(m, qtok.encode(text).ids, base, n_docs, eos, a.chunk, check)
+        for k, v in self_dev.items():
+            dev[k] = max(dev[k], v)
+        if not np.isfinite(ll).all():
+            problems.append(f"query {qid}: {int((~np.isfinite(ll)).sum())} non-finite reference log-likelihoods")
+        r = max(len(rel), 1)
+        brier_exact, p_exact = brier_of(ll, rel, r)
+        # The beam: HF's rule on a depth-2 trie keeps the W best first tokens (log p of the
+        # docid token), each finished by its only continuation, eos; then renormalised.
+        by_first = np.argsort(-first[base : base + n_docs], kind="stable")[: a.beam]
+        by_ll = np.argsort(-ll, kind="stable")[: a.beam]
+        beam = by_first
+        in_beam = [i for i, d in enumerate(beam) if d in set(rel)]
+        brier_beam, p_beam = brier_of(ll[beam], in_beam, r)
+        in_top = [i for i, d in enumerate(by_ll) if d in set(rel)]
+        brier_top, p_top = brier_of(ll[by_ll], in_top, r)
+        hf_docs, hf_scores = hf_beam(m, qtok.encode(text).ids, base, n_docs, eos, a.beam)
+        if sorted(hf_docs) != sorted(beam.tolist()):
+            problems.append(f"query {qid}: HF generate's beam {hf_docs} != the {a.beam} best first tokens {beam.tolist()}")
+        else:
+            dev["hf_generate_score_abs"] = max(dev["hf_generate_score_abs"], float(np.abs(np.asarray(hf_scores) - ll[hf_docs]).max()))
+        ref = {"brier_exact": brier_exact, "p_relevant_exact": p_exact, "brier_beam": brier_beam, "p_relevant_beam": p_beam}
+        for k, v in ref.items():
+            ref_cols[k].append(v)
+        if row < len(got["query_id"]) and got["query_id"][row] == qid:
+            for k, v in ref.items():
+                dev[f"{k}_abs"] = max(dev[f"{k}_abs"], abs(got[k][row] - v))
+                if k.startswith("p_") and v > 0:
+                    dev[f"{k}_rel"] = max(dev[f"{k}_rel"], abs(got[k][row] - v) / v)
+            # Σ p² = Brier − 1/r + 2·mean p_relevant: the part every docid contributes to.
+            for kind in ["exact", "beam"]:
+                want = ref[f"brier_{kind}"] - 1.0 / r + 2 * ref[f"p_relevant_{kind}"]
+                have = got[f"brier_{kind}"][row] - 1.0 / r + 2 * got[f"p_relevant_{kind}"][row]
+                dev[f"sum_p2_{kind}_rel"] = max(dev[f"sum_p2_{kind}_rel"], abs(have - want) / want)
+            dev["brier_beam_vs_top_ll_abs"] = max(dev["brier_beam_vs_top_ll_abs"], abs(got["brier_beam"][row] - brier_top))
+        beams[qid] = {
+            "relevant": rel,
+            "beam": beam.tolist(),
+            "top_ll": by_ll.tolist(),
+            "hf_generate": hf_docs,
+            "beam_is_top_ll": sorted(beam.tolist()) == sorted(by_ll.tolist()),
+            "brier_exact": brier_exact,
+            "brier_beam": brier_beam,
+            "brier_top_ll": brier_top,
+            "p_max_exact": float(np.exp(ll.max() - logsumexp(ll))),
+        }
+    # summary.json: the counts, and the means of the per-query values.
+    for key, want in [("docids", n_docs), ("queries", len(queries))]:
+        if s.get(key) != want:
+            problems.append(f"summary {key} {s.get(key)} != {want}")
+    if s.get("beam", {}).get("width") != a.beam:
+        problems.append(f"summary beam.width {s.get('beam', {}).get('width')} != {a.beam}")
+    col = lambda k: np.asarray(got[k], dtype=np.float64)  # noqa: E731
+    for path, v in [
+        (("beam", "calibration", "Brier"), col("brier_beam").mean()),
+        (("beam", "calibration", "p_relevant"), col("p_relevant_beam").mean()),
+        (("exact", "calibration", "Brier"), col("brier_exact").mean()),
+        (("exact", "calibration", "p_relevant"), col("p_relevant_exact").mean()),
+        (("brier_beam_minus_exact", "mean"), (col("brier_beam") - col("brier_exact")).mean()),
+        (("brier_beam_minus_exact", "max_abs"), np.abs(col("brier_beam") - col("brier_exact")).max()),
+    ]:
+        x = s
+        for k in path:
+            x = x.get(k, {}) if isinstance(x, dict) else {}
+        if not isinstance(x, (int, float)):
+            problems.append(f"summary {'.'.join(path)} missing")
+            continue
+        dev["summary_abs"] = max(dev["summary_abs"], abs(x - float(v)))
+    emit({"queries": len(queries), "docids": n_docs, "base": base, "beams": beams,
+          "problems": problems[:20], **dev})
+
+
+# ---------------------------------------------------------------------------------------
 # same: two analyze outputs (1 rank, N ranks) hold the same rows
 # ---------------------------------------------------------------------------------------
 def cmd_same(a):
@@ -954,6 +1169,17 @@ def main(argv):
     p.add_argument("--doc-max-len", type=int, required=True)
     p.add_argument("--split", default="test")
     p.set_defaults(fn=cmd_spectrum)
+    p = sub.add_parser("gr-calibration")
+    p.add_argument("model")
+    p.add_argument("docids")
+    p.add_argument("data")
+    p.add_argument("out")
+    p.add_argument("--limit", type=int, required=True)
+    p.add_argument("--beam", type=int, required=True)
+    p.add_argument("--query-max-len", type=int, required=True)
+    p.add_argument("--split", default="test")
+    p.add_argument("--chunk", type=int, default=512)
+    p.set_defaults(fn=cmd_gr_calibration)
     p = sub.add_parser("same")
     p.add_argument("a")
     p.add_argument("b")

@@ -9,9 +9,12 @@
 //! - ColBERT alignment and exact match: S from HF BERT + the exported head, the four readings
 //!   of S, the exact-match rates from alignment.parquet + pairs.parquet;
 //! - DR spectrum: sentence-transformers on the exported model;
+//! - GR calibration (atomic docids): every docid's log-likelihood from HF, the exact and
+//!   the beam's Brier (the beam HF's own constrained `generate` returns);
 //! - `pairs.parquet` itself from the dataset and tokenizer;
 //!
-//! and 2 ranks (launcher/grdr-launch) write the rows 1 rank does; misuse exits 2.
+//! and 2 ranks (launcher/grdr-launch) write the rows 1 rank does; `spectrum --sweep` over a
+//! `model.dim` sweep writes each point's `--run` spectrum; misuse exits 2.
 //!
 //! Tolerances: grdr computes in f32, the references in f64, so every comparison allows f32
 //! rounding with a wide margin (measured deviations are ~1e-7; each bound says why it is
@@ -406,6 +409,187 @@ fn dr_spectrum_matches_sentence_transformers() {
     for k in ["normalized_abs", "share_abs", "own_effective_rank_rel", "own_stable_rank_rel"] {
         at_most(&v, k, 1e-12);
     }
+}
+
+/// Queries and beam of the calibration check (atomic docids: 5,183 docids, each
+/// `[base + doc_idx, eos]`, so the exact distribution is one decoder step per docid).
+const CALIBRATION_QUERIES: &str = "3";
+const CALIBRATION_BEAM: &str = "10";
+
+/// GR calibration (atomic docids) = HF transformers: every docid's sequence log-likelihood
+/// (teacher forced, log-softmax over the whole vocabulary) from the exported model, p the
+/// softmax over all docids (exact) or over the beam's docids — the ones HF's own
+/// `generate(num_beams=10, length_penalty=0)` returns under the same trie — and the Brier
+/// score and mean p of the relevant docids per query; summary.json holds their means.
+#[test]
+fn calibration_exact_matches_transformers() {
+    let run = gr_atomic_run();
+    let extra = ["--exact", "--limit", CALIBRATION_QUERIES, "--beam", CALIBRATION_BEAM];
+    let (out, s) = analyzed("gr-calibration", "calibration", run, &extra);
+    assert_eq!(s["model"], "gr");
+    let counts =
+        (s["docids"].as_u64(), s["queries"].as_u64(), s["beam"]["width"].as_u64(), s["exact"]["width"].as_u64());
+    assert_eq!(counts, (Some(5183), Some(3), Some(10), Some(5183)), "{s}");
+    for f in ["calibration.parquet", "brier-beam-vs-exact.png", "brier-beam-vs-exact.svg"] {
+        assert!(out.join(f).is_file(), "{f} missing");
+    }
+    let docids = root().join("atomic.parquet");
+    assert!(docids.is_file(), "the atomic docids tiny_generative wrote");
+    let Some(v) = reference(&[
+        "gr-calibration",
+        path(&run.join("model")),
+        path(&docids),
+        path(dataset()),
+        path(&out),
+        "--limit",
+        CALIBRATION_QUERIES,
+        "--beam",
+        CALIBRATION_BEAM,
+        "--query-max-len",
+        "16",
+    ]) else {
+        return;
+    };
+    // Structure: the first 3 judged test queries in query order, one atomic docid per
+    // document at base + doc_idx (the exported tokenizer's <d0>…), summary counts, HF's
+    // generate returning the beam the reference computes.
+    no_problems(&v, "calibration");
+    assert_eq!((v["queries"].as_u64(), v["docids"].as_u64()), (Some(3), Some(5183)), "{v}");
+    // The reference against itself: its fast path (HF's decoder + HF's output head at the
+    // last position) = HF's full forward, in f64.
+    at_most(&v, "self_fast_path_abs", 1e-10);
+    at_most(&v, "self_first_step_abs", 1e-10);
+    // HF's generate accumulates beam scores in f32: ~1e-6 on log-likelihoods of ~−21.
+    at_most(&v, "hf_generate_score_abs", 1e-4);
+    // grdr sums f32 log-softmaxes over 37,283 logits (each ~10 in magnitude, ulp ~1e-6), the
+    // reference f64: p is off by ~1e-6 relative (measured 1.3e-6), so Brier = Σp² − 2·p̄_rel
+    // + 1/r (Σp² ≈ 2e-4 exact, ≈ 0.14 over the beam) by ~3e-7 (measured 2e-9 exact, 9e-8
+    // beam): 1e-5 absolute. Relative to themselves (2e-5, 10× the f32 estimate): p̄_rel and
+    // Σp², so that one docid missing from the normaliser (p ≈ 1/5183 → 2e-4 relative) fails
+    // although the Brier of this near-uniform model stays near 1.
+    for k in ["brier_exact_abs", "p_relevant_exact_abs", "brier_beam_abs", "p_relevant_beam_abs"] {
+        at_most(&v, k, 1e-5);
+    }
+    for k in ["p_relevant_exact_rel", "sum_p2_exact_rel", "sum_p2_beam_rel"] {
+        at_most(&v, k, 2e-5);
+    }
+    // summary.json's Brier, p_relevant and brier_beam_minus_exact are the per-query means.
+    at_most(&v, "summary_abs", 1e-12);
+    // Not asserted, reported: HF's beam keeps the 10 best *first* tokens, which here are not
+    // the 10 best docids by log-likelihood (`beam_is_top_ll`); normalising over those would
+    // be `brier_beam_vs_top_ll_abs` (measured 0.029) away from what grdr writes.
+}
+
+/// `spectrum --sweep`: a 2-point sweep of `model.dim` (8, 16) of the tiny dual encoder, run
+/// by `grdr sweep --backend local`; one row per point with its swept dimension, the figure,
+/// and each point's spectrum.parquet byte for byte what `--run` on that point writes.
+#[test]
+fn spectrum_over_a_dim_sweep() {
+    let dir = root().join("dim-sweep");
+    std::fs::create_dir_all(&dir).unwrap();
+    write_config(&dir, "dual.toml", &tiny_dual(dataset()));
+    let spec = write_config(
+        &dir,
+        "sweep.toml",
+        "name = \"dim-tiny\"\nbase = \"dual.toml\"\nranks = 1\n\n[[axis]]\nkey = \"model.dim\"\nvalues = [8, 16]\n",
+    );
+    let sw = dir.join("sw");
+    let run =
+        |args: &[&str]| Command::new(bin()).args(args).env("CI", "1").env("OMP_NUM_THREADS", "1").output().unwrap();
+    ok(&run(&["sweep", path(&spec), "--backend", "local", "--output", path(&sw)]));
+    let points: Vec<(String, f64)> = read_json(&sw.join("sweep.json"))["points"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["name"].as_str().unwrap().to_string(), p["values"]["model.dim"].as_f64().unwrap()))
+        .collect();
+    assert_eq!(points.iter().map(|p| p.1).collect::<Vec<_>>(), [8.0, 16.0], "{points:?}");
+
+    let sample = ["--docs", "200", "--limit", "40", "--device", "cpu"];
+    let out = dir.join("spectrum");
+    ok(&run(&[&["analyze", "spectrum", "--sweep", path(&sw), "--output", path(&out)][..], &sample].concat()));
+    let table = parquet_columns(&out.join("spectrum_sweep.parquet"));
+    assert_eq!(table.strings["point"], points.iter().map(|p| p.0.clone()).collect::<Vec<_>>());
+    let summary = read_json(&out.join("summary.json"));
+    for (i, (name, dim)) in points.iter().enumerate() {
+        let f = |c: &str| table.floats[c][i];
+        assert_eq!((f("model_dim"), f("dim")), (*dim, *dim), "{name}: the swept value is the embedding's dim");
+        assert!(f("numerical_rank") >= 1.0 && f("numerical_rank") <= *dim, "{name}: rank ≤ dim");
+        assert!(f("effective_rank") >= 1.0 && f("effective_rank") <= f("numerical_rank") + 1e-9, "{name}");
+        assert_eq!(f("max_possible_rank"), *dim, "{name}: min(dim, 40 queries, 200 docs)");
+        // The row is the point's own summary; its subdirectory what `--run` writes.
+        let own = read_json(&out.join(name).join("summary.json"));
+        assert_eq!(
+            (own["dim"].as_f64(), own["queries"].as_u64(), own["docs"].as_u64()),
+            (Some(*dim), Some(40), Some(200))
+        );
+        for k in ["effective_rank", "stable_rank", "numerical_rank"] {
+            assert_eq!(own[k].as_f64(), Some(f(k)), "{name}: {k}");
+            assert_eq!(summary["points"][i][k].as_f64(), Some(f(k)), "{name}: summary.json {k}");
+        }
+        let alone = dir.join(format!("alone-{name}"));
+        let point_run = sw.join("points").join(name).join("run");
+        ok(
+            &run(&[&["analyze", "spectrum", "--run", path(&point_run), "--output", path(&alone)][..], &sample].concat()),
+        );
+        let (a, b) = (out.join(name).join("spectrum.parquet"), alone.join("spectrum.parquet"));
+        assert!(std::fs::read(&a).unwrap() == std::fs::read(&b).unwrap(), "{} != {}", a.display(), b.display());
+    }
+    for f in ["effective-rank-vs-dim.png", "effective-rank-vs-dim.svg"] {
+        assert!(std::fs::metadata(out.join(f)).map(|m| m.len() > 1000).unwrap_or(false), "{f} missing or empty");
+    }
+
+    // --sweep is spectrum's, instead of --run/--model: refused (exit 2), nothing written.
+    let point_run = sw.join("points").join(&points[0].0).join("run");
+    let point_model = point_run.join("model");
+    let cases: [(&str, Vec<&str>, &str); 3] = [
+        ("with-run", vec!["spectrum", "--run", path(&point_run)], "--run"),
+        ("with-model", vec!["spectrum", "--model", path(&point_model)], "--model"),
+        ("calibration", vec!["calibration"], "spectrum"),
+    ];
+    for (name, args, word) in cases {
+        let bad = dir.join(format!("bad-{name}"));
+        let o = run(
+            &[&["analyze"][..], &args, &["--sweep", path(&sw), "--output", path(&bad), "--device", "cpu"]].concat()
+        );
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{name}: {stderr}");
+        assert!(stderr.contains("--sweep") && stderr.contains(word), "{name}: {stderr}");
+        assert!(!bad.exists(), "{name}: a refused analysis wrote {}", bad.display());
+    }
+}
+
+/// A Parquet file's string and f64 columns, by name (any other type fails).
+#[derive(Default)]
+struct Columns {
+    strings: std::collections::HashMap<String, Vec<String>>,
+    floats: std::collections::HashMap<String, Vec<f64>>,
+}
+
+fn parquet_columns(p: &Path) -> Columns {
+    use arrow_array::{cast::AsArray, types::Float64Type};
+    use arrow_schema::DataType;
+    let file = std::fs::File::open(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file).unwrap().build().unwrap();
+    let mut cols = Columns::default();
+    for batch in reader {
+        let batch = batch.unwrap();
+        for (field, c) in batch.schema().fields().iter().zip(batch.columns()) {
+            let name = field.name().clone();
+            match c.data_type() {
+                DataType::Utf8 => cols
+                    .strings
+                    .entry(name)
+                    .or_default()
+                    .extend(c.as_string::<i32>().iter().map(|s| s.unwrap_or_default().to_string())),
+                DataType::Float64 => {
+                    cols.floats.entry(name).or_default().extend(c.as_primitive::<Float64Type>().values().iter())
+                }
+                other => panic!("{}: column {name} is {other}", p.display()),
+            }
+        }
+    }
+    cols
 }
 
 /// 2 ranks write the rows 1 rank does: uneven batch counts (3 pairs per batch: 3 batches

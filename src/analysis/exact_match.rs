@@ -121,6 +121,9 @@ fn query_to_doc(rows: &mut TokenRows, p: &Pair, hard: &Tensor, soft: &Tensor, is
     }
 }
 
+/// (model, direction, mode, layer): the token values of one group are bucketed together.
+type Group<'a> = (&'a str, &'a str, &'a str, i32);
+
 /// Rows of `exact_match.parquet`.
 #[derive(Default)]
 struct BucketRows {
@@ -137,7 +140,7 @@ struct BucketRows {
 
 impl BucketRows {
     /// One bucket: `chunk` holds its (idf, value) pairs, sorted by idf.
-    fn push(&mut self, (model, direction, mode, layer): (&str, &str, &str, i32), bucket: usize, chunk: &[(f64, f64)]) {
+    fn push(&mut self, (model, direction, mode, layer): Group, bucket: usize, chunk: &[(f64, f64)]) {
         self.model.push(model.into());
         self.direction.push(direction.into());
         self.mode.push(mode.into());
@@ -174,8 +177,7 @@ fn bucketize(tokens: &Table, idf: &Idf, buckets: usize) -> (Table, serde_json::V
     let (Some(Col::I32(tok)), Some(Col::F32(val))) = (tokens.col("token"), tokens.col("value")) else {
         unreachable!("token rows have these columns")
     };
-    // (model, direction, mode, layer) → (idf, value) of each token
-    let mut groups: BTreeMap<(&str, &str, &str, i32), Vec<(f64, f64)>> = BTreeMap::new();
+    let mut groups: BTreeMap<Group, Vec<(f64, f64)>> = BTreeMap::new();
     for i in 0..tok.len() {
         groups
             .entry((&model[i], &dir[i], &mode[i], layer[i]))

@@ -169,10 +169,7 @@ impl AnalyzeArgs {
             return Ok(());
         };
         let out = out.expect("rank 0 has the output");
-        if let serde_json::Value::Object(m) = &mut outcome.summary {
-            m.insert("subject".into(), self.subject.name().into());
-            m.insert("data".into(), data.into());
-        }
+        label(&mut outcome, &self.subject, data);
         finish(out.path(), &outcome)?;
         let dest = out.commit()?;
         println!("{}", serde_json::to_string_pretty(&outcome.summary).unwrap_or_default());
@@ -197,7 +194,10 @@ impl AnalyzeArgs {
             if let Some(d) = &dir {
                 std::fs::create_dir_all(d).map_err(|e| Error::io(d, "cannot create", e))?;
             }
-            if let (Some((outcome, _)), Some(d)) = (self.analyze_one(comm, &subject, opts, dir.as_deref())?, &dir) {
+            if let (Some((mut outcome, data)), Some(d)) =
+                (self.analyze_one(comm, &subject, opts, dir.as_deref())?, &dir)
+            {
+                label(&mut outcome, &subject, data);
                 finish(d, &outcome)?;
                 rows.push((
                     point.name.clone(),
@@ -261,6 +261,14 @@ impl AnalyzeArgs {
         let what = What::from(self.what);
         let outcome = analysis::analyze(comm, &task, &ds, docids.as_ref(), &eval, opts, what, out)?;
         Ok(outcome.map(|o| (o, subject.data.display().to_string())))
+    }
+}
+
+/// Records in the summary what was analysed: the run or model, and the dataset.
+fn label(outcome: &mut analysis::Outcome, subject: &SubjectArgs, data: String) {
+    if let serde_json::Value::Object(m) = &mut outcome.summary {
+        m.insert("subject".into(), subject.name().into());
+        m.insert("data".into(), data.into());
     }
 }
 

@@ -24,13 +24,13 @@ pub enum ModelKindArg {
 #[derive(Debug, Default, Args)]
 #[command(group(clap::ArgGroup::new("model_or_run").args(["run", "model"])))]
 pub struct SubjectArgs {
-    /// A training run directory: its config.toml and newest checkpoints/step-N/ are evaluated.
+    /// A training run directory: its config.toml and newest checkpoints/step-N/.
     #[arg(long)]
     pub run: Option<PathBuf>,
-    /// With --run: evaluate this checkpoint (`step-N`) instead of the newest.
+    /// With --run: this checkpoint (`step-N`) instead of the newest.
     #[arg(long, requires = "run")]
     pub checkpoint: Option<String>,
-    /// A model to evaluate as is: an artefact name (`minilm`) or an HF directory.
+    /// A model as it is: an artefact name (`minilm`) or an HF directory (a grdr export too).
     #[arg(long)]
     pub model: Option<String>,
     /// With --model: what it is (default dual; a run's config says it).
