@@ -203,17 +203,16 @@ fn bucketize(tokens: &Table, idf: &Idf, buckets: usize) -> (Table, serde_json::V
     (table, json!(overall))
 }
 
-/// Lines of rate against bucket (by the bucket's mean IDF edge) per group worth drawing:
-/// ColBERT's four, and GR's over all layers.
+/// Lines of rate against IDF bucket (equal-count buckets, rarest last) per group worth
+/// drawing: ColBERT's four, and GR's over all layers. The bucket index is the x axis (the
+/// buckets' IDF edges are in the table): IDF edges crowd at the common end.
 fn plots(buckets: &Table) -> Vec<Plot> {
     let (Some(Col::Str(model)), Some(Col::Str(dir)), Some(Col::Str(mode)), Some(Col::I32(layer))) =
         (buckets.col("model"), buckets.col("direction"), buckets.col("mode"), buckets.col("layer"))
     else {
         return vec![];
     };
-    let (Some(Col::F64(lo)), Some(Col::F64(hi)), Some(Col::F64(rate))) =
-        (buckets.col("idf_lo"), buckets.col("idf_hi"), buckets.col("rate"))
-    else {
+    let (Some(Col::I32(bucket)), Some(Col::F64(rate))) = (buckets.col("bucket"), buckets.col("rate")) else {
         return vec![];
     };
     let mut series: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
@@ -221,13 +220,13 @@ fn plots(buckets: &Table) -> Vec<Plot> {
         if layer[i] >= 0 && model[i] == "gr" {
             continue;
         }
-        let name = format!("{} {} {}", model[i], dir[i].replace("2", "→"), mode[i]);
-        series.entry(name).or_default().push(((lo[i] + hi[i]) / 2.0, rate[i]));
+        let name = format!("{} {} {}", model[i], dir[i].replace('2', "→"), mode[i]);
+        series.entry(name).or_default().push((bucket[i] as f64, rate[i]));
     }
     vec![Plot::Lines {
         stem: "exact-match-vs-idf".into(),
         title: "Exact-match rate of the alignment by token IDF".into(),
-        x_label: "IDF (bucket middle)".into(),
+        x_label: "IDF bucket (equal token counts, common → rare)".into(),
         y_label: "exact-match rate".into(),
         series: series.into_iter().collect(),
     }]

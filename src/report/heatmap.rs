@@ -117,9 +117,11 @@ fn draw<DB: DrawingBackend>(
     let root = root.titled(title, (FAMILY, 20))?;
     let mut rest = root.clone();
     for p in panels {
-        let (w, _) = panel_size(p);
+        let (w, h) = panel_size(p);
         let (left, right) = rest.split_horizontally(w);
-        draw_panel(&left, p)?;
+        // Each panel keeps its own height (cells stay square), top-aligned.
+        let (panel, _) = left.split_vertically(h);
+        draw_panel(&panel, p)?;
         rest = right;
     }
     root.present()
