@@ -171,7 +171,7 @@ pub struct Sinks {
 }
 
 impl Sinks {
-    /// Files `names` under `out` (rank 0) with the columns of `empty` tables.
+    /// One file per (name, table without rows) under `out`; rank 0 only, `None` elsewhere.
     pub fn new(out: Option<&Path>, files: Vec<(&str, Table)>) -> Sinks {
         Sinks {
             sinks: files
@@ -284,7 +284,7 @@ pub fn median(v: &[f64]) -> f64 {
     }
 }
 
-/// The device of the analysis (CPU tensors come back from it for the rows).
+/// `t` on the CPU as contiguous f32: where the rows of the output tables are read from.
 pub fn cpu(t: &tch::Tensor) -> tch::Tensor {
     t.to_device(Device::Cpu).to_kind(tch::Kind::Float).contiguous()
 }
