@@ -511,11 +511,28 @@ def compare_exact_match(out, ref_tokens, data, tokenizer_json, buckets, ambiguou
                 hard_flips += 1
         else:
             dev["token_soft_abs"] = max(dev["token_soft_abs"], d)
+    # Chance: the value of a uniform alignment, the share of same-id tokens on the other side
+    sides = {}
+    for p in pairs_of(out):
+        doc = labels_of(p) if "decoder_input_ids" in p else list(p["doc_input_ids"])
+        sides[(p["query_id"], p["doc_id"])] = (list(p["input_ids"]), doc)
+    ref_chance = {}
+    for i, key in enumerate(zip(*[tt[k] for k in keys])):
+        q, d = sides[(key[0], key[1])]
+        other = q if key[3] == "d2q" else d
+        c = sum(1 for t in other if t == tt["token"][i]) / len(other)
+        ref_chance[key] = c
+        dev["chance_abs"] = max(dev["chance_abs"], abs(tt["chance"][i] - c))
     # Buckets from the reference values
     groups = defaultdict(list)
     for k, (tok, val) in ref_tokens.items():
         groups[(k[2], k[3], k[4], k[5])].append((tok, val))
     ref_b, ref_all = bucketize(groups, idf, buckets)
+    # The chance of each bucket: the same stable IDF order, the chance values instead.
+    chance_groups = defaultdict(list)
+    for k in ref_tokens:
+        chance_groups[(k[2], k[3], k[4], k[5])].append((ref_tokens[k][0], ref_chance.get(k, float("nan"))))
+    ref_b_chance = {g: v[2] for g, v in bucketize(chance_groups, idf, buckets)[0].items()}
     bt = table(os.path.join(out, "exact_match.parquet"))
     bkeys = ["model", "direction", "mode", "layer", "bucket"]
     seen = set()
@@ -529,6 +546,9 @@ def compare_exact_match(out, ref_tokens, data, tokenizer_json, buckets, ambiguou
             problems.append(f"exact_match.parquet {key}: {bt['tokens'][i]} tokens, expected {n}")
         dev["idf_edge_abs"] = max(dev["idf_edge_abs"], abs(bt["idf_lo"][i] - lo), abs(bt["idf_hi"][i] - hi))
         dev["rate_abs"] = max(dev["rate_abs"], abs(bt["rate"][i] - rate))
+        chunk = ref_b_chance.get(key)
+        if chunk is not None:
+            dev["chance_bucket_abs"] = max(dev["chance_bucket_abs"], abs(bt["chance"][i] - chunk))
     if set(ref_b) - seen:
         problems.append(f"exact_match.parquet lacks buckets {sorted(set(ref_b) - seen)[:5]}")
     for r in s["rates"]:

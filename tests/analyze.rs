@@ -275,6 +275,9 @@ fn gr_exact_match_low_rank_and_heatmap_match_numpy() {
     at_most(&v, "token_soft_abs", 1e-6);
     at_most(&v, "rate_abs", 1e-6);
     at_most(&v, "summary_rate_abs", 1e-6);
+    // Chance values are f32 fractions in [0, 1]: one rounding, ≤ 6e-8.
+    at_most(&v, "chance_abs", 1e-6);
+    at_most(&v, "chance_bucket_abs", 1e-6);
 
     let Some(v) = reference(&["low-rank", path(&model), path(&lr)]) else { return };
     no_problems(&v, "low rank");
@@ -365,6 +368,8 @@ fn colbert_alignment_and_exact_match_match_numpy() {
     at_most(e, "token_soft_abs", 1e-6);
     at_most(e, "rate_abs", 1e-6);
     at_most(e, "summary_rate_abs", 1e-6);
+    at_most(e, "chance_abs", 1e-6);
+    at_most(e, "chance_bucket_abs", 1e-6);
 }
 
 /// DR spectrum = the singular values of sentence-transformers' Q Dᵀ on the exported model.

@@ -12,8 +12,10 @@
 //! Values are averaged over the tokens of every (query, relevant document) pair — the
 //! paper averages over candidate documents; we use the relevant ones, so the rate reads
 //! "when the right document is aligned" — and bucketed by the token's corpus IDF into
-//! equal-count buckets. Terms are tokens that are not special; for GR the document tokens
-//! are the docid's tokens, so this is for text docids (title, n-gram).
+//! equal-count buckets, each beside its *chance* rate: the value a uniform alignment would
+//! give (the share of same-id tokens on the other side). Terms are tokens that are not
+//! special; for GR the document tokens are the docid's tokens, so this is for text docids
+//! (title, n-gram).
 use std::collections::BTreeMap;
 
 use serde_json::json;
@@ -40,6 +42,8 @@ struct TokenRows {
     position: Vec<i32>,
     token: Vec<i32>,
     value: Vec<f32>,
+    /// The value of a uniform alignment: the share of same-id tokens on the other side.
+    chance: Vec<f32>,
 }
 
 impl TokenRows {
@@ -55,6 +59,11 @@ impl TokenRows {
         token: i64,
         v: f32,
     ) {
+        let (same, len) = match direction {
+            "d2q" => (p.input_ids.iter().filter(|&&q| q == token).count(), p.input_ids.len()),
+            _ => (p.doc_tokens.iter().filter(|&&d| d == token).count(), p.doc_tokens.len()),
+        };
+        self.chance.push(same as f32 / len.max(1) as f32);
         self.query_id.push(p.query_id.clone());
         self.doc_id.push(p.doc_id.clone());
         self.model.push(model.into());
@@ -77,6 +86,7 @@ impl TokenRows {
             ("position", Col::I32(self.position)),
             ("token", Col::I32(self.token)),
             ("value", Col::F32(self.value)),
+            ("chance", Col::F32(self.chance)),
         ])
     }
 }
@@ -135,12 +145,13 @@ struct BucketRows {
     idf_lo: Vec<f64>,
     idf_hi: Vec<f64>,
     rate: Vec<f64>,
+    chance: Vec<f64>,
     tokens: Vec<i32>,
 }
 
 impl BucketRows {
-    /// One bucket: `chunk` holds its (idf, value) pairs, sorted by idf.
-    fn push(&mut self, (model, direction, mode, layer): Group, bucket: usize, chunk: &[(f64, f64)]) {
+    /// One bucket: `chunk` holds its (idf, value, chance) triples, sorted by idf.
+    fn push(&mut self, (model, direction, mode, layer): Group, bucket: usize, chunk: &[(f64, f64, f64)]) {
         self.model.push(model.into());
         self.direction.push(direction.into());
         self.mode.push(mode.into());
@@ -149,6 +160,7 @@ impl BucketRows {
         self.idf_lo.push(chunk[0].0);
         self.idf_hi.push(chunk[chunk.len() - 1].0);
         self.rate.push(chunk.iter().map(|x| x.1).sum::<f64>() / chunk.len() as f64);
+        self.chance.push(chunk.iter().map(|x| x.2).sum::<f64>() / chunk.len() as f64);
         self.tokens.push(chunk.len() as i32);
     }
 
@@ -162,6 +174,7 @@ impl BucketRows {
             ("idf_lo", Col::F64(self.idf_lo)),
             ("idf_hi", Col::F64(self.idf_hi)),
             ("rate", Col::F64(self.rate)),
+            ("chance", Col::F64(self.chance)),
             ("tokens", Col::I32(self.tokens)),
         ])
     }
@@ -174,15 +187,18 @@ fn bucketize(tokens: &Table, idf: &Idf, buckets: usize) -> (Table, serde_json::V
     else {
         unreachable!("token rows have these columns")
     };
-    let (Some(Col::I32(tok)), Some(Col::F32(val))) = (tokens.col("token"), tokens.col("value")) else {
+    let (Some(Col::I32(tok)), Some(Col::F32(val)), Some(Col::F32(chance))) =
+        (tokens.col("token"), tokens.col("value"), tokens.col("chance"))
+    else {
         unreachable!("token rows have these columns")
     };
-    let mut groups: BTreeMap<Group, Vec<(f64, f64)>> = BTreeMap::new();
+    let mut groups: BTreeMap<Group, Vec<(f64, f64, f64)>> = BTreeMap::new();
     for i in 0..tok.len() {
-        groups
-            .entry((&model[i], &dir[i], &mode[i], layer[i]))
-            .or_default()
-            .push((idf.idf(tok[i] as i64), val[i] as f64));
+        groups.entry((&model[i], &dir[i], &mode[i], layer[i])).or_default().push((
+            idf.idf(tok[i] as i64),
+            val[i] as f64,
+            chance[i] as f64,
+        ));
     }
     let mut rows = BucketRows::default();
     let mut overall = vec![];
@@ -197,7 +213,8 @@ fn bucketize(tokens: &Table, idf: &Idf, buckets: usize) -> (Table, serde_json::V
             }
         }
         overall.push(json!({"model": m, "direction": d, "mode": md, "layer": l, "tokens": n,
-            "rate": v.iter().map(|x| x.1).sum::<f64>() / n.max(1) as f64}));
+            "rate": v.iter().map(|x| x.1).sum::<f64>() / n.max(1) as f64,
+            "chance": v.iter().map(|x| x.2).sum::<f64>() / n.max(1) as f64}));
     }
     let table = rows.table();
     (table, json!(overall))
