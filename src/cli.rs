@@ -34,6 +34,9 @@ pub enum Command {
     Encode(cmd::encode::EncodeArgs),
     /// Build a docid file for generative retrieval: atomic, semantic, title or n-gram ids.
     Docids(cmd::docids::DocidsArgs),
+    /// Build a retrieval index over a dataset: `grdr index fm` (SEAL's FM-index over token ids).
+    #[command(subcommand)]
+    Index(cmd::index::IndexCommand),
     /// Train a DR, ColBERT or GR model from a TOML config (launch N ranks with grdr-launch).
     Train(cmd::train::TrainArgs),
     /// Distributed evaluation (DR, ColBERT, GR; end to end or rerank): run.trec, metrics.json.
@@ -63,6 +66,7 @@ impl Command {
             Command::Report(a) => a.run(),
             Command::Sweep(a) => a.run(),
             Command::Docids(a) => a.run(),
+            Command::Index(c) => c.run(),
             Command::Train(a) => a.run(),
         }
     }

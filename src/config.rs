@@ -321,6 +321,12 @@ pub struct EvalConfig {
     pub calibration: bool,
     /// Batch sizes K of the in-batch gap. Default [16, 64, 256, 1024].
     pub gap_k: Vec<usize>,
+    /// GR with n-gram docids: retrieve end to end as SEAL does — n-grams decoded under this
+    /// FM-index directory (`grdr index fm`), documents ranked by SEAL's scoring. None: the
+    /// docid trie of the pre-sampled n-grams.
+    pub fm_index: Option<std::path::PathBuf>,
+    /// SEAL: tokens per decoded n-gram. Default 10 (SEAL's and Wu et al.'s).
+    pub ngram_len: usize,
 }
 
 impl Default for EvalConfig {
@@ -335,6 +341,8 @@ impl Default for EvalConfig {
             beam: None,
             calibration: false,
             gap_k: vec![16, 64, 256, 1024],
+            fm_index: None,
+            ngram_len: 10,
         }
     }
 }

@@ -187,7 +187,9 @@ fn pruning_beams_changes_nothing() {
                 assert_eq!(full.vocab_rows, full.rows);
                 assert_eq!(pruned.rows, full.rows, "{name} trained {train} W={w}: the same beams ran");
                 for (q, (g, e)) in got.iter().zip(&want).enumerate() {
-                    let tokens = |v: &[Generated]| v.iter().map(|x| x.tokens.clone()).collect::<Vec<_>>();
+                    let tokens = |v: &[Generated<grdr::search::trie::NodeId>]| {
+                        v.iter().map(|x| x.tokens.clone()).collect::<Vec<_>>()
+                    };
                     assert_eq!(tokens(g), tokens(e), "{name} trained {train} W={w} q{q}");
                     for (a, b) in g.iter().zip(e) {
                         assert!(

@@ -156,6 +156,41 @@ fn two_ranks_write_the_one_rank_run_file() {
     .concat();
     let run = same_runs(dir, "gr", &gr);
     assert!(run.lines().count() >= 24 * 10, "≥ 10 docs per query (docids are unique titles)");
+
+    // SEAL: n-gram docids, the corpus's FM-index in 2 shards (row groups of ~300 docs), n-grams
+    // decoded under it (beam 5, 4 tokens) and ranked by SEAL's scoring; batches of 3 queries
+    // so both ranks decode several.
+    let ngrams = dir.join("ngrams.parquet");
+    grdr_ok(&["docids", "--data", ds, "--scheme", "ngram", "--ngram-len", "4", "--output", ngrams.to_str().unwrap()]);
+    let fm = dir.join("fm");
+    grdr_ok(&["index", "fm", "--data", ds, "--output", fm.to_str().unwrap(), "--shard-tokens", "6000"]);
+    let index: serde_json::Value = serde_json::from_slice(&std::fs::read(fm.join("index.json")).unwrap()).unwrap();
+    assert!(index["shards"].as_array().unwrap().len() >= 2, "{index}");
+    let seal = [
+        &base[..],
+        &["--model", t5.to_str().unwrap(), "--kind", "generative", "--docids", ngrams.to_str().unwrap()],
+        &["--fm-index", fm.to_str().unwrap(), "--ngram-len", "4", "--beam", "5", "--beam-rows", "15"],
+    ]
+    .concat();
+    same_runs(dir, "seal", &seal);
+    // (A random model's n-grams are mostly less likely than their corpus frequency, which
+    // SEAL's weight clips to 0, so the run holds few documents; it must hold the same ones.)
+    let info: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("seal-2/run.json")).unwrap()).unwrap();
+    assert_eq!(info["seal"]["shards"], index["shards"].as_array().unwrap().len());
+    assert!(info["seal"]["ngrams_per_query_rank0"].as_f64().unwrap() > 5.0, "{}", info["seal"]);
+    // Wu et al.'s rerank setting: BM25 top-100 + gold, each candidate by its span score.
+    let rr = [
+        &base[..],
+        &["--model", t5.to_str().unwrap(), "--kind", "generative", "--docids", ngrams.to_str().unwrap()],
+        &["--rerank", "paper"],
+    ]
+    .concat();
+    same_runs(dir, "seal-rerank", &rr);
+    let info: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("seal-rerank-2/run.json")).unwrap()).unwrap();
+    assert_eq!(info["rerank"]["gold_added"], true);
+    assert_eq!(info["rerank"]["candidate_recall"], 1.0);
+    assert!(info["rerank"]["gr_score"].as_str().unwrap().starts_with("Wu et al."), "{}", info["rerank"]);
 }
 
 /// A random-init T5 (d_model 16, vocab = the T5 tokenizer's) exported as an HF directory.

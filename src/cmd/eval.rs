@@ -23,6 +23,15 @@ use crate::eval::{EvalOptions, RerankOptions};
 use crate::model::colbert::Alignment;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RerankArg {
+    /// BM25's top `--rerank-depth` candidates.
+    Bm25,
+    /// Wu et al.'s setting: BM25 top-100 plus the relevant documents; n-gram docids scored
+    /// by sampled spans of the document.
+    Paper,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum AlignArg {
     /// q→d MaxSim (ColBERT).
     Q2d,
@@ -82,14 +91,24 @@ pub struct EvalArgs {
     #[arg(long)]
     pub beam_rows: Option<usize>,
     /// The rerank setting: score BM25's top candidates instead of retrieving end to end.
-    #[arg(long)]
-    pub rerank: bool,
+    /// `--rerank` (= `bm25`): BM25's top-`--rerank-depth`; `--rerank paper`: Wu et al.'s
+    /// setting — BM25 top-100 plus the relevant documents (flagged as inflated in the
+    /// metrics) and, for n-gram docids, their span score.
+    #[arg(long, value_enum, num_args = 0..=1, default_missing_value = "bm25")]
+    pub rerank: Option<RerankArg>,
     /// Rerank: BM25 candidates per query (default 100).
     #[arg(long)]
     pub rerank_depth: Option<usize>,
     /// Rerank: add the relevant documents to the candidates (inflates every metric; recorded).
     #[arg(long)]
     pub rerank_add_gold: bool,
+    /// GR, n-gram docids: SEAL end to end — decode n-grams under this FM-index directory
+    /// (`grdr index fm`) and rank documents by SEAL's scoring (default: `eval.fm_index`).
+    #[arg(long)]
+    pub fm_index: Option<PathBuf>,
+    /// SEAL: tokens per decoded n-gram (default: `eval.ngram_len`, 10).
+    #[arg(long)]
+    pub ngram_len: Option<usize>,
     /// Brier score (DR: full softmax over the corpus; GR: over the docid set) and DR's
     /// in-batch-vs-full-softmax gap (default: `eval.calibration`, off).
     #[arg(long)]
@@ -180,7 +199,7 @@ impl EvalArgs {
             model_name.as_deref().unwrap_or("model"),
             opts.split,
             metrics.queries,
-            if self.rerank_add_gold { " — rerank with gold added: inflated" } else { "" }
+            if opts.rerank.as_ref().is_some_and(|r| r.add_gold) { " — rerank with gold added: inflated" } else { "" }
         );
         super::print_summary(&EvalSummary { title, metrics, extra: outcome.metrics_extra });
         tracing::info!("wrote {}", dest.display());
@@ -189,13 +208,18 @@ impl EvalArgs {
 
     /// `opts` with every flag given on the command line applied (and only those).
     fn apply_flags(&self, mut opts: EvalOptions, kind: ModelKind) -> Result<EvalOptions> {
-        if self.rerank_add_gold && !self.rerank {
+        if self.rerank_add_gold && self.rerank.is_none() {
             return Err(Error::usage("--rerank-add-gold", "only with --rerank"));
         }
-        if self.rerank_depth.is_some() && !self.rerank {
+        if self.rerank_depth.is_some() && self.rerank.is_none() {
             return Err(Error::usage("--rerank-depth", "only with --rerank"));
         }
-        let gr_only = [("--beam", self.beam.is_some()), ("--beam-rows", self.beam_rows.is_some())];
+        let gr_only = [
+            ("--beam", self.beam.is_some()),
+            ("--beam-rows", self.beam_rows.is_some()),
+            ("--fm-index", self.fm_index.is_some()),
+            ("--ngram-len", self.ngram_len.is_some()),
+        ];
         if kind != ModelKind::Generative {
             if let Some((flag, _)) = gr_only.iter().find(|(_, given)| *given) {
                 return Err(Error::usage(*flag, "applies to generative models only"));
@@ -235,12 +259,24 @@ impl EvalArgs {
                 AlignArg::D2qMax => Alignment::DocToQueryMax,
             };
         }
-        if self.rerank {
+        if let Some(mode) = self.rerank {
+            let paper = mode == RerankArg::Paper;
             opts.rerank = Some(RerankOptions {
                 depth: self.rerank_depth.unwrap_or(RerankOptions::DEFAULT_DEPTH),
-                add_gold: self.rerank_add_gold,
+                add_gold: self.rerank_add_gold || paper,
+                paper,
             });
         }
+        if let Some(dir) = &self.fm_index {
+            opts.fm_index = Some(dir.clone());
+        }
+        if opts.rerank.is_some() {
+            if self.fm_index.is_some() {
+                return Err(Error::usage("--fm-index", "SEAL end to end cannot be combined with --rerank"));
+            }
+            opts.fm_index = None; // a run's `eval.fm_index` is its end-to-end setting
+        }
+        set(&mut opts.ngram_len, self.ngram_len);
         opts.calibration |= self.calibration;
         if let Some(t) = self.temperature {
             opts.temperature = t;

@@ -5,6 +5,7 @@ pub mod docids;
 pub mod encode;
 pub mod eval;
 pub mod eval_run;
+pub mod index;
 pub mod info;
 pub mod prepare;
 pub mod report;

@@ -16,6 +16,7 @@ pub mod rerank;
 pub mod run_dense;
 pub mod run_eval;
 pub mod run_gr;
+pub mod run_seal;
 
 pub use crate::data::trec::{read_qrels, read_run, write_run, write_run_rows, Qrels, Run};
 pub use metrics::{evaluate, Metrics, MEASURES};

@@ -11,6 +11,7 @@ use tch::Device;
 use crate::config::{EvalConfig, RunConfig, TrainConfig};
 use crate::error::{Error, Result};
 use crate::model::colbert::Alignment;
+use crate::search::seal::SealOptions;
 
 #[derive(Debug, Clone)]
 pub struct EvalOptions {
@@ -46,6 +47,12 @@ pub struct EvalOptions {
     pub memorization_docs: usize,
     /// GR: the seed of the memorisation sample (a run's `train.seed`).
     pub memorization_seed: u64,
+    /// GR (n-gram docids): SEAL's end-to-end retrieval over this FM-index directory.
+    pub fm_index: Option<PathBuf>,
+    /// SEAL: tokens per decoded n-gram.
+    pub ngram_len: usize,
+    /// SEAL: the scoring's parameters (SEAL's defaults).
+    pub seal: SealOptions,
 }
 
 #[derive(Debug, Clone)]
@@ -54,6 +61,9 @@ pub struct RerankOptions {
     pub depth: usize,
     /// Add every relevant document to the candidates (inflates scores; off by default).
     pub add_gold: bool,
+    /// GR n-gram docids: score a candidate as Wu et al.'s code does (sampled spans of the
+    /// document, [`crate::eval::rerank`]) rather than by its best pre-sampled n-gram.
+    pub paper: bool,
 }
 
 impl RerankOptions {
@@ -103,6 +113,9 @@ impl EvalOptions {
             gap_ks: e.gap_k.clone(),
             memorization_docs: e.memorization_docs,
             memorization_seed: t.seed,
+            fm_index: e.fm_index.clone(),
+            ngram_len: e.ngram_len,
+            seal: SealOptions::default(),
         }
     }
 
@@ -123,6 +136,7 @@ impl EvalOptions {
             ("--beam-rows", self.beam_rows as i64),
             ("--query-max-len / data.query_max_len", self.query_max_len as i64),
             ("--doc-max-len / eval.doc_max_len", self.doc_max_len as i64),
+            ("--ngram-len / eval.ngram_len", self.ngram_len as i64),
         ];
         for (name, v) in positive {
             if v < 1 {

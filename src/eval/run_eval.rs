@@ -6,6 +6,7 @@
 //!   ColBERT  encode my row groups → TokenPool → per-token top-k ─all-gather→ candidates
 //!            → exact late interaction of my candidates
 //!   GR       my share of the queries → trie-constrained beam search
+//!   SEAL     my share of the queries → FM-index-constrained n-grams → SEAL's scoring
 //!   rerank   rank 0: BM25 top-depth (+ gold) ─broadcast→ my share of the queries scored
 //! local TopK per query ─gather→ rank 0 merges with TopK (score desc, doc index asc)
 //! ```
@@ -58,6 +59,9 @@ pub fn evaluate(
             (Some(r), _) => crate::eval::rerank::run(&ctx, r, &mut info),
             (None, Net::Dual(_)) => crate::eval::run_dense::dual(&ctx, &mut info, &mut metrics_extra),
             (None, Net::Colbert(_)) => crate::eval::run_dense::colbert(&ctx, &mut info),
+            (None, Net::Generative { .. }) if opts.fm_index.is_some() => {
+                crate::eval::run_seal::seal(&ctx, opts.fm_index.as_deref().expect("checked"), &mut info)
+            }
             (None, Net::Generative { .. }) => crate::eval::run_gr::generative(&ctx, &mut info, &mut metrics_extra),
         }
     })?;

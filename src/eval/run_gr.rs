@@ -44,25 +44,10 @@ pub fn generative(ctx: &Context, info: &mut Info, metrics: &mut Info) -> Result<
     let exhaustive = opts.beam_width() >= trie.num_docids();
     let ids = ctx.query_ids()?;
     let relevant = if opts.calibration { ctx.relevant()? } else { vec![] };
-    // Batches are fixed by query index and dealt to ranks whole, so a query is decoded in the
-    // same padded batch on any number of ranks.
-    let per_batch = (opts.beam_rows / opts.beam_width().max(1)).max(1);
-    let n_batches = ids.len().div_ceil(per_batch);
-    let w = ctx.comm.world();
-    let (lo, hi) = (
-        (n_batches * w.rank / w.size * per_batch).min(ids.len()),
-        (n_batches * (w.rank + 1) / w.size * per_batch).min(ids.len()),
-    );
+    let (units, (lo, hi)) = query_batches(ctx, &ids, opts.beam_width());
     let mut hits: Vec<Vec<Hit>> = vec![Vec::new(); ctx.queries.len()];
     let mut calib: Vec<(usize, QueryCalibration)> = Vec::new();
     let t0 = std::time::Instant::now();
-    let units: Vec<(usize, Tensor, Tensor)> = (lo..hi)
-        .step_by(per_batch)
-        .map(|start| {
-            let (qi, qm) = ctx.query_tok.batch(&ids[start..(start + per_batch).min(hi)], opts.device);
-            (start, qi, qm)
-        })
-        .collect();
     let shared = Shared(&beam);
     let decoded = parallel_map(opts.device, units, |(start, qi, qm)| (start, shared.get().search(&qi, &qm)));
     for (start, batch) in decoded {
@@ -73,7 +58,7 @@ pub fn generative(ctx: &Context, info: &mut Info, metrics: &mut Info) -> Result<
                 let rel: HashSet<i64> = relevant[q].iter().copied().collect();
                 let lls: Vec<f64> = gens.iter().map(|g| g.score as f64).collect();
                 let is_rel: Vec<bool> =
-                    gens.iter().map(|g| trie.docs(g.leaf).iter().any(|d| rel.contains(d))).collect();
+                    gens.iter().map(|g| trie.docs(g.state).iter().any(|d| rel.contains(d))).collect();
                 // Relevant docids: distinct leaves of the relevant documents.
                 let n_rel = relevant_docids(table, &relevant[q]);
                 calib.push((q, calibration::gr_query(&lls, &is_rel, n_rel)));
@@ -121,11 +106,36 @@ pub fn generative(ctx: &Context, info: &mut Info, metrics: &mut Info) -> Result<
     Ok(hits)
 }
 
+/// A batch of queries to decode: its first query's index, input ids (B, L), mask (B, L).
+pub type QueryBatch = (usize, Tensor, Tensor);
+
+/// This rank's batches of queries (first query index, ids, mask) and its share `[lo, hi)`.
+/// Batches are fixed by query index — as many queries as fill `beam_rows` running beams of
+/// width `beam` — and dealt to ranks whole, so a query is decoded in the same padded batch
+/// on any number of ranks.
+pub fn query_batches(ctx: &Context, ids: &[Vec<i64>], beam: usize) -> (Vec<QueryBatch>, (usize, usize)) {
+    let per_batch = (ctx.opts.beam_rows / beam.max(1)).max(1);
+    let n_batches = ids.len().div_ceil(per_batch);
+    let w = ctx.comm.world();
+    let (lo, hi) = (
+        (n_batches * w.rank / w.size * per_batch).min(ids.len()),
+        (n_batches * (w.rank + 1) / w.size * per_batch).min(ids.len()),
+    );
+    let units = (lo..hi)
+        .step_by(per_batch)
+        .map(|start| {
+            let (qi, qm) = ctx.query_tok.batch(&ids[start..(start + per_batch).min(hi)], ctx.opts.device);
+            (start, qi, qm)
+        })
+        .collect();
+    (units, (lo, hi))
+}
+
 /// DSI's indexing accuracy: R@1 of decoding each sampled document's own indexing input (its
 /// first `doc_max_len` tokens, as `index_view = "first"` trains it). The sample is a fixed
 /// permutation of the corpus keyed by `memorization_seed`; each rank decodes a contiguous
 /// share, read in doc order so each row group is read once.
-fn memorization(ctx: &Context, beam: &BeamSearch, trie: &DocidTrie, metrics: &mut Info) -> Result<()> {
+fn memorization(ctx: &Context, beam: &BeamSearch<DocidTrie>, trie: &DocidTrie, metrics: &mut Info) -> Result<()> {
     let opts = ctx.opts;
     let n_docs = ctx.n_docs();
     let mut sample: Vec<u32> = (0..n_docs as u32).collect();

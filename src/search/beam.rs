@@ -1,15 +1,22 @@
-//! Trie-constrained beam search over a T5 model with the KV cache: generative retrieval's
-//! decoding. Every query keeps `beam` running prefixes; each step decodes one token for all
-//! running beams of a batch of queries at once, restricted to the tokens the docid trie
-//! allows after each prefix, so only valid docids are ever produced.
+//! Constrained beam search over a T5 model with the KV cache: generative retrieval's
+//! decoding, the one search loop for every [`Constraint`] (the docid trie of DSI/GENRE, the
+//! FM-index of SEAL). Every query keeps `beam` running prefixes; each step decodes one token
+//! for all running beams of a batch of queries at once, restricted to the tokens the
+//! constraint allows after each prefix, so only valid sequences are ever produced.
 //!
 //! The selection rule is HF transformers' `generate(num_beams=W, length_penalty=0)`: per
 //! query, the best 2W continuations over all running beams (score = Σ log p(token), the
 //! log-softmax over the whole vocabulary, as HF applies `prefix_allowed_tokens_fn` after it);
 //! among them an `eos` ranked < W finishes a docid, the best W others run on; the W best
 //! finished docids are kept; a query stops when its worst kept docid beats its best running
-//! prefix. With W ≥ number of docids nothing is ever pruned, so the search returns every
-//! docid with its exact sequence log-likelihood (constrained decoding is exact, `tests/eval_beam.rs`).
+//! prefix; beams still running after the constraint's longest sequence finish as they are
+//! (HF's `finalize`). With W ≥ number of docids nothing is ever pruned, so the search returns
+//! every docid with its exact sequence log-likelihood (constrained decoding is exact,
+//! `tests/eval_beam.rs`).
+//!
+//! With `history` (SEAL's `keep_history`, its default decoding) a query's output is instead
+//! every one of the best 2W continuations of every step — all the partial n-grams the search
+//! scored — and a query runs for the constraint's whole length.
 //!
 //! A step's work (profiled in docs/BENCHMARKS.md): one decoder forward of every running beam
 //! of the batch, whose cross-attention keys/values stay one per query (`T5Cache::reorder`
@@ -27,10 +34,11 @@ use serde::Serialize;
 use tch::{Device, Kind, Tensor};
 
 use crate::model::T5ForConditionalGeneration;
+use crate::search::constraint::Constraint;
 use crate::search::topk::{Hit, TopK};
 use crate::search::trie::{DocidTrie, NodeId};
 
-/// Rows whose trie node allows more tokens than this select their best continuations on the
+/// Rows whose state allows more tokens than this select their best continuations on the
 /// device (e.g. the root of atomic docids: one token per document).
 const DEVICE_FANOUT: usize = 4096;
 
@@ -41,27 +49,28 @@ const CHUNK_ELEMS: i64 = 1 << 22;
 /// makes; measured on the shipped DSI model (docs/BENCHMARKS.md).
 const MIN_ROUND_ROWS: usize = 48;
 
-/// A finished docid: its tokens (eos included), its leaf in the trie, Σ log p.
+/// A generated sequence: its tokens (eos included where it finished on one), its state in the
+/// constraint (the trie's leaf; the n-gram's FM-index rows), Σ log p.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Generated {
+pub struct Generated<S> {
     pub tokens: Vec<u32>,
-    pub leaf: NodeId,
+    pub state: S,
     pub score: f32,
 }
 
-struct Beam {
+struct Beam<S> {
     query: usize,
-    node: NodeId,
+    state: S,
     score: f32,
     tokens: Vec<u32>,
 }
 
 /// What the steps of one search share.
-struct Scratch {
+struct Scratch<S> {
     /// Continuations kept per beam: 2W.
     limit: usize,
-    /// Allowed tokens of nodes with more than [`DEVICE_FANOUT`] children, on the device.
-    big: HashMap<NodeId, Tensor>,
+    /// Allowed tokens of states with more than [`DEVICE_FANOUT`] of them, on the device.
+    big: HashMap<S, Tensor>,
     /// The log-softmax of a chunk of rows (see `continuations`).
     logp: Option<Tensor>,
 }
@@ -121,27 +130,36 @@ fn lap(t: &mut Instant) -> f64 {
 }
 
 // SAFETY (ForwardOnly): `search` runs the model's no-grad forward passes and reads the
-// trie; each call keeps its beams and KV cache in locals, so workers share no mutable state.
-unsafe impl crate::parallel::ForwardOnly for BeamSearch<'_> {}
+// constraint; each call keeps its beams and KV cache in locals, so workers share no mutable state.
+unsafe impl<C: Constraint> crate::parallel::ForwardOnly for BeamSearch<'_, C> {}
 
-pub struct BeamSearch<'a> {
+pub struct BeamSearch<'a, C: Constraint> {
     pub model: &'a T5ForConditionalGeneration,
-    pub trie: &'a DocidTrie,
+    pub constraint: &'a C,
     /// Running beams per query (W).
     pub beam: usize,
     /// Skip the vocabulary row of a beam none of whose continuations can change its query's
     /// selection (see `continuations`). Exact; on by default, off only to test that.
     pub prune: bool,
+    /// Return every scored continuation of every step (SEAL's `keep_history`), not the W best
+    /// finished sequences.
+    pub history: bool,
 }
 
-impl<'a> BeamSearch<'a> {
-    pub fn new(model: &'a T5ForConditionalGeneration, trie: &'a DocidTrie, beam: usize) -> Self {
-        BeamSearch { model, trie, beam: beam.max(1), prune: true }
+impl<'a, C: Constraint> BeamSearch<'a, C> {
+    pub fn new(model: &'a T5ForConditionalGeneration, constraint: &'a C, beam: usize) -> Self {
+        BeamSearch { model, constraint, beam: beam.max(1), prune: true, history: false }
+    }
+
+    /// SEAL's decoding: every continuation the search scores, for the constraint's length.
+    pub fn with_history(mut self) -> Self {
+        self.history = true;
+        self
     }
 
     /// Decodes a batch of queries `input_ids` (B, L) under `attention_mask` (B, L). Returns per
     /// query up to W finished docids, best first (ties: earlier found first).
-    pub fn search(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Vec<Vec<Generated>> {
+    pub fn search(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Vec<Vec<Generated<C::State>>> {
         tch::no_grad(|| self.search_inner(input_ids, attention_mask, &mut BeamProfile::default()))
     }
 
@@ -151,11 +169,16 @@ impl<'a> BeamSearch<'a> {
         input_ids: &Tensor,
         attention_mask: &Tensor,
         profile: &mut BeamProfile,
-    ) -> Vec<Vec<Generated>> {
+    ) -> Vec<Vec<Generated<C::State>>> {
         tch::no_grad(|| self.search_inner(input_ids, attention_mask, profile))
     }
 
-    fn search_inner(&self, input_ids: &Tensor, attention_mask: &Tensor, prof: &mut BeamProfile) -> Vec<Vec<Generated>> {
+    fn search_inner(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        prof: &mut BeamProfile,
+    ) -> Vec<Vec<Generated<C::State>>> {
         let mut clock = Instant::now();
         let w = self.beam;
         let b = input_ids.size()[0] as usize;
@@ -164,14 +187,20 @@ impl<'a> BeamSearch<'a> {
         let enc = self.model.encode(input_ids, attention_mask, false); // (B, L, D)
         let mut cache = self.model.new_cache(&enc, attention_mask);
         prof.encode += lap(&mut clock);
-        let mut beams: Vec<Beam> =
-            (0..b).map(|q| Beam { query: q, node: DocidTrie::ROOT, score: 0.0, tokens: Vec::new() }).collect();
+        let con = self.constraint;
+        let mut beams: Vec<Beam<C::State>> =
+            (0..b).map(|q| Beam { query: q, state: con.root(), score: 0.0, tokens: Vec::new() }).collect();
         let mut next_input: Vec<i64> = vec![cfg.decoder_start_token_id; b];
-        let mut finished: Vec<Vec<Generated>> = vec![Vec::new(); b];
+        let mut finished: Vec<Vec<Generated<C::State>>> = vec![Vec::new(); b];
         let mut scratch = Scratch { limit: 2 * w, big: HashMap::new(), logp: None };
-        let eos = self.trie.eos();
+        let eos = con.eos();
+        let extend = |parent: &Beam<C::State>, token: u32, score: f32| Generated {
+            tokens: parent.tokens.iter().copied().chain([token]).collect(),
+            state: con.child(&parent.state, token).expect("allowed by the constraint"),
+            score,
+        };
 
-        for _step in 0..self.trie.max_depth() {
+        for _step in 0..con.max_len() {
             if beams.is_empty() {
                 break;
             }
@@ -189,44 +218,36 @@ impl<'a> BeamSearch<'a> {
                 by_query[beams[c.row].query].push(c);
             }
             let mut parents: Vec<i64> = Vec::new();
-            let mut new_beams: Vec<Beam> = Vec::new();
+            let mut new_beams: Vec<Beam<C::State>> = Vec::new();
             next_input.clear();
             for (q, mut cs) in by_query.into_iter().enumerate() {
                 cs.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.row.cmp(&b.row)).then(a.token.cmp(&b.token)));
                 cs.truncate(2 * w);
                 let mut running = Vec::new();
                 for (rank, c) in cs.iter().enumerate() {
-                    let parent = &beams[c.row];
-                    if c.token == eos {
-                        if rank < w {
-                            let leaf = self.trie.child(parent.node, eos).expect("allowed by the trie");
-                            let mut tokens = parent.tokens.clone();
-                            tokens.push(eos);
-                            finished[q].push(Generated { tokens, leaf, score: c.score });
+                    if self.history {
+                        finished[q].push(extend(&beams[c.row], c.token, c.score));
+                    }
+                    if Some(c.token) == eos {
+                        if rank < w && !self.history {
+                            finished[q].push(extend(&beams[c.row], c.token, c.score));
                         }
                     } else if running.len() < w {
                         running.push(*c);
                     }
                 }
-                // Keep the W best finished (stable: earlier finds win ties).
-                finished[q].sort_by(|a, b| b.score.total_cmp(&a.score));
-                finished[q].truncate(w);
-                // Stop a query once no running prefix can beat its worst kept docid (scores
-                // only fall as tokens are added).
-                let full = finished[q].len() == w;
+                if !self.history {
+                    keep_best(&mut finished[q], w);
+                }
+                // Stop a query once no running prefix can beat its worst kept sequence
+                // (scores only fall as tokens are added).
+                let full = !self.history && finished[q].len() == w;
                 if running.is_empty() || (full && running[0].score <= finished[q][w - 1].score) {
                     continue;
                 }
                 for c in running {
-                    let parent = &beams[c.row];
-                    let mut tokens = parent.tokens.clone();
-                    tokens.push(c.token);
-                    new_beams.push(Beam {
-                        query: q,
-                        node: self.trie.child(parent.node, c.token).expect("allowed by the trie"),
-                        score: c.score,
-                        tokens,
-                    });
+                    let next = extend(&beams[c.row], c.token, c.score);
+                    new_beams.push(Beam { query: q, state: next.state, score: c.score, tokens: next.tokens });
                     parents.push(c.row as i64);
                     next_input.push(c.token as i64);
                 }
@@ -237,6 +258,16 @@ impl<'a> BeamSearch<'a> {
                 cache = cache.reorder(&parents);
             }
             prof.reorder += lap(&mut clock);
+        }
+        // HF's `finalize`: beams still running at the longest length finish as they are.
+        if !self.history && !beams.is_empty() {
+            for beam in beams {
+                let q = beam.query;
+                finished[q].push(Generated { tokens: beam.tokens, state: beam.state, score: beam.score });
+            }
+            for f in &mut finished {
+                keep_best(f, w);
+            }
         }
         finished
     }
@@ -254,9 +285,9 @@ impl<'a> BeamSearch<'a> {
     /// most of a step's work, is never made.
     fn continuations(
         &self,
-        beams: &[Beam],
+        beams: &[Beam<C::State>],
         hidden: &Tensor,
-        scratch: &mut Scratch,
+        scratch: &mut Scratch<C::State>,
         prof: &mut BeamProfile,
         clock: &mut Instant,
     ) -> Vec<Cand> {
@@ -264,7 +295,9 @@ impl<'a> BeamSearch<'a> {
             let all: Vec<usize> = (0..beams.len()).collect();
             return self.score_rows(beams, hidden, &all, scratch, prof, clock);
         }
-        let (w, limit, eos) = (self.beam, scratch.limit, self.trie.eos());
+        // With history every one of the best 2W is output, so only the 2W-th sets the floor.
+        let (w, limit, eos) =
+            (if self.history { scratch.limit } else { self.beam }, scratch.limit, self.constraint.eos());
         let queries = beams.iter().map(|b| b.query + 1).max().unwrap_or(0);
         // Each query's rows, best beam last (popped first).
         let mut pending: Vec<Vec<usize>> = vec![Vec::new(); queries];
@@ -310,7 +343,7 @@ impl<'a> BeamSearch<'a> {
             for c in &cands {
                 let (all, running) = &mut best[beams[c.row].query];
                 all.push(c.score);
-                if c.token != eos {
+                if Some(c.token) != eos {
                     running.push(c.score);
                 }
             }
@@ -334,10 +367,10 @@ impl<'a> BeamSearch<'a> {
     /// and zeroes every step.
     fn score_rows(
         &self,
-        beams: &[Beam],
+        beams: &[Beam<C::State>],
         hidden: &Tensor,
         rows: &[usize],
-        scratch: &mut Scratch,
+        scratch: &mut Scratch<C::State>,
         prof: &mut BeamProfile,
         clock: &mut Instant,
     ) -> Vec<Cand> {
@@ -376,10 +409,10 @@ impl<'a> BeamSearch<'a> {
             let mut owners: Vec<(usize, u32)> = Vec::new();
             for (i, &row) in part.iter().enumerate() {
                 let beam = &beams[row];
-                let allowed = self.trie.allowed(beam.node);
+                let allowed = self.constraint.allowed(&beam.state);
                 if allowed.len() > DEVICE_FANOUT && allowed.len() > limit {
                     // Device path: gather this row's allowed log-probs, keep the best `limit`.
-                    let toks = scratch.big.entry(beam.node).or_insert_with(|| {
+                    let toks = scratch.big.entry(beam.state.clone()).or_insert_with(|| {
                         Tensor::from_slice(&allowed.iter().map(|&t| t as i64).collect::<Vec<_>>()).to_device(dev)
                     });
                     let vals = logp.get(i as i64).index_select(0, toks); // (F,)
@@ -390,7 +423,7 @@ impl<'a> BeamSearch<'a> {
                         out.push(Cand { score: beam.score + s, row, token: allowed[p as usize] });
                     }
                 } else {
-                    for &t in allowed {
+                    for &t in allowed.iter() {
                         flat_idx.push(i as i64 * v + t as i64);
                         owners.push((row, t));
                     }
@@ -413,10 +446,10 @@ impl<'a> BeamSearch<'a> {
 /// The ranking of documents from finished docids (best first): every document of a docid
 /// gets its score — a document reached by several docids (n-gram ids) its best one; grdr's
 /// order (score desc, doc index asc) breaks ties; the best `k`.
-pub fn to_hits(trie: &DocidTrie, generated: &[Generated], k: usize) -> Vec<Hit> {
+pub fn to_hits(trie: &DocidTrie, generated: &[Generated<NodeId>], k: usize) -> Vec<Hit> {
     let mut best: HashMap<i64, f32> = HashMap::new();
     for g in generated {
-        for &d in trie.docs(g.leaf) {
+        for &d in trie.docs(g.state) {
             let s = best.entry(d).or_insert(g.score);
             *s = s.max(g.score);
         }
@@ -424,6 +457,12 @@ pub fn to_hits(trie: &DocidTrie, generated: &[Generated], k: usize) -> Vec<Hit> 
     let mut top = TopK::new(k);
     top.merge(best.into_iter().map(|(doc_idx, score)| Hit { score, doc_idx }));
     top.into_sorted_vec()
+}
+
+/// Keeps the `w` best sequences, best first (stable: earlier finds win ties).
+fn keep_best<S>(v: &mut Vec<Generated<S>>, w: usize) {
+    v.sort_by(|a, b| b.score.total_cmp(&a.score));
+    v.truncate(w);
 }
 
 /// Σ log p of each docid in `docids` given each query, by teacher forcing: the brute-force
