@@ -31,6 +31,56 @@ def build_allowed(docids):
     return {k: sorted(v) for k, v in allowed.items()}
 
 
+def generate_parity(model, queries, w, max_new_tokens, prefix_fn, device="cpu"):
+    """HF's constrained beam search one query at a time, unpadded: per query the W sequences
+    `generate(num_beams=W, num_return_sequences=W, length_penalty=0)` returns, as
+    {"tokens": the decoded tokens (no start token; up to eos, or without trailing pads),
+    "score": Σ log p}. Greedy output (W = 1) carries no sequence score: it is teacher-forced."""
+    eos, pad = model.config.eos_token_id, model.config.pad_token_id
+    per_query = []
+    for q in queries:
+        ids = torch.tensor([q], device=device)
+        g = model.generate(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            num_beams=w,
+            num_return_sequences=w,
+            length_penalty=0.0,
+            do_sample=False,
+            early_stopping=False,
+            max_new_tokens=max_new_tokens,
+            prefix_allowed_tokens_fn=prefix_fn,
+            output_scores=True,
+            return_dict_in_generate=True,
+            # transformers 5.23 sizes the cache by the encoder's layer count, which breaks
+            # models with num_decoder_layers != num_layers (t5_v10).
+            use_cache=False,
+        )
+        hyps = []
+        scores = g.sequences_scores.tolist() if w > 1 else [None] * len(g.sequences)
+        for seq, score in zip(g.sequences.tolist(), scores):
+            toks = seq[1:]
+            if eos in toks:
+                toks = toks[: toks.index(eos) + 1]
+            while toks and toks[-1] == pad:
+                toks.pop()
+            if score is None:
+                labels = torch.tensor([toks], device=device)
+                logits = model(input_ids=ids, labels=labels).logits
+                score = logits.log_softmax(-1)[0, torch.arange(len(toks)), labels[0]].sum().item()
+            hyps.append({"tokens": toks, "score": score})
+        per_query.append(hyps)
+    return per_query
+
+
+def padded(part, pad, device="cpu"):
+    """Right-padded input ids and attention mask of a batch of token-id lists."""
+    L = max(len(q) for q in part)
+    ids = torch.tensor([q + [pad] * (L - len(q)) for q in part], device=device)
+    mask = torch.tensor([[1] * len(q) + [0] * (L - len(q)) for q in part], device=device)
+    return ids, mask
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("mode", choices=["parity", "bench"])
@@ -57,37 +107,7 @@ def main():
     with torch.no_grad():
         for w in spec["beams"]:
             if args.mode == "parity":
-                per_query = []
-                for q in spec["queries"]:
-                    ids = torch.tensor([q])
-                    g = model.generate(
-                        input_ids=ids,
-                        attention_mask=torch.ones_like(ids),
-                        num_beams=w,
-                        num_return_sequences=w,
-                        length_penalty=0.0,
-                        do_sample=False,
-                        max_new_tokens=depth,
-                        prefix_allowed_tokens_fn=prefix_fn,
-                        output_scores=True,
-                        return_dict_in_generate=True,
-                        # transformers 5.23 sizes the cache by the encoder's layer count,
-                        # which breaks models with num_decoder_layers != num_layers (t5_v10).
-                        use_cache=False,
-                    )
-                    hyps = []
-                    # Greedy (W = 1) output carries no sequence score: teacher-force it.
-                    scores = g.sequences_scores.tolist() if w > 1 else [None] * len(g.sequences)
-                    for seq, score in zip(g.sequences.tolist(), scores):
-                        toks = seq[1:]
-                        if eos in toks:
-                            toks = toks[: toks.index(eos) + 1]
-                        if score is None:
-                            logits = model(input_ids=ids, labels=torch.tensor([toks])).logits
-                            lp = logits.log_softmax(-1)[0, torch.arange(len(toks)), torch.tensor(toks)]
-                            score = lp.sum().item()
-                        hyps.append({"tokens": toks, "score": score})
-                    per_query.append(hyps)
+                per_query = generate_parity(model, spec["queries"], w, depth, prefix_fn)
                 out[str(w)] = per_query
             else:
                 batch = int(spec.get("batch", 8))
@@ -98,9 +118,7 @@ def main():
                                    length_penalty=0.0, prefix_allowed_tokens_fn=prefix_fn)
 
                 def run(part):
-                    L = max(len(q) for q in part)
-                    ids = torch.tensor([q + [0] * (L - len(q)) for q in part], device=args.device)
-                    mask = torch.tensor([[1] * len(q) + [0] * (L - len(q)) for q in part], device=args.device)
+                    ids, mask = padded(part, 0, args.device)
                     model.generate(
                         input_ids=ids,
                         attention_mask=mask,

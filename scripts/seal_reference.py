@@ -38,6 +38,8 @@ import numpy as np
 import torch
 from transformers import T5ForConditionalGeneration
 
+from bench_eval_hf_generate import generate_parity, padded  # the trie reference's HF loop
+
 
 def suffix_array(text):
     """Suffix array of the int array `text` by prefix doubling: O(n log² n)."""
@@ -159,55 +161,18 @@ def main():
         # input_ids: the decoder prefix, starting with decoder_start_token_id.
         return con.allowed(input_ids[1:].tolist())
 
-    def strip(seq):
-        toks = seq[1:]
-        if eos in toks:
-            toks = toks[: toks.index(eos) + 1]
-        while toks and toks[-1] == cfg.pad_token_id:
-            toks.pop()
-        return toks
-
     out = {}
     with torch.no_grad():
         for w in spec["beams"]:
             if args.mode == "parity":
-                per_query = []
-                for q in spec["queries"]:
-                    ids = torch.tensor([q], device=args.device)
-                    g = model.generate(
-                        input_ids=ids,
-                        attention_mask=torch.ones_like(ids),
-                        num_beams=w,
-                        num_return_sequences=w,
-                        length_penalty=0.0,
-                        do_sample=False,
-                        early_stopping=False,
-                        max_new_tokens=max_len,
-                        prefix_allowed_tokens_fn=prefix_fn,
-                        output_scores=True,
-                        return_dict_in_generate=True,
-                        use_cache=False,
-                    )
-                    hyps = []
-                    scores = g.sequences_scores.tolist() if w > 1 else [None] * len(g.sequences)
-                    for seq, score in zip(g.sequences.tolist(), scores):
-                        toks = strip(seq)
-                        if score is None:  # greedy: teacher-force Σ log p
-                            labels = torch.tensor([toks], device=args.device)
-                            logits = model(input_ids=ids, labels=labels).logits
-                            lp = logits.log_softmax(-1)[0, torch.arange(len(toks)), labels[0]]
-                            score = lp.sum().item()
-                        hyps.append({"tokens": toks, "score": score})
-                    per_query.append(hyps)
+                per_query = generate_parity(model, spec["queries"], w, max_len, prefix_fn, args.device)
                 out[str(w)] = per_query
             else:
                 batch = int(spec.get("batch", 8))
                 qs = spec["queries"]
 
                 def run(part):
-                    L = max(len(q) for q in part)
-                    ids = torch.tensor([q + [cfg.pad_token_id] * (L - len(q)) for q in part], device=args.device)
-                    mask = torch.tensor([[1] * len(q) + [0] * (L - len(q)) for q in part], device=args.device)
+                    ids, mask = padded(part, cfg.pad_token_id, args.device)
                     model.generate(
                         input_ids=ids,
                         attention_mask=mask,

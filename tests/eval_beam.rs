@@ -13,7 +13,7 @@ use grdr::model::hf::{self, LoadOptions};
 use grdr::model::T5ForConditionalGeneration;
 use grdr::search::beam::{score_all, to_hits, BeamProfile, BeamSearch, Generated};
 use grdr::search::trie::DocidTrie;
-use tch::{Kind, Tensor};
+use tch::Tensor;
 
 fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/parity").join(name)
@@ -40,16 +40,6 @@ fn random_docids(rng: &mut Rng, n: usize, vocab: usize, fanout: usize) -> Vec<(i
     out
 }
 
-fn random_queries(rng: &mut Rng, b: usize, l: usize, vocab: usize) -> Vec<Vec<i64>> {
-    (0..b).map(|_| (0..l).map(|_| rng.range(2, vocab - 1) as i64).collect()).collect()
-}
-
-fn batch(queries: &[Vec<i64>]) -> (Tensor, Tensor) {
-    let l = queries[0].len() as i64;
-    let ids = Tensor::from_slice(&queries.concat()).view([-1, l]);
-    (ids.shallow_clone(), ids.ones_like().to_kind(Kind::Int64))
-}
-
 #[test]
 fn exhaustive_beam_equals_brute_force_ranking() {
     tch::set_num_threads(1);
@@ -60,8 +50,8 @@ fn exhaustive_beam_equals_brute_force_ranking() {
         for trial in 0..4 {
             let docids = random_docids(&mut rng, 5 + 7 * trial, vocab, 3 + trial);
             let trie = DocidTrie::build(&docids, 1).unwrap();
-            let queries = random_queries(&mut rng, 3, 6, vocab);
-            let (ids, mask) = batch(&queries);
+            let queries = common::random_queries(&mut rng, 3, 6, vocab);
+            let (ids, mask) = common::query_batch(&queries);
             let seqs: Vec<Vec<u32>> = docids.iter().map(|d| d.1.clone()).collect();
             let brute = score_all(&model, &ids, &mask, &seqs); // (B, N)
             let w = docids.len() + trial; // ≥ number of docids
@@ -102,8 +92,8 @@ fn small_beams_return_only_valid_docids_with_true_scores() {
     let mut rng = Rng::new(11);
     let docids = random_docids(&mut rng, 60, vocab, 6);
     let trie = DocidTrie::build(&docids, 1).unwrap();
-    let queries = random_queries(&mut rng, 4, 5, vocab);
-    let (ids, mask) = batch(&queries);
+    let queries = common::random_queries(&mut rng, 4, 5, vocab);
+    let (ids, mask) = common::query_batch(&queries);
     let seqs: Vec<Vec<u32>> = docids.iter().map(|d| d.1.clone()).collect();
     let brute = score_all(&model, &ids, &mask, &seqs);
     for w in [1, 2, 3, 5, 10] {
@@ -133,7 +123,7 @@ fn trained(name: &str, queries: &[Vec<i64>], docids: &[(i64, Vec<u32>)]) -> T5Fo
         named,
         grdr::train::optim::AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 },
     );
-    let (ids, mask) = batch(queries);
+    let (ids, mask) = common::query_batch(queries);
     let depth = docids.iter().map(|d| d.1.len()).max().unwrap();
     let labels: Vec<i64> = (0..queries.len())
         .flat_map(|i| {
@@ -171,9 +161,9 @@ fn pruning_beams_changes_nothing() {
         let vocab = load(name).config.vocab_size as usize;
         let docids = random_docids(&mut rng, 120, vocab, 7);
         let trie = DocidTrie::build(&docids, 1).unwrap();
-        let queries = random_queries(&mut rng, 16, 6, vocab);
+        let queries = common::random_queries(&mut rng, 16, 6, vocab);
         let model = if train { trained(name, &queries, &docids) } else { load(name) };
-        let (ids, mask) = batch(&queries);
+        let (ids, mask) = common::query_batch(&queries);
         let (mut made, mut all) = (0, 0);
         tch::no_grad(|| {
             for w in [1, 2, 3, 5, 10, 40] {
@@ -221,38 +211,15 @@ fn equals_hf_generate_with_prefix_allowed_tokens_fn() {
         let mut rng = Rng::new(23);
         let docids = random_docids(&mut rng, 40, vocab, 5);
         let trie = DocidTrie::build(&docids, 1).unwrap();
-        let queries = random_queries(&mut rng, 4, 7, vocab);
+        let queries = common::random_queries(&mut rng, 4, 7, vocab);
         let beams = [1usize, 2, 4, 8, 50];
-        let dir = tempfile::tempdir().unwrap();
         let spec = serde_json::json!({"docids": docids.iter().map(|d| &d.1).collect::<Vec<_>>(), "queries": queries, "beams": beams});
-        std::fs::write(dir.path().join("spec.json"), spec.to_string()).unwrap();
-        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/bench_eval_hf_generate.py");
-        let out = std::process::Command::new(&py)
-            .arg(&script)
-            .args(["parity", "--model", fixture(name).to_str().unwrap()])
-            .args([
-                "--spec",
-                dir.path().join("spec.json").to_str().unwrap(),
-                "--out",
-                dir.path().join("out.json").to_str().unwrap(),
-            ])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        let hf: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(dir.path().join("out.json")).unwrap()).unwrap();
+        let hf = common::hf_parity(&py, "bench_eval_hf_generate.py", &fixture(name), &spec);
         for w in beams {
             for (q, query) in queries.iter().enumerate() {
-                let (ids, mask) = batch(std::slice::from_ref(query));
+                let (ids, mask) = common::query_batch(std::slice::from_ref(query));
                 let ours = &BeamSearch::new(&model, &trie, w).search(&ids, &mask)[0];
-                // HF pads short result lists with never-valid beams scored ≈ −1e9: drop them.
-                let theirs: Vec<(Vec<u32>, f64)> = hf[w.to_string()][q]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|h| (serde_json::from_value(h["tokens"].clone()).unwrap(), h["score"].as_f64().unwrap()))
-                    .filter(|(_, s)| *s > -1e8)
-                    .collect();
+                let theirs = common::hf_hypotheses(&hf, w, q);
                 assert_eq!(ours.len(), theirs.len(), "{name} W={w} q{q}: {ours:?} vs {theirs:?}");
                 for (g, (t, s)) in ours.iter().zip(&theirs) {
                     assert_eq!(&g.tokens, t, "{name} W={w} q{q}");

@@ -23,7 +23,7 @@ use grdr::model::T5ForConditionalGeneration;
 use grdr::search::beam::{score_all, BeamSearch, Generated};
 use grdr::search::constraint::{FmConstraint, FmState};
 use grdr::search::fm_index::FmIndex;
-use tch::{Kind, Tensor};
+use tch::Tensor;
 
 /// The fixtures' eos (0 = pad and decoder start).
 const EOS: u32 = 1;
@@ -41,16 +41,6 @@ fn load(name: &str) -> T5ForConditionalGeneration {
 fn random_docs(rng: &mut Rng, n: usize, vocab: usize, alphabet: usize) -> Vec<Vec<u32>> {
     let alpha: Vec<u32> = (0..alphabet).map(|_| rng.range(2, vocab - 1) as u32).collect();
     (0..n).map(|_| (0..rng.range(3, 8)).map(|_| alpha[rng.range(0, alphabet - 1)]).collect()).collect()
-}
-
-fn random_queries(rng: &mut Rng, b: usize, l: usize, vocab: usize) -> Vec<Vec<i64>> {
-    (0..b).map(|_| (0..l).map(|_| rng.range(2, vocab - 1) as i64).collect()).collect()
-}
-
-fn batch(queries: &[Vec<i64>]) -> (Tensor, Tensor) {
-    let l = queries[0].len() as i64;
-    let ids = Tensor::from_slice(&queries.concat()).view([-1, l]);
-    (ids.shallow_clone(), ids.ones_like().to_kind(Kind::Int64))
 }
 
 /// The FM-index of `docs` cut into `shards` shards of consecutive documents.
@@ -109,8 +99,8 @@ fn history_is_every_corpus_ngram_with_its_exact_score() {
         assert!(grams.len() <= w);
         let fm = index(&docs, shards);
         let constraint = FmConstraint::new(&fm, max_len, false);
-        let queries = random_queries(&mut rng, 3, 6, vocab);
-        let (ids, mask) = batch(&queries);
+        let queries = common::random_queries(&mut rng, 3, 6, vocab);
+        let (ids, mask) = common::query_batch(&queries);
         let truth = true_scores(&model, &ids, &mask, &grams);
         let got = BeamSearch::new(&model, &constraint, w).with_history().search(&ids, &mask);
         assert_eq!(got.len(), queries.len());
@@ -151,8 +141,8 @@ fn small_beams_return_corpus_ngrams_with_true_scores() {
         let grams = ngrams(&docs, max_len);
         let fm = index(&docs, 1);
         let constraint = FmConstraint::new(&fm, max_len, false);
-        let queries = random_queries(&mut rng, 3, 6, vocab);
-        let (ids, mask) = batch(&queries);
+        let queries = common::random_queries(&mut rng, 3, 6, vocab);
+        let (ids, mask) = common::query_batch(&queries);
         let truth = true_scores(&model, &ids, &mask, &grams);
         let mut stopped = 0; // searches whose running n-grams all ended documents before max_len
         for w in [1, 2, 4] {
@@ -218,39 +208,16 @@ fn equals_hf_generate_with_a_suffix_array_constraint() {
         let docs = random_docs(&mut rng, 8, vocab, 5);
         let fm = index(&docs, 1);
         let constraint = FmConstraint::new(&fm, max_len, true);
-        let queries = random_queries(&mut rng, 4, 7, vocab);
-        let dir = tempfile::tempdir().unwrap();
+        let queries = common::random_queries(&mut rng, 4, 7, vocab);
         let spec =
             serde_json::json!({"docs": docs, "eos": EOS, "queries": queries, "beams": beams, "max_len": max_len});
-        std::fs::write(dir.path().join("spec.json"), spec.to_string()).unwrap();
-        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/seal_reference.py");
-        let out = std::process::Command::new(&py)
-            .arg(&script)
-            .args(["parity", "--model", fixture(name).to_str().unwrap()])
-            .args([
-                "--spec",
-                dir.path().join("spec.json").to_str().unwrap(),
-                "--out",
-                dir.path().join("out.json").to_str().unwrap(),
-            ])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        let hf: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(dir.path().join("out.json")).unwrap()).unwrap();
-        let (ids, mask) = batch(&queries);
+        let hf = common::hf_parity(&py, "seal_reference.py", &fixture(name), &spec);
+        let (ids, mask) = common::query_batch(&queries);
         let mut ended_by_eos = 0;
         for w in beams {
             let got = BeamSearch::new(&model, &constraint, w).search(&ids, &mask);
             for (q, ours) in got.iter().enumerate() {
-                // HF pads short result lists with never-valid beams scored ≈ −1e9: drop them.
-                let theirs: Vec<(Vec<u32>, f64)> = hf[w.to_string()][q]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|h| (serde_json::from_value(h["tokens"].clone()).unwrap(), h["score"].as_f64().unwrap()))
-                    .filter(|(_, s)| *s > -1e8)
-                    .collect();
+                let theirs = common::hf_hypotheses(&hf, w, q);
                 assert_eq!(ours.len(), theirs.len(), "{name} W={w} q{q}: {ours:?} vs {theirs:?}");
                 for (g, (t, s)) in ours.iter().zip(&theirs) {
                     assert_eq!(&g.tokens, t, "{name} W={w} q{q}: {ours:?} vs {theirs:?}");

@@ -119,8 +119,12 @@ fn seal_decode() {
     let batch = 8usize;
     let threads = tch::get_num_threads();
     let mut out = serde_json::json!({"model": model_dir.display().to_string(), "queries": queries.len(), "threads": threads, "max_len": max_len});
+    // Warm-up (thread pools, first allocations), as the reference does.
+    let (warm, warm_mask) = tok.batch(&queries[..1], tch::Device::Cpu);
+    BeamSearch::new(&model, &constraint, 10).with_history().search(&warm, &warm_mask);
     for w in [10usize, 100] {
         let search = BeamSearch::new(&model, &constraint, w).with_history();
+        // Batches of 8 one after the other, all intra-op threads (as the reference runs).
         let mut prof = BeamProfile::default();
         let mut ngrams = 0usize;
         let t = Instant::now();
@@ -129,9 +133,17 @@ fn seal_decode() {
             ngrams += search.search_profiled(&ids, &mask, &mut prof).iter().map(Vec::len).sum::<usize>();
         }
         let secs = t.elapsed().as_secs_f64();
+        // As `grdr eval` decodes on the CPU (`run_seal.rs`): one batch per worker, as many
+        // workers as threads, libtorch single-threaded in each.
+        let units: Vec<_> = queries.chunks(batch).map(|part| tok.batch(part, tch::Device::Cpu)).collect();
+        let shared = grdr::parallel::Shared(&search);
+        let t = Instant::now();
+        grdr::parallel::parallel_map(tch::Device::Cpu, units, |(ids, mask)| shared.get().search(&ids, &mask).len());
+        let eval_secs = t.elapsed().as_secs_f64();
         out[w.to_string()] = serde_json::json!({
             "seconds": secs,
             "queries_per_second": queries.len() as f64 / secs,
+            "eval_queries_per_second": queries.len() as f64 / eval_secs,
             "ngrams_per_query": ngrams as f64 / queries.len() as f64,
             "profile": prof,
         });

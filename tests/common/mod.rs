@@ -48,3 +48,44 @@ pub fn reference_python(code: &str, args: &[&str]) -> String {
     assert!(out.status.success(), "python failed: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// Runs `scripts/<script>`'s `parity` mode (HF transformers' constrained `generate`, the
+/// beam engine's reference) with the reference Python `py` on the HF model `model` and
+/// `spec`; returns its output JSON.
+pub fn hf_parity(py: &Path, script: &str, model: &Path, spec: &serde_json::Value) -> serde_json::Value {
+    let dir = tempfile::tempdir().unwrap();
+    let (spec_path, out_path) = (dir.path().join("spec.json"), dir.path().join("out.json"));
+    std::fs::write(&spec_path, spec.to_string()).unwrap();
+    let out = Command::new(py)
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts").join(script))
+        .args(["parity", "--model", model.to_str().unwrap()])
+        .args(["--spec", spec_path.to_str().unwrap(), "--out", out_path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{script}: {}", stderr(&out));
+    serde_json::from_slice(&std::fs::read(out_path).unwrap()).unwrap()
+}
+
+/// The sequences HF returned for beam `w` and query `q` of a [`hf_parity`] output, with their
+/// Σ log p; HF pads short result lists with never-valid beams scored ≈ −1e9: dropped.
+pub fn hf_hypotheses(hf: &serde_json::Value, w: usize, q: usize) -> Vec<(Vec<u32>, f64)> {
+    hf[w.to_string()][q]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| (serde_json::from_value(h["tokens"].clone()).unwrap(), h["score"].as_f64().unwrap()))
+        .filter(|(_, s)| *s > -1e8)
+        .collect()
+}
+
+/// `b` random queries of `l` tokens over ids 2..vocab (0 = pad/start, 1 = eos).
+pub fn random_queries(rng: &mut grdr::data::synth::Rng, b: usize, l: usize, vocab: usize) -> Vec<Vec<i64>> {
+    (0..b).map(|_| (0..l).map(|_| rng.range(2, vocab - 1) as i64).collect()).collect()
+}
+
+/// Equal-length queries as one batch: input ids (B, L) and an all-ones mask (B, L).
+pub fn query_batch(queries: &[Vec<i64>]) -> (tch::Tensor, tch::Tensor) {
+    let l = queries[0].len() as i64;
+    let ids = tch::Tensor::from_slice(&queries.concat()).view([-1, l]);
+    (ids.shallow_clone(), ids.ones_like().to_kind(tch::Kind::Int64))
+}
