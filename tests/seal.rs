@@ -234,3 +234,48 @@ fn equals_hf_generate_with_a_suffix_array_constraint() {
         );
     }
 }
+
+/// `grdr index fm` on a small synthetic dataset: shards of whole row groups that open and
+/// hold every document; misuse and damage refused with the README's exit codes.
+#[test]
+fn index_fm_writes_checked_shards_and_refuses_misuse() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ds = tmp.path().join("synth");
+    let ds_s = ds.to_str().unwrap();
+    common::grdr_ok(&["synth", "--docs", "300", "--queries", "5", "--row-group-rows", "100", "--output", ds_s]);
+    let out = tmp.path().join("fm");
+    let out_s = out.to_str().unwrap();
+    common::grdr_ok(&["index", "fm", "--data", ds_s, "--output", out_s, "--shard-tokens", "1"]);
+    let index: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("index.json")).unwrap()).unwrap();
+    assert_eq!(index["shards"].as_array().unwrap().len(), 3, "one row group a shard at 1 token: {index}");
+    let shards = grdr::search::fm_index::open_dir(&out, 300, "t5-tokenizer").unwrap();
+    assert_eq!(shards.iter().map(|s| s.meta.n_docs).sum::<u64>(), 300);
+    assert_eq!(shards[2].meta.first_doc, 200);
+    // Existing output without --overwrite, zero shard size: usage errors (2), nothing written.
+    let again = common::grdr(&["index", "fm", "--data", ds_s, "--output", out_s]);
+    assert_eq!(again.status.code(), Some(2), "{}", common::stderr(&again));
+    let zero = common::grdr(&[
+        "index",
+        "fm",
+        "--data",
+        ds_s,
+        "--output",
+        tmp.path().join("z").to_str().unwrap(),
+        "--shard-tokens",
+        "0",
+    ]);
+    assert_eq!(zero.status.code(), Some(2), "{}", common::stderr(&zero));
+    assert!(!tmp.path().join("z").exists());
+    // A damaged shard: refused as input (3), naming the file.
+    let shard = out.join("shard-00001.fm");
+    let mut bytes = std::fs::read(&shard).unwrap();
+    let n = bytes.len();
+    bytes[n - 3] ^= 0x40;
+    std::fs::write(&shard, bytes).unwrap();
+    let err = grdr::search::fm_index::open_dir(&out, 300, "t5-tokenizer").err().expect("refused");
+    assert_eq!(err.exit_code(), 3, "{err}");
+    assert!(err.to_string().contains("shard-00001.fm") && err.to_string().contains("checksum"), "{err}");
+    // The wrong dataset: refused by document count.
+    let err = grdr::search::fm_index::open_dir(&tmp.path().join("nowhere"), 300, "t5-tokenizer").err().unwrap();
+    assert_eq!(err.exit_code(), 2, "{err}");
+}

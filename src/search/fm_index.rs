@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::wavelet::{self, RangeSymbol, RankBits, WaveletMatrix};
-use crate::error::{Error, Result};
+use crate::error::{Error, Location, Result};
 
 pub const MAGIC: &[u8; 8] = b"GRDRFMIX";
 pub const FORMAT: &str = "grdr-fm-index/1";
@@ -272,23 +272,34 @@ impl FmIndex {
         // SAFETY: the file is opened read-only and index files are written once (renamed
         // into place), never modified while mapped.
         let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, "cannot map", e))?;
-        let bad = |why: String| Error::usage(path.display().to_string(), format!("not a usable FM-index: {why}"));
+        // Refused as input data (exit 3), naming the part of the file that is wrong.
+        let bad = |field: &str, why: String| {
+            Error::input(path, Location::File, field, format!("not a usable FM-index: {why}"))
+        };
         if map.len() < HEADER_BYTES || &map[..8] != MAGIC {
-            return Err(bad("no GRDRFMIX header (make it with `grdr index fm`)".into()));
+            return Err(bad("magic", "no GRDRFMIX header (make it with `grdr index fm`)".into()));
         }
-        let json = std::str::from_utf8(&map[8..HEADER_BYTES]).map_err(|e| bad(e.to_string()))?.trim_end();
-        let meta: FmMeta = serde_json::from_str(json).map_err(|e| bad(format!("header: {e}")))?;
+        let json = std::str::from_utf8(&map[8..HEADER_BYTES]).map_err(|e| bad("header", e.to_string()))?.trim_end();
+        let meta: FmMeta = serde_json::from_str(json).map_err(|e| bad("header", e.to_string()))?;
         if meta.format != FORMAT {
-            return Err(bad(format!("format {} (this grdr reads {FORMAT})", meta.format)));
+            return Err(bad("format", format!("{} (this grdr reads {FORMAT})", meta.format)));
         }
         let s = &meta.sections;
         let words = s.samples.0 + s.samples.1;
         if (map.len() - HEADER_BYTES) != words * 8 || cfg!(target_endian = "big") {
-            return Err(bad(format!("{} data bytes, the header says {}", map.len() - HEADER_BYTES, words * 8)));
+            return Err(bad("size", format!("{} data bytes, the header says {}", map.len() - HEADER_BYTES, words * 8)));
+        }
+        let parts = [s.starts, s.text, s.wavelet, s.zeros, s.offset, s.marks, s.samples];
+        if parts.iter().any(|&(at, len)| at.checked_add(len).is_none_or(|end| end > words))
+            || meta.levels == 0
+            || meta.levels > 16
+            || meta.sample_rate == 0
+        {
+            return Err(bad("sections", "sections or sizes out of range".into()));
         }
         let index = Self::from_parts(meta, Storage::Mapped(map));
         if checksum(index.words()) != index.meta.sha256 {
-            return Err(bad("checksum mismatch: the file is damaged".into()));
+            return Err(bad("sha256", "checksum mismatch: the file is damaged".into()));
         }
         Ok(index)
     }
