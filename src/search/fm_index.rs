@@ -18,7 +18,7 @@
 //!
 //! File (one per shard, memory-mapped): a 4096-byte header — magic `GRDRFMIX`, then the JSON
 //! [`FmMeta`] (sections, sizes, SHA-256 of the data), space-padded — then the data as
-//! little-endian u64 words. Opening checks magic, format and checksum.
+//! little-endian u64 words. Opening checks magic, format, sizes, sections and checksum.
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -76,7 +76,7 @@ pub struct FmMeta {
     pub n_docs: u64,
     /// Text length: Σ (document tokens + 1), the terminator not counted.
     pub n_tokens: u64,
-    /// Symbols are 0..sigma (token + 1; 0 = sentinel).
+    /// Symbols are 0..sigma (token + 1; 0 = the terminator).
     pub sigma: u32,
     pub levels: u32,
     pub sample_rate: u64,
