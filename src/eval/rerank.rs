@@ -128,10 +128,14 @@ pub fn run(ctx: &Context, r: &RerankOptions, info: &mut Info) -> Result<Vec<Vec<
             (q, part, Input { q_ids, q_mask, rows, per_doc, mean_of_sum: spans })
         })
         .collect();
+    let lead = ctx.comm.world().is_coordinator();
+    let bar = crate::progress::bar(if lead { units.len() as u64 } else { 0 }, "GR rerank");
     let scored = parallel_map(opts.device, units, |(q, part, input)| {
         let s = score_gr(task.get(), input);
+        bar.inc(1);
         (q, part.into_iter().zip(s).map(|(doc_idx, score)| Hit { score, doc_idx }).collect::<Vec<_>>())
     });
+    bar.finish_and_clear();
     let mut tops: std::collections::BTreeMap<usize, TopK> = (lo..hi).map(|q| (q, TopK::new(opts.k))).collect();
     for (q, hits) in scored {
         tops.get_mut(&q).expect("query of this rank").merge(hits);

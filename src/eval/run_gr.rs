@@ -49,7 +49,14 @@ pub fn generative(ctx: &Context, info: &mut Info, metrics: &mut Info) -> Result<
     let mut calib: Vec<(usize, QueryCalibration)> = Vec::new();
     let t0 = std::time::Instant::now();
     let shared = Shared(&beam);
-    let decoded = parallel_map(opts.device, units, |(start, qi, qm)| (start, shared.get().search(&qi, &qm)));
+    let lead = ctx.comm.world().is_coordinator();
+    let bar = crate::progress::bar(if lead { (hi - lo) as u64 } else { 0 }, "GR queries");
+    let decoded = parallel_map(opts.device, units, |(start, qi, qm)| {
+        let gens = shared.get().search(&qi, &qm);
+        bar.inc(gens.len() as u64);
+        (start, gens)
+    });
+    bar.finish_and_clear();
     for (start, batch) in decoded {
         for (i, gens) in batch.into_iter().enumerate() {
             let q = start + i;

@@ -48,6 +48,8 @@ pub fn seal(ctx: &Context, dir: &Path, info: &mut Info) -> Result<Vec<Vec<Hit>>>
     let ids = ctx.query_ids()?;
     let (units, (lo, hi)) = query_batches(ctx, &ids, width);
     tracing::info!("SEAL: {} queries on this rank, beam {width}, n-grams of ≤ {} tokens", hi - lo, opts.ngram_len);
+    let lead = ctx.comm.world().is_coordinator();
+    let bar = crate::progress::bar(if lead { (hi - lo) as u64 } else { 0 }, "SEAL queries");
     let t0 = std::time::Instant::now();
     let shared = Shared(&beam);
     // Per batch: decode the n-grams (and the first step's log-probabilities), then rank the
@@ -71,8 +73,10 @@ pub fn seal(ctx: &Context, dir: &Path, info: &mut Info) -> Result<Vec<Vec<Hit>>>
                 seal::rank(&corpus, &ngrams, logp, &opts.seal, opts.k)
             })
             .collect();
+        bar.inc(hits.len() as u64);
         (start, hits, n_ngrams, decode, t.elapsed().as_secs_f64())
     });
+    bar.finish_and_clear();
     let wall = t0.elapsed().as_secs_f64();
     let mut hits: Vec<Vec<Hit>> = vec![Vec::new(); ctx.queries.len()];
     let (mut n_ngrams, mut decode_secs, mut score_secs) = (0usize, 0.0, 0.0);
