@@ -225,15 +225,17 @@ impl<'a, C: Constraint> BeamSearch<'a, C> {
                 cs.truncate(2 * w);
                 let mut running = Vec::new();
                 for (rank, c) in cs.iter().enumerate() {
-                    if self.history {
-                        finished[q].push(extend(&beams[c.row], c.token, c.score));
-                    }
-                    if Some(c.token) == eos {
-                        if rank < w && !self.history {
-                            finished[q].push(extend(&beams[c.row], c.token, c.score));
+                    let is_eos = Some(c.token) == eos;
+                    let runs = !is_eos && running.len() < w;
+                    // History keeps every candidate; otherwise an eos ranked < W finishes.
+                    if self.history || (is_eos && rank < w) {
+                        let g = extend(&beams[c.row], c.token, c.score);
+                        if runs {
+                            running.push((*c, Some(g.clone())));
                         }
-                    } else if running.len() < w {
-                        running.push(*c);
+                        finished[q].push(g);
+                    } else if runs {
+                        running.push((*c, None));
                     }
                 }
                 if !self.history {
@@ -242,11 +244,12 @@ impl<'a, C: Constraint> BeamSearch<'a, C> {
                 // Stop a query once no running prefix can beat its worst kept sequence
                 // (scores only fall as tokens are added).
                 let full = !self.history && finished[q].len() == w;
-                if running.is_empty() || (full && running[0].score <= finished[q][w - 1].score) {
+                if running.is_empty() || (full && running[0].0.score <= finished[q][w - 1].score) {
                     continue;
                 }
-                for c in running {
-                    let next = extend(&beams[c.row], c.token, c.score);
+                // A continuation already extended for the history is not extended again.
+                for (c, done) in running {
+                    let next = done.unwrap_or_else(|| extend(&beams[c.row], c.token, c.score));
                     new_beams.push(Beam { query: q, state: next.state, score: c.score, tokens: next.tokens });
                     parents.push(c.row as i64);
                     next_input.push(c.token as i64);

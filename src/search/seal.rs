@@ -135,7 +135,8 @@ fn keys(corpus: &Corpus, ngrams: &[Ngram], first_step: Option<&[f32]>, o: &SealO
     let n_tokens = corpus.tokens() as f64;
     // N-gram weights (first occurrence of a repeated n-gram wins).
     let mut seen: HashSet<&[u32]> = HashSet::default();
-    let mut scored: Vec<(Vec<u32>, f64)> = Vec::new();
+    // (tokens, weight, corpus count): each count looked up once.
+    let mut scored: Vec<(Vec<u32>, f64, u64)> = Vec::new();
     let mut unigram_set: HashSet<u32> = HashSet::from_iter([0, 1, 2]); // pad, eos, unk: never unigram keys
     for n in ngrams.iter().filter(|n| !n.tokens.is_empty()) {
         if !seen.insert(&n.tokens) {
@@ -144,11 +145,13 @@ fn keys(corpus: &Corpus, ngrams: &[Ngram], first_step: Option<&[f32]>, o: &SealO
         if n.tokens.len() == 1 {
             unigram_set.insert(n.tokens[0]);
         }
-        let w = corrected(n.log_prob as f64, corpus.count(&n.tokens), n_tokens, o.smoothing).powf(o.alpha);
-        scored.push((n.tokens.clone(), w));
+        let count = corpus.count(&n.tokens);
+        let w = corrected(n.log_prob as f64, count, n_tokens, o.smoothing).powf(o.alpha);
+        scored.push((n.tokens.clone(), w, count));
     }
     // Unigram weights of the most likely first tokens.
     let mut unigram: HashMap<u32, f64> = HashMap::default();
+    let mut unigram_count: HashMap<u32, u64> = HashMap::default();
     if let (true, Some(logp)) = (o.unigrams, first_step) {
         let mut order: Vec<u32> = (0..logp.len() as u32).collect();
         order.sort_by(|&a, &b| logp[b as usize].total_cmp(&logp[a as usize]).then(a.cmp(&b)));
@@ -156,21 +159,22 @@ fn keys(corpus: &Corpus, ngrams: &[Ngram], first_step: Option<&[f32]>, o: &SealO
             if unigram_set.contains(&t) {
                 continue;
             }
-            let w = corrected(logp[t as usize] as f64, corpus.count(&[t]), n_tokens, o.smoothing);
+            let count = corpus.count(&[t]);
+            let w = corrected(logp[t as usize] as f64, count, n_tokens, o.smoothing);
             if w > 0.0 {
                 unigram.insert(t, w);
+                unigram_count.insert(t, count);
             }
         }
         // The best unigrams join the n-grams (as many as there are n-grams).
         let mut best: Vec<(u32, f64)> = unigram.iter().map(|(&t, &w)| (t, w)).collect();
         best.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
         let k = scored.len();
-        scored.extend(best.into_iter().take(k).map(|(t, w)| (vec![t], w)));
+        scored.extend(best.into_iter().take(k).map(|(t, w)| (vec![t], w, unigram_count[&t])));
     }
     let mut all: Vec<(Vec<u32>, f64, u64)> = Vec::new();
     let mut at: HashMap<Vec<u32>, usize> = HashMap::default();
-    for (tokens, w) in scored {
-        let count = corpus.count(&tokens);
+    for (tokens, w, count) in scored {
         if count > o.skip_frequent || w <= 0.0 {
             continue;
         }
