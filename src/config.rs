@@ -355,11 +355,14 @@ pub struct LogConfig {
     pub interval: u64,
     /// A progress bar on a terminal. Default true.
     pub progress: bool,
+    /// TensorBoard event files in `RUNDIR/tb/` (the figures of metrics.jsonl, the end-of-run
+    /// evaluation, the config as text). Default true.
+    pub tensorboard: bool,
 }
 
 impl Default for LogConfig {
     fn default() -> Self {
-        LogConfig { interval: 10, progress: true }
+        LogConfig { interval: 10, progress: true, tensorboard: true }
     }
 }
 

@@ -32,6 +32,14 @@ pub struct Record {
     /// Resident memory of rank 0 in MiB.
     #[serde(deserialize_with = "nan_from_null")]
     pub rss_mib: f64,
+    /// Unix time (s) the record was made: TensorBoard's time axis, also when a resumed run
+    /// replays the record (logs from before this field read as NaN).
+    #[serde(default = "unmeasured", deserialize_with = "nan_from_null")]
+    pub wall_time: f64,
+}
+
+fn unmeasured() -> f64 {
+    f64::NAN
 }
 
 /// JSON has no NaN: serde_json writes a NaN (a figure not measured on that step, e.g. the
@@ -43,6 +51,8 @@ fn nan_from_null<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<
 pub struct MetricsLog {
     path: PathBuf,
     file: std::fs::File,
+    /// The records kept from an earlier run of the directory (a resume's first steps).
+    pub kept: Vec<Record>,
 }
 
 impl MetricsLog {
@@ -52,22 +62,20 @@ impl MetricsLog {
     /// is logged once.
     pub fn open(run_dir: &Path, resume_step: Option<u64>) -> Result<Self> {
         let path = run_dir.join("metrics.jsonl");
-        {
-            let step = resume_step.unwrap_or(0);
-            let kept: Vec<String> = std::fs::read_to_string(&path)
-                .unwrap_or_default()
-                .lines()
-                .filter(|l| serde_json::from_str::<Record>(l).map(|r| r.step <= step).unwrap_or(false))
-                .map(|l| l.to_string())
-                .collect();
-            crate::atomic::write_file(&path, |w| kept.iter().try_for_each(|l| writeln!(w, "{l}")))?;
-        }
+        let step = resume_step.unwrap_or(0);
+        let kept: Vec<(String, Record)> = std::fs::read_to_string(&path)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Record>(l).ok().map(|r| (l.to_string(), r)))
+            .filter(|(_, r)| r.step <= step)
+            .collect();
+        crate::atomic::write_file(&path, |w| kept.iter().try_for_each(|(l, _)| writeln!(w, "{l}")))?;
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&path)
             .map_err(|e| Error::io(&path, "cannot open", e))?;
-        Ok(MetricsLog { path, file })
+        Ok(MetricsLog { path, file, kept: kept.into_iter().map(|(_, r)| r).collect() })
     }
 
     pub fn write(&mut self, r: &Record) -> Result<()> {
@@ -120,6 +128,7 @@ mod tests {
             samples_per_s: 2.0,
             tokens_per_s: 3.0,
             rss_mib: 4.0,
+            wall_time: 5.0,
         }
     }
 

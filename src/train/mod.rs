@@ -11,4 +11,6 @@ pub mod precision;
 pub mod run_dir;
 pub mod schedule;
 pub mod signal;
+pub mod tensorboard;
+pub mod tfevents;
 pub mod trainer;

@@ -9,8 +9,8 @@ use super::checkpoint;
 use crate::error::{Error, Result};
 
 /// Everything a run writes at the top of its directory.
-const RUN_ENTRIES: [&str; 7] =
-    ["checkpoints", "model", "eval", "metrics.jsonl", "train.json", "config.toml", "world.json"];
+const RUN_ENTRIES: [&str; 8] =
+    ["checkpoints", "model", "eval", "metrics.jsonl", "train.json", "config.toml", "world.json", "tb"];
 
 const ASIDE_PREFIX: &str = ".replaced-";
 

@@ -22,6 +22,7 @@ use super::optim::{AdamW, AdamWConfig};
 use super::run_dir;
 use super::schedule::Schedule;
 use super::signal;
+use super::tensorboard::TbLog;
 use crate::config::{IndexView, ModelKind, Precision, RunConfig};
 use crate::data::batch::{Batcher, DocStore};
 use crate::data::docid::DocidTable;
@@ -385,6 +386,10 @@ fn step_loop(
     let lead = world.is_coordinator();
     let t = &cfg.train;
     let mut log = if lead { Some(MetricsLog::open(run_dir, resume.state.as_ref().map(|s| s.step))?) } else { None };
+    let mut tb = match &log {
+        Some(log) if cfg.log.tensorboard => Some(TbLog::open(run_dir, &cfg.to_toml(), &log.kept)?),
+        _ => None,
+    };
     let bar =
         if lead && cfg.log.progress { crate::progress::bar(plan.total, "train") } else { crate::progress::bar(0, "") };
     bar.set_position(plan.start);
@@ -426,6 +431,9 @@ fn step_loop(
             let record = acc.record(done, epoch, agreed.loss, lr, grad_norm);
             if let Some(log) = log.as_mut() {
                 log.write(&record)?;
+                if let Some(tb) = tb.as_mut() {
+                    tb.write(&record)?;
+                }
                 bar.suspend(|| tracing::info!("{}", metrics_log::format_line(&record, plan.total)));
             }
             acc = Interval::default();
@@ -597,7 +605,21 @@ fn finish(
     } else {
         None
     };
+    if world.is_coordinator() && eval.is_some() {
+        log_eval_to_tensorboard(run_dir, plan.total)?;
+    }
     Ok(Outcome::Finished { steps: plan.total, eval })
+}
+
+/// The numbers of `RUNDIR/eval/metrics.json` as `eval/<name>` scalars at the last step.
+fn log_eval_to_tensorboard(run_dir: &Path, step: u64) -> Result<()> {
+    let Some(mut tb) = TbLog::reopen(run_dir)? else { return Ok(()) };
+    let path = run_dir.join("eval").join("metrics.json");
+    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, "cannot read", e))?;
+    let metrics: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&text)
+        .map_err(|e| Error::input(&path, crate::error::Location::File, "metrics", e.to_string()))?;
+    let numbers: Vec<(String, f64)> = metrics.iter().filter_map(|(k, v)| Some((k.clone(), v.as_f64()?))).collect();
+    tb.write_eval(step, &numbers)
 }
 
 /// Loss and throughput since the last log line.
@@ -638,6 +660,7 @@ impl Interval {
             samples_per_s: per(self.samples),
             tokens_per_s: per(self.tokens),
             rss_mib: metrics_log::rss_mib(),
+            wall_time: super::tensorboard::unix_time(),
         }
     }
 }
