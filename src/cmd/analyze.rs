@@ -301,11 +301,7 @@ fn draw(dir: &std::path::Path, plot: &Plot) -> Result<()> {
                 x: XAxis::numeric(&xs),
                 series: series
                     .iter()
-                    .map(|(label, points)| Series {
-                        family: label.clone(),
-                        label: label.clone(),
-                        points: points.clone(),
-                    })
+                    .map(|(label, points)| Series::new(label.clone(), label.clone(), points.clone()))
                     .collect(),
             };
             write_figure(dir, &fig)?;

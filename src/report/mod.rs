@@ -12,6 +12,9 @@
 //!        ▼
 //! SWEEPDIR/report/results.parquet, results.csv     table.rs (+ markdown on stdout)
 //! SWEEPDIR/report/<metric>-vs-<axis>.{png,svg}     plot.rs, scale.rs, font.rs
+//! SWEEPDIR/report/report.html (--html)             html_sweep.rs on html.rs (one page,
+//!                                                  inline SVG, no network)
+//! RUNDIR/report/report.html   (--html on a run)    html_run.rs: curves, metrics, config
 //! ```
 //! `heatmap.rs` draws the alignment matrices of `grdr analyze heatmap` (plot.rs the line
 //! figures of the other analyses). Every file is written under a temporary name and renamed,
@@ -20,6 +23,9 @@ pub mod collect;
 pub mod columns;
 pub mod font;
 pub mod heatmap;
+pub mod html;
+pub mod html_run;
+pub mod html_sweep;
 pub mod plot;
 pub mod scale;
 pub mod table;

@@ -22,6 +22,9 @@ use crate::error::{Error, Result};
 /// Pixels of the PNG; the SVG has the same user units.
 const SIZE: (u32, u32) = (900, 600);
 
+/// Lines with more points than this are drawn without markers.
+const MAX_MARKED: usize = 40;
+
 /// Okabe–Ito colours: distinguishable with the common colour-vision deficiencies.
 const PALETTE: [RGBColor; 7] = [
     RGBColor(0, 114, 178),
@@ -37,8 +40,37 @@ const PALETTE: [RGBColor; 7] = [
 pub struct Series {
     pub family: String,
     pub label: String,
-    /// (x, metric), sorted by x.
+    /// (x, metric), sorted by x: the mean over seeds where the sweep has a seed axis.
     pub points: Vec<(f64, f64)>,
+    /// Per point, the sample standard deviation over seeds (0 for a single run): drawn as
+    /// an error bar of ±1 s.d.
+    pub spread: Vec<f64>,
+}
+
+impl Series {
+    /// A series of single runs (no error bars).
+    pub fn new(family: String, label: String, points: Vec<(f64, f64)>) -> Series {
+        let spread = vec![0.0; points.len()];
+        Series { family, label, points, spread }
+    }
+
+    pub fn has_spread(&self) -> bool {
+        self.spread.iter().any(|&s| s > 0.0)
+    }
+}
+
+/// Seed axes (`train.seed`, `seed`) repeat a point, they do not move it: their points are
+/// averaged into one with an error bar, never drawn as an x axis or told apart in a legend.
+pub fn is_seed_axis(axis: &str) -> bool {
+    axis.rsplit('.').next() == Some("seed")
+}
+
+/// Mean and sample standard deviation (0 for one value).
+fn mean_sd(values: &[f64]) -> (f64, f64) {
+    let n = values.len() as f64;
+    let mean = values.iter().sum::<f64>() / n;
+    let var = if values.len() > 1 { values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0) } else { 0.0 };
+    (mean, var.sqrt())
 }
 
 /// One figure: a metric against an axis.
@@ -78,9 +110,12 @@ pub fn plan(results: &Results, columns: &[Column], metrics: &[String]) -> Vec<Fi
             seen
         })
         .collect();
-    let varying: Vec<usize> = (0..results.axes.len()).filter(|&a| distinct[a].len() > 1).collect();
+    let varying: Vec<usize> =
+        (0..results.axes.len()).filter(|&a| distinct[a].len() > 1 && !is_seed_axis(&results.axes[a])).collect();
     for (a, axis) in results.axes.iter().enumerate() {
-        if !varying.contains(&a) {
+        if is_seed_axis(axis) {
+            tracing::info!("axis {axis} repeats points: plotted as the mean with ±1 s.d. error bars");
+        } else if !varying.contains(&a) {
             tracing::info!("axis {axis} takes one value; nothing to plot against it");
         }
     }
@@ -108,11 +143,12 @@ pub fn plan(results: &Results, columns: &[Column], metrics: &[String]) -> Vec<Fi
             if series.is_empty() {
                 continue;
             }
+            let over_seeds = if series.iter().any(Series::has_spread) { ", mean ± s.d. over seeds" } else { "" };
             figures.push(Figure {
                 metric: metric.clone(),
                 axis: results.axes[a].clone(),
                 stem: file_safe(&format!("{metric}-vs-{}", short[a])),
-                title: format!("{metric} vs {} (sweep {})", short[a], results.sweep),
+                title: format!("{metric} vs {} (sweep {}{over_seeds})", short[a], results.sweep),
                 x,
                 series,
             });
@@ -122,7 +158,8 @@ pub fn plan(results: &Results, columns: &[Column], metrics: &[String]) -> Vec<Fi
 }
 
 /// Groups the points with a number for `metric` into lines by (family, the other varying
-/// axes' values), in first-appearance order.
+/// axes' values), in first-appearance order; points of one line at one x (runs that differ
+/// only in their seed) become their mean and standard deviation.
 fn series_for(
     results: &Results,
     columns: &[Column],
@@ -141,7 +178,9 @@ fn series_for(
         .map(|&o| (&short[o], find(columns, &results.axes[o]).expect("axis column")))
         .filter(|(_, c)| !fixed_by_family(results, c))
         .collect();
-    let mut series: Vec<Series> = Vec::new();
+    // (family, label) → x → the metric of each run there.
+    type Runs = Vec<(f64, Vec<f64>)>;
+    let mut lines: Vec<(String, String, Runs)> = Vec::new();
     for (i, row) in results.rows.iter().enumerate() {
         let xv = match &x.scale {
             Scale::Categorical(_) => col.data.text(i).and_then(|t| x.category_index(&t)),
@@ -154,15 +193,31 @@ fn series_for(
         for (name, c) in &others {
             label.push_str(&format!(", {name}={}", c.data.text(i).unwrap_or_else(|| "-".into())));
         }
-        match series.iter_mut().find(|s| s.label == label) {
-            Some(s) => s.points.push((xv, y)),
-            None => series.push(Series { family: row.family.clone(), label, points: vec![(xv, y)] }),
+        let line = match lines.iter().position(|l| l.1 == label) {
+            Some(k) => &mut lines[k],
+            None => {
+                lines.push((row.family.clone(), label, Vec::new()));
+                lines.last_mut().expect("just pushed")
+            }
+        };
+        match line.2.iter_mut().find(|(x, _)| *x == xv) {
+            Some((_, ys)) => ys.push(y),
+            None => line.2.push((xv, vec![y])),
         }
     }
-    for s in &mut series {
-        s.points.sort_by(|a, b| a.0.total_cmp(&b.0));
-    }
-    series
+    lines
+        .into_iter()
+        .map(|(family, label, mut at)| {
+            at.sort_by(|a, b| a.0.total_cmp(&b.0));
+            let stats: Vec<(f64, (f64, f64))> = at.iter().map(|(x, ys)| (*x, mean_sd(ys))).collect();
+            Series {
+                family,
+                label,
+                points: stats.iter().map(|&(x, (m, _))| (x, m)).collect(),
+                spread: stats.iter().map(|&(_, (_, sd))| sd).collect(),
+            }
+        })
+        .collect()
 }
 
 /// Whether every family takes a single value of this column.
@@ -182,8 +237,11 @@ fn fixed_by_family(results: &Results, col: &Column) -> bool {
 /// The y range: the data padded, with head room for the legend (more series, more room),
 /// and not below 0 for metrics that cannot be negative.
 fn y_range(fig: &Figure) -> (f64, f64) {
-    let ys = || fig.series.iter().flat_map(|s| s.points.iter().map(|p| p.1));
-    let (lo, hi) = (ys().fold(f64::INFINITY, f64::min), ys().fold(f64::NEG_INFINITY, f64::max));
+    // The ends of the error bars count as data.
+    let ends = |sign: f64| {
+        fig.series.iter().flat_map(move |s| s.points.iter().zip(&s.spread).map(move |(p, e)| p.1 + sign * e))
+    };
+    let (lo, hi) = (ends(-1.0).fold(f64::INFINITY, f64::min), ends(1.0).fold(f64::NEG_INFINITY, f64::max));
     let span = if hi > lo { hi - lo } else { hi.abs().max(0.01) * 0.2 };
     let bottom = if lo >= 0.0 { (lo - span * 0.08).max(0.0) } else { lo - span * 0.08 };
     // The legend takes ~19 px a line of the ~470 px plot area; keep that fraction of the
@@ -250,7 +308,7 @@ fn draw<DB: DrawingBackend>(
         .build_cartesian_2d(fig.x.clone(), ylo..yhi)?;
     chart
         .configure_mesh()
-        .x_desc(format!("{}{}", fig.axis, fig.x.suffix()))
+        .x_desc(x_title(fig))
         .y_desc(&fig.metric)
         .axis_desc_style((FAMILY, 17))
         .label_style((FAMILY, 14))
@@ -264,7 +322,13 @@ fn draw<DB: DrawingBackend>(
         let line = color.stroke_width(2);
         let points: Vec<(f64, f64)> =
             s.points.iter().map(|&(x, y)| (if categorical { x + nudge(fig, j, x) } else { x }, y)).collect();
-        let markers = points.iter().map(|&p| Circle::new(p, 5, color.filled()));
+        // A dense line (a training curve) is the line alone; a sweep's few points are marked.
+        let marked = points.len() <= MAX_MARKED;
+        let markers = points.iter().filter(|_| marked).map(|&p| Circle::new(p, 5, color.filled()));
+        if s.has_spread() {
+            let bars = points.iter().zip(&s.spread).filter(|(_, e)| **e > 0.0);
+            chart.draw_series(bars.map(|(&(x, y), e)| ErrorBar::new_vertical(x, y - e, y, y + e, line, 10)))?;
+        }
         // The legend shows what the plot draws: a line, or a marker alone.
         if categorical {
             chart
@@ -291,6 +355,19 @@ fn draw<DB: DrawingBackend>(
 
 fn draw_error(path: &Path, e: impl std::fmt::Display) -> Error {
     Error::io(path, "cannot draw the plot", std::io::Error::other(e.to_string()))
+}
+
+/// `fig` as an SVG document (inlined by the HTML reports).
+pub fn svg_string(fig: &Figure) -> Result<String> {
+    let mut text = String::new();
+    draw(&SVGBackend::with_string(&mut text, SIZE).into_drawing_area(), fig)
+        .map_err(|e| draw_error(Path::new(&fig.stem), e))?;
+    Ok(text)
+}
+
+/// The x axis title of `fig` (what the HTML reports name the figure by).
+pub fn x_title(fig: &Figure) -> String {
+    format!("{}{}", fig.axis, fig.x.suffix())
 }
 
 /// Draws `fig` as `dir/<stem>.png` and `.svg`, each under a temporary name first.
@@ -341,7 +418,7 @@ mod tests {
             stem: "s".into(),
             title: "t".into(),
             x: XAxis::numeric(&[1.0, 2.0]),
-            series: vec![Series { family: "dr".into(), label: "dr".into(), points: vec![(1.0, 0.2), (2.0, 0.6)] }],
+            series: vec![Series::new("dr".into(), "dr".into(), vec![(1.0, 0.2), (2.0, 0.6)])],
         };
         let (lo, hi) = y_range(&fig);
         assert!((0.0..0.2).contains(&lo) && hi > 0.6, "{lo} {hi}");

@@ -32,8 +32,18 @@ pub struct XAxis {
 }
 
 impl XAxis {
-    /// A numeric axis over the swept values (duplicates allowed).
+    /// A numeric axis over the swept values (duplicates allowed): log2 when they are
+    /// positive and span a factor of 8 or more.
     pub fn numeric(values: &[f64]) -> XAxis {
+        XAxis::over(values, true)
+    }
+
+    /// A linear axis, however wide (a training curve against the step).
+    pub fn linear(values: &[f64]) -> XAxis {
+        XAxis::over(values, false)
+    }
+
+    fn over(values: &[f64], allow_log2: bool) -> XAxis {
         let mut distinct: Vec<f64> = values.iter().copied().filter(|v| v.is_finite()).collect();
         distinct.sort_by(f64::total_cmp);
         distinct.dedup();
@@ -41,7 +51,7 @@ impl XAxis {
             distinct.push(0.0);
         }
         let (min, max) = (distinct[0], distinct[distinct.len() - 1]);
-        let log2 = min > 0.0 && max / min >= 8.0;
+        let log2 = allow_log2 && min > 0.0 && max / min >= 8.0;
         let (lo, hi) = if log2 {
             // A quarter of a doubling on each side.
             (min / 2f64.powf(0.25), max * 2f64.powf(0.25))
@@ -151,6 +161,7 @@ mod tests {
         assert_eq!(x.label(16.0), "16");
         assert_eq!(XAxis::numeric(&[1.0, 4.0]).scale, Scale::Linear);
         assert_eq!(XAxis::numeric(&[0.0, 100.0]).scale, Scale::Linear);
+        assert_eq!(XAxis::linear(&[10.0, 1000.0]).scale, Scale::Linear);
         assert_eq!(XAxis::numeric(&[0.5, 0.25]).label(0.25), "0.25");
         assert_eq!(XAxis::numeric(&[1e-5, 1e-3]).label(3e-5), "3e-5");
     }
