@@ -20,6 +20,8 @@ ap.add_argument("--steps", type=int, default=8)
 ap.add_argument("--query-len", type=int, default=64)
 ap.add_argument("--doc-len", type=int, default=128)
 ap.add_argument("--threads", type=int, default=os.cpu_count())
+ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                help="bf16: the forward under torch.autocast('cpu', bfloat16), as grdr's train.precision")
 args = ap.parse_args()
 torch.set_num_threads(args.threads)
 torch.manual_seed(0)
@@ -51,9 +53,10 @@ times, samples, tokens = [], [], []
 for step in range(args.steps):
     chunk = [pairs[(step * args.batch + i) % len(pairs)] for i in range(args.batch)]
     t0 = time.perf_counter()
-    q, nq = embed([query_text[a] for a, _ in chunk], args.query_len)
-    d, nd = embed([doc_text[b] for _, b in chunk], args.doc_len)
-    loss = torch.nn.functional.cross_entropy(q @ d.T / 0.05, torch.arange(len(chunk)))
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16"):
+        q, nq = embed([query_text[a] for a, _ in chunk], args.query_len)
+        d, nd = embed([doc_text[b] for _, b in chunk], args.doc_len)
+        loss = torch.nn.functional.cross_entropy(q @ d.T / 0.05, torch.arange(len(chunk)))
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     opt.step()
@@ -68,4 +71,5 @@ print(json.dumps({
     "samples_per_s": statistics.median(r[0] for r in rates),
     "tokens_per_s": statistics.median(r[1] for r in rates),
     "torch": torch.__version__, "threads": args.threads, "batch": args.batch, "steps": args.steps,
+    "precision": args.precision,
 }))

@@ -50,10 +50,15 @@ pub enum Command {
     /// Run a grid of training runs from a sweep file, locally or as Slurm job arrays
     /// (`grdr sweep status SWEEPDIR` shows where each point is).
     Sweep(cmd::sweep::SweepArgs),
+    /// Measure which library (MKL or oneDNN) multiplies each model product faster on this
+    /// CPU and keep the table for later runs (GRDR_GEMM=mkl|onednn|auto overrides).
+    Tune(cmd::tune::TuneArgs),
 }
 
 impl Command {
     pub fn run(&self) -> crate::Result<()> {
+        // A bad GRDR_GEMM is a usage error before any work, not a silent default later.
+        crate::model::gemm_choice::forced_by_env()?;
         match self {
             Command::Prepare(c) => c.run(),
             Command::Bm25(a) => a.run(),
@@ -68,6 +73,7 @@ impl Command {
             Command::Docids(a) => a.run(),
             Command::Index(c) => c.run(),
             Command::Train(a) => a.run(),
+            Command::Tune(a) => a.run(),
         }
     }
 }

@@ -202,7 +202,8 @@ pub enum Decay {
 #[serde(rename_all = "lowercase")]
 pub enum Precision {
     Fp32,
-    /// bf16 autocast on CUDA (parameters and optimizer state stay f32); refused on the CPU.
+    /// bf16 autocast (parameters and optimizer state stay f32): on CUDA, and on CPUs with
+    /// AVX512-BF16 or AMX (refused on others).
     Bf16,
 }
 

@@ -6,6 +6,7 @@ pub mod atomic;
 pub mod cli;
 pub mod cmd;
 pub mod config;
+pub mod cpu;
 pub mod data;
 pub mod device;
 pub mod dist;

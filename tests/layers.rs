@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 /// modules sharing a layer do not import each other.
 const LAYERS: &[&[&str]] = &[
     &["error"],
-    &["rng", "atomic", "progress", "assets", "device", "parallel", "panic_guard"],
+    &["rng", "atomic", "progress", "assets", "device", "parallel", "panic_guard", "cpu"],
     &["config"],
     &["dist"],
     &["data"],

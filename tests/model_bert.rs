@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use grdr::data::text::TextTokenizer;
 use grdr::model::dual::{DualConfig, DualEncoder, DualHead};
 use grdr::model::encoder::{l2_normalize, pool, Pooling};
+use grdr::model::gemm_choice::{with_backend, Backend};
 use grdr::model::hf::{self, LoadOptions};
 use grdr::model::{BertModel, Encoder};
 use tch::{nn, nn::OptimizerConfig, Kind, Tensor};
@@ -24,6 +25,13 @@ fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
 
 #[test]
 fn bert_matches_transformers() {
+    for backend in [Backend::Mkl, Backend::Onednn] {
+        eprintln!("products on {backend:?}");
+        with_backend(backend, bert_parity);
+    }
+}
+
+fn bert_parity() {
     tch::set_num_threads(1);
     let l = hf::load::<BertModel>(&fixture("bert"), LoadOptions::default()).unwrap();
     assert!(l.report.missing.is_empty() && l.report.unexpected.is_empty(), "{:?}", l.report);
@@ -135,4 +143,59 @@ fn tiny_bert_dual_encoder_overfits_a_batch() {
     let last = scores.cross_entropy_for_logits(&target).double_value(&[]);
     eprintln!("bert dual: loss {:.3} → {last:.4}", first.unwrap());
     assert!(last < 0.05, "loss {last}");
+}
+
+/// Length-sorted sub-batches (training's less-padding path) are the same function as the
+/// padded batch: embeddings and gradients equal to f32 rounding, on a batch whose short
+/// and long texts make the split worth it.
+#[test]
+fn length_sorted_sub_batches_equal_the_padded_batch() {
+    tch::manual_seed(1);
+    let cfg = grdr::model::hf::read_config(&fixture("bert")).unwrap();
+    let vs = nn::VarStore::new(tch::Device::Cpu);
+    let bert = BertModel::new(&vs.root(), grdr::model::BertConfig::from_json(&cfg).unwrap()).unwrap();
+    let head = DualHead::new(&(vs.root() / "grdr_head"), 32, DualConfig::default());
+    let model = DualEncoder { encoder: bert, head };
+    // 16 rows of 64 positions: even rows 5 real tokens, odd rows 60 (right-padded).
+    let lengths: Vec<i64> = (0..16).map(|i| if i % 2 == 0 { 5 } else { 60 }).collect();
+    assert!(grdr::model::encoder::length_buckets(&lengths, grdr::model::encoder::SUB_BATCH_OVERHEAD_TOKENS).len() > 1);
+    let ids = Tensor::randint_low(5, 120, [16, 64], (Kind::Int64, tch::Device::Cpu));
+    let mask = Tensor::arange(64, (Kind::Int64, tch::Device::Cpu))
+        .unsqueeze(0)
+        .lt_tensor(&Tensor::from_slice(&lengths).unsqueeze(1))
+        .to_kind(Kind::Int64);
+    let ids = &ids * &mask;
+    let run = |sorted: bool| {
+        vs.trainable_variables().iter().for_each(|v| {
+            let mut g = v.grad();
+            if g.defined() {
+                let _ = g.zero_();
+            }
+        });
+        let e = if sorted { model.embed_length_sorted(&ids, &mask, false) } else { model.embed(&ids, &mask, false) };
+        (&e * Tensor::arange(e.size()[1], (Kind::Float, tch::Device::Cpu))).sum(Kind::Float).backward();
+        let grads: Vec<Tensor> = vs
+            .trainable_variables()
+            .iter()
+            .filter_map(|v| {
+                let g = v.grad();
+                g.defined().then(|| g.copy())
+            })
+            .collect();
+        (e.detach(), grads)
+    };
+    let (e_pad, g_pad) = run(false);
+    let (e_sorted, g_sorted) = run(true);
+    assert_eq!(g_sorted.len(), g_pad.len());
+    assert!(!g_pad.is_empty());
+    let d = max_abs_diff(&e_sorted, &e_pad);
+    assert!(d <= 1e-6, "embeddings differ by {d:e}");
+    // Relative to each gradient's size, plus a floor for the attention key biases, whose
+    // gradient is exactly 0 in exact arithmetic (softmax ignores a shift shared by all keys)
+    // and f32 noise in both runs.
+    for (a, b) in g_sorted.iter().zip(&g_pad) {
+        let scale = f64::try_from(b.abs().max()).unwrap();
+        let d = max_abs_diff(a, b);
+        assert!(d <= 1e-5 * scale + 1e-6, "gradient differs by {d:e} (largest entry {scale:e})");
+    }
 }

@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
+use grdr::model::gemm_choice::{with_backend, Backend};
 use grdr::model::generative::token_nll;
 use grdr::model::hf::{self, LoadOptions};
 use grdr::model::T5ForConditionalGeneration;
@@ -72,14 +73,22 @@ fn parity(name: &str) {
     assert!(generated.equal(&io["generated"]), "{name} greedy:\n{generated}\nvs HF\n{}", io["generated"]);
 }
 
+/// Under each library the products may take (MKL, oneDNN).
+fn under_both_backends(f: impl Fn()) {
+    for backend in [Backend::Mkl, Backend::Onednn] {
+        eprintln!("products on {backend:?}");
+        with_backend(backend, &f);
+    }
+}
+
 #[test]
 fn t5_v10_matches_transformers() {
-    parity("t5_v10");
+    under_both_backends(|| parity("t5_v10"));
 }
 
 #[test]
 fn t5_v11_matches_transformers() {
-    parity("t5_v11");
+    under_both_backends(|| parity("t5_v11"));
 }
 
 /// Incremental decoding with the cache gives the teacher-forced logits position by position,

@@ -72,7 +72,8 @@ pub struct EvalArgs {
     /// cpu, cuda, cuda:N or auto (the rank's local GPU when there is one).
     #[arg(long, default_value = "auto")]
     pub device: String,
-    /// fp32, or bf16 (CUDA only: model and stored embeddings in bf16, scores in f32).
+    /// auto (bf16 on CUDA, fp32 on the CPU), fp32, or bf16 (model and stored embeddings in
+    /// bf16, scores in f32; on the CPU only with AVX512-BF16 or AMX).
     #[arg(long, default_value = "auto")]
     pub precision: String,
     /// Intra-op CPU threads per rank (default: libtorch's, i.e. OMP_NUM_THREADS).
@@ -150,7 +151,8 @@ impl EvalArgs {
             "auto" => device.is_cuda(),
             "bf16" if device.is_cuda() => true,
             "bf16" => {
-                return Err(Error::usage("--precision", "bf16 needs a CUDA device (--device); use fp32 on the CPU"))
+                crate::model::precision::check_cpu_bf16("--precision")?;
+                true
             }
             "fp32" => false,
             other => return Err(Error::usage("--precision", format!("`{other}`: expected auto, fp32 or bf16"))),

@@ -11,6 +11,16 @@ impl InfoArgs {
         println!("grdr {}", crate::VERSION);
         println!("cuda available: {} (devices: {})", tch::Cuda::is_available(), tch::Cuda::device_count());
         println!("torch threads: {}", tch::get_num_threads());
+        println!("cpu: {}", crate::cpu::this().describe());
+        println!("cpu products (f32): {}", crate::model::gemm_choice::choice().describe());
+        println!(
+            "cpu bf16: {}",
+            if crate::cpu::this().has_bf16() {
+                "native (train.precision / --precision bf16 run on it)"
+            } else {
+                "not native (bf16 refused on this CPU)"
+            }
+        );
         println!("cache: {}", crate::assets::cache_dir().display());
         match crate::assets::registry() {
             Ok(reg) => {

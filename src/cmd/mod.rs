@@ -13,6 +13,7 @@ pub mod subject;
 pub mod sweep;
 pub mod synth;
 pub mod train;
+pub mod tune;
 
 /// Prints metrics as a two-column markdown table on stdout (what the README's main command
 /// shows); `metrics.json` holds the same numbers for machines.

@@ -103,3 +103,58 @@ impl Encoder for TextEncoderModel {
         }
     }
 }
+
+/// What one more forward call costs beyond its tokens, in token-equivalents (kernel set-up,
+/// per-call products too small to use the cores): splitting a batch must save more padded
+/// tokens than this per extra sub-batch.
+pub const SUB_BATCH_OVERHEAD_TOKENS: i64 = 384;
+
+/// Groups the rows of a padded batch, by real length, into sub-batches that each pad only
+/// to their own longest row: the split of the length-sorted rows that minimises padded
+/// tokens plus `overhead` per sub-batch (exact, by dynamic programming over split points).
+/// Returns each sub-batch's rows (ascending length) and its length.
+pub fn length_buckets(lengths: &[i64], overhead: i64) -> Vec<(Vec<i64>, i64)> {
+    let mut order: Vec<i64> = (0..lengths.len() as i64).collect();
+    order.sort_by_key(|&r| (lengths[r as usize], r));
+    let len = |i: usize| lengths[order[i] as usize].max(1);
+    let n = order.len();
+    // best[j]: the cheapest split of the j shortest rows; cut[j]: where its last part starts.
+    let mut best = vec![0i64; n + 1];
+    let mut cut = vec![0usize; n + 1];
+    for j in 1..=n {
+        let (c, i) = (0..j).map(|i| (best[i] + (j - i) as i64 * len(j - 1) + overhead, i)).min().expect("j ≥ 1");
+        best[j] = c;
+        cut[j] = i;
+    }
+    let mut parts = Vec::new();
+    let mut j = n;
+    while j > 0 {
+        let i = cut[j];
+        parts.push((order[i..j].to_vec(), len(j - 1)));
+        j = i;
+    }
+    parts.reverse();
+    parts
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn length_buckets_split_only_when_padding_costs_more_than_a_call() {
+        // Similar lengths: one sub-batch.
+        assert_eq!(length_buckets(&[10, 12, 11], 384), vec![(vec![0, 2, 1], 12)]);
+        // 8 short rows beside 8 long ones: 8 × 90 padded tokens saved > one call's overhead.
+        let lengths: Vec<i64> = (0..16).map(|i| if i % 2 == 0 { 10 } else { 100 }).collect();
+        let parts = length_buckets(&lengths, 384);
+        assert_eq!(parts.len(), 2);
+        assert_eq!(parts[0], ((0..16).step_by(2).collect::<Vec<i64>>(), 10));
+        assert_eq!(parts[1].1, 100);
+        // Every row exactly once.
+        let mut rows: Vec<i64> = parts.iter().flat_map(|p| p.0.clone()).collect();
+        rows.sort();
+        assert_eq!(rows, (0..16).collect::<Vec<i64>>());
+        assert!(length_buckets(&[], 384).is_empty());
+    }
+}

@@ -1,31 +1,35 @@
-//! How the models multiply activations by weight matrices: libtorch's `linear`, or oneDNN's
-//! inner product where that is faster (CPU, f32). Every linear layer of BERT and T5 goes
-//! through [`Gemm`], in training (both products have gradients) and in inference.
+//! How the models multiply activations by weight matrices: libtorch's `linear` (MKL on the
+//! CPU) or oneDNN's inner product, per product as measured on this CPU (`gemm_choice.rs`).
+//! Every linear layer of BERT and T5 goes through [`Gemm`], in training (both products
+//! have gradients) and in inference.
 use tch::{nn, Device, Kind, Tensor};
 
-/// oneDNN spends ~50 µs a call before it multiplies (1 thread, this project's CPU): below
-/// 64 rows MKL is faster, unless the output is vocabulary-wide, where oneDNN wins at any row
-/// count (24 × 256 · 256 × 32,261: 3.8 ms against 7.3; `scripts/bench-eval`'s beam search).
-const ONEDNN_MIN_ROWS: i64 = 64;
-const ONEDNN_MIN_OUT: i64 = 4096;
+use super::gemm_choice::{self, Backend, Pass};
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Gemm {
-    /// `linear` (on the CPU: MKL's sgemm; on CUDA: cuBLAS, under autocast too).
+    /// `linear` (on the CPU: MKL's sgemm; on CUDA: cuBLAS; under autocast, bf16).
     #[default]
     Linear,
     /// oneDNN's inner product (`mkldnn_linear`, differentiable) where it applies (CPU, f32),
-    /// else `linear`. On the AVX-512 AMD CPUs measured in docs/BENCHMARKS.md, MKL takes its
-    /// AVX2 path and oneDNN runs the same products 1.5–2× faster, forward and backward.
-    /// The same sums in another order: results equal `linear`'s up to f32 rounding.
+    /// else `linear`. The same sums in another order: results equal `linear`'s up to f32
+    /// rounding.
     OneDnn,
+    /// Per product, the backend [`gemm_choice::choice`] picks for its pass and shape.
+    Measured,
 }
 
 impl Gemm {
-    /// The faster choice for activations of `kind` on `device`.
+    /// The faster choice for activations of `kind` on `device`: measured per product for
+    /// f32 on the CPU; `linear` on CUDA and under CPU bf16 autocast (where `linear` is the
+    /// op autocast lowers to bf16, oneDNN's bf16/AMX kernels underneath).
     pub fn fastest(device: Device, kind: Kind) -> Gemm {
-        if device == Device::Cpu && kind == Kind::Float && tch::utils::has_mkldnn() {
-            Gemm::OneDnn
+        if device == Device::Cpu
+            && kind == Kind::Float
+            && tch::utils::has_mkldnn()
+            && !super::precision::cpu_autocast_enabled()
+        {
+            Gemm::Measured
         } else {
             Gemm::Linear
         }
@@ -43,25 +47,39 @@ impl Gemm {
 
     /// `xs` (…, in) · `w`ᵀ (+ `b`) with `w` (out, in).
     pub fn matmul_t(self, xs: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Tensor {
-        if self == Gemm::OneDnn && xs.device() == Device::Cpu && xs.kind() == Kind::Float && w.kind() == Kind::Float {
-            let mut shape = xs.size();
-            let d_in = *shape.last().expect("at least one dimension");
-            let rows = xs.numel() as i64 / d_in.max(1);
-            if rows < ONEDNN_MIN_ROWS && w.size()[0] < ONEDNN_MIN_OUT {
-                return xs.linear(w, b);
+        let cpu_f32 = xs.device() == Device::Cpu && xs.kind() == Kind::Float && w.kind() == Kind::Float;
+        let use_onednn = match self {
+            Gemm::Linear => false,
+            Gemm::OneDnn => cpu_f32,
+            Gemm::Measured => {
+                let mut shape = xs.size();
+                let d_in = shape.pop().unwrap_or(1);
+                let rows: i64 = shape.iter().product();
+                let pass = if xs.requires_grad() || w.requires_grad() { Pass::Training } else { Pass::Forward };
+                cpu_f32 && gemm_choice::pick(pass, rows, d_in, w.size()[0]) == Backend::Onednn
             }
-            let out = xs
-                .reshape([-1, d_in])
-                .f_to_mkldnn(None)
-                .and_then(|x| x.f_mkldnn_linear(w, b))
-                .and_then(|y| y.f_to_dense(None, false));
-            if let Ok(out) = out {
-                *shape.last_mut().unwrap() = w.size()[0];
-                return out.view(shape.as_slice());
+        };
+        if use_onednn {
+            if let Some(out) = onednn_linear(xs, w, b) {
+                return out;
             }
         }
         xs.linear(w, b)
     }
+}
+
+/// oneDNN's inner product of `xs` (…, in) and `w` (out, in); `None` where oneDNN refuses.
+fn onednn_linear(xs: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Option<Tensor> {
+    let mut shape = xs.size();
+    let d_in = *shape.last()?;
+    let out = xs
+        .reshape([-1, d_in])
+        .f_to_mkldnn(None)
+        .and_then(|x| x.f_mkldnn_linear(w, b))
+        .and_then(|y| y.f_to_dense(None, false))
+        .ok()?;
+    *shape.last_mut().unwrap() = w.size()[0];
+    Some(out.view(shape.as_slice()))
 }
 
 #[cfg(test)]
@@ -86,9 +104,8 @@ mod tests {
         let got = Gemm::OneDnn.matmul_t(&x, &w, Some(&b));
         assert_eq!(got.size(), [7, 13, 48]);
         assert!(rel(&got, &want) < 1e-5);
-        // Few rows go to `linear` itself: bit-identical.
-        let few = x.narrow(1, 0, 2); // 14 rows
-        assert!(Gemm::OneDnn.matmul_t(&few, &w, Some(&b)).equal(&few.linear(&w, Some(&b))));
+        // Whatever the measured choice, the product is `linear`'s up to rounding.
+        assert!(rel(&Gemm::Measured.matmul_t(&x, &w, Some(&b)), &want) < 1e-5);
     }
 
     /// Training goes through oneDNN too: its gradients for input, weight and bias equal

@@ -7,7 +7,6 @@ pub mod loss;
 pub mod metrics_log;
 pub mod objective;
 pub mod optim;
-pub mod precision;
 pub mod run_dir;
 pub mod schedule;
 pub mod signal;

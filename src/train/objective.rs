@@ -34,8 +34,8 @@ pub fn pair_loss(
     let train = task.dropout;
     let scores = match &task.net {
         Net::Dual(m) => {
-            let q = m.embed(&b.q_ids, &b.q_mask, train); // (B, d)
-            let d = m.embed(&b.d_ids, &b.d_mask, train); // (B·group, d)
+            let q = m.embed_length_sorted(&b.q_ids, &b.q_mask, train); // (B, d)
+            let d = m.embed_length_sorted(&b.d_ids, &b.d_mask, train); // (B·group, d)
             let q = all_gather_with_grad(comm, &q)?; // (Q, d), Q = ΣB
             let d = all_gather_with_grad(comm, &d)?; // (Q·group, d)
             q.matmul(&d.tr()) // (Q, Q·group)

@@ -34,6 +34,7 @@ use crate::dist::describe::WorldInfo;
 use crate::dist::{self, Comm, Ddp, DdpOptions, ReduceOp};
 use crate::error::{Error, Result};
 use crate::eval::run_eval::EvalSummary;
+use crate::model::precision::bf16_autocast;
 use crate::model::task::{Net, Task};
 
 /// How a run ended.
@@ -279,8 +280,9 @@ struct Plan {
     start: u64,
     schedule: Schedule,
     losses: LossSettings,
-    /// bf16 autocast (CUDA only).
+    /// bf16 autocast (CUDA, or a CPU with native bf16).
     autocast: bool,
+    device: Device,
 }
 
 impl Plan {
@@ -294,17 +296,14 @@ impl Plan {
             ((t.epochs * sampler.epoch_len() as f64) / per_step as f64).ceil().max(1.0) as u64
         };
         let warmup = t.warmup_steps.unwrap_or((total as f64 * 0.1).round() as u64);
-        // bf16 is autocast on CUDA; the CPU has no such path here, and training in f32
-        // while the config says bf16 would record a precision never used.
+        // bf16 is autocast: on CUDA, and on CPUs with native bf16 (AVX512-BF16, AMX); on
+        // others it is refused, since training in f32 while the config says bf16 would
+        // record a precision never used.
         let autocast = t.precision == Precision::Bf16;
-        if autocast && !device.is_cuda() {
-            return Err(Error::usage(
-                "train.precision",
-                "bf16 needs a CUDA device (train.device); use fp32 on the CPU",
-            ));
-        }
-        if autocast {
-            super::precision::use_bf16_autocast();
+        if autocast && device.is_cuda() {
+            crate::model::precision::use_bf16_autocast();
+        } else if autocast {
+            crate::model::precision::check_cpu_bf16("train.precision")?;
         }
         Ok(Plan {
             global_batch,
@@ -314,6 +313,7 @@ impl Plan {
             schedule: Schedule { peak: t.lr, warmup, total, decay: t.decay, min_ratio: t.min_lr_ratio },
             losses: LossSettings { temperature: t.temperature, num_negatives: t.num_negatives, seed: t.seed },
             autocast,
+            device,
         })
     }
 
@@ -494,7 +494,8 @@ fn forward_backward(
             let global_tokens = dist::gather::global_count(comm, local)?;
             for b in &batches {
                 tokens += b.tokens + b.target_tokens;
-                let (share, part) = tch::autocast(plan.autocast, || generative_loss(task, comm, b, global_tokens))?;
+                let (share, part) =
+                    bf16_autocast(plan.device, plan.autocast, || generative_loss(task, comm, b, global_tokens))?;
                 share.backward();
                 loss_sum += part.to_kind(tch::Kind::Double);
             }
@@ -503,7 +504,9 @@ fn forward_backward(
             for (a, ex) in micro.iter().enumerate() {
                 let b = trainee.batcher.pairs(ex)?;
                 tokens += b.tokens;
-                let loss = tch::autocast(plan.autocast, || pair_loss(task, comm, &b, plan.losses, step, a as u64))?;
+                let loss = bf16_autocast(plan.device, plan.autocast, || {
+                    pair_loss(task, comm, &b, plan.losses, step, a as u64)
+                })?;
                 // Every rank holds the global loss; each back-propagates its own slice,
                 // scaled so DDP's mean of gradients is the global gradient.
                 (&loss * (world.backward_scale() / t.grad_accum as f64)).backward();
