@@ -70,29 +70,11 @@ fn assert_links_resolve(page: &Path) {
     }
 }
 
-const SWEEP: &str = r#"
-name = "html-report"
-ranks = 1
-
-[set]
-data.corpus_docs = 300
-data.query_max_len = 16
-data.doc_max_len = 32
-model.init = "scratch"
-model.arch = "bert"
-model.tokenizer = "minilm"
-model.d_model = 32
-model.num_layers = 1
-model.num_heads = 2
-model.d_ff = 64
-train.batch_size = 8
-train.max_steps = 12
-train.warmup_steps = 2
-train.threads = 1
-eval.doc_max_len = 32
-log.interval = 2
-log.progress = false
-
+/// 2 learning rates × 2 seeds of tiny dual encoders on 300 documents.
+fn sweep_spec() -> String {
+    format!(
+        "name = \"html-report\"\nranks = 1\n\n{TINY_DUAL_SWEEP_SET}data.corpus_docs = 300\ntrain.max_steps = 12\nlog.interval = 2\n{}",
+        r#"
 [[axis]]
 key = "train.lr"
 values = [1e-3, 3e-3]
@@ -100,7 +82,9 @@ values = [1e-3, 3e-3]
 [[axis]]
 key = "train.seed"
 values = [1, 2]
-"#;
+"#
+    )
+}
 
 #[test]
 fn a_sweep_reads_in_tensorboard_and_as_one_html_page() {
@@ -108,7 +92,7 @@ fn a_sweep_reads_in_tensorboard_and_as_one_html_page() {
     let data = prepare_scifact(dir.path(), None);
     let spec = dir.path().join("sweep.toml");
     let base = repo().join("configs/runs/dr-minilm-scifact.toml");
-    std::fs::write(&spec, format!("base = \"{}\"\n{SWEEP}", base.display())).unwrap();
+    std::fs::write(&spec, format!("base = \"{}\"\n{}", base.display(), sweep_spec())).unwrap();
     let sweep = dir.path().join("sw");
     let data_set = format!("data.path={}", data.display());
     grdr_ok(&["sweep", spec.to_str().unwrap(), "--set", &data_set, "--output", sweep.to_str().unwrap()]);

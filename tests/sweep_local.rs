@@ -139,35 +139,21 @@ fn bad_sweep_files_name_the_file_and_the_key() {
     }
 }
 
-const TINY: &str = r#"
-[set]
-data.query_max_len = 16
-data.doc_max_len = 32
-model.init = "scratch"
-model.arch = "bert"
-model.tokenizer = "minilm"
-model.d_model = 32
-model.num_layers = 1
-model.num_heads = 2
-model.d_ff = 64
-train.batch_size = 8
-train.max_steps = 40
-train.lr = 1e-3
-train.warmup_steps = 2
-train.threads = 1
-eval.doc_max_len = 32
-log.interval = 1
-log.progress = false
-
+fn tiny() -> String {
+    format!(
+        "{TINY_DUAL_SWEEP_SET}train.max_steps = 40\ntrain.lr = 1e-3\nlog.interval = 1\n{}",
+        r#"
 [[axis]]
 key = "data.corpus_docs"
 values = [300]
-"#;
+"#
+    )
+}
 
 #[test]
 fn local_backend_resumes_skips_finished_points_and_refuses_changed_ones() {
     let dir = tempfile::tempdir().unwrap();
-    let spec = write_spec(dir.path(), &format!("name = \"local-one\"\nranks = 1\n{TINY}"));
+    let spec = write_spec(dir.path(), &format!("name = \"local-one\"\nranks = 1\n{}", tiny()));
     let out = dir.path().join("sw");
     let args = ["sweep", spec.to_str().unwrap(), "--set", &data_set(), "--output", out.to_str().unwrap()];
     let name = "p00-corpus_docs=300";

@@ -89,3 +89,22 @@ pub fn query_batch(queries: &[Vec<i64>]) -> (tch::Tensor, tch::Tensor) {
     let ids = tch::Tensor::from_slice(&queries.concat()).view([-1, l]);
     (ids.shallow_clone(), ids.ones_like().to_kind(tch::Kind::Int64))
 }
+
+/// The `[set]` keys of a sweep of tiny dual encoders (BERT from scratch, seconds a point on
+/// 2 cores); tests append their own length, logging and axes.
+pub const TINY_DUAL_SWEEP_SET: &str = r#"[set]
+data.query_max_len = 16
+data.doc_max_len = 32
+model.init = "scratch"
+model.arch = "bert"
+model.tokenizer = "minilm"
+model.d_model = 32
+model.num_layers = 1
+model.num_heads = 2
+model.d_ff = 64
+train.batch_size = 8
+train.warmup_steps = 2
+train.threads = 1
+eval.doc_max_len = 32
+log.progress = false
+"#;
