@@ -55,7 +55,9 @@ impl Gemm {
                 let mut shape = xs.size();
                 let d_in = shape.pop().unwrap_or(1);
                 let rows: i64 = shape.iter().product();
-                let pass = if xs.requires_grad() || w.requires_grad() { Pass::Training } else { Pass::Forward };
+                // Activations carry a gradient exactly when this product will be
+                // differentiated (weights ask for one even under `no_grad`).
+                let pass = if xs.requires_grad() { Pass::Training } else { Pass::Forward };
                 cpu_f32 && gemm_choice::pick(pass, rows, d_in, w.size()[0]) == Backend::Onednn
             }
         };
