@@ -242,8 +242,12 @@ pub struct TrainConfig {
     pub num_negatives: Option<usize>,
     /// Seed of everything: data order, negatives, initialisation, dropout (per rank). Default 42.
     pub seed: u64,
-    /// `fp32` or `bf16` (CUDA autocast). Default fp32.
+    /// `fp32` or `bf16` (autocast: CUDA, or a CPU with AVX512-BF16/AMX). Default fp32.
     pub precision: Precision,
+    /// Encode each side of a training batch (DR queries and documents, GR encoder inputs)
+    /// in length-sorted sub-batches on the CPU: the same function with less padding, but
+    /// dropout masks drawn for other shapes than the padded batch's. Default true.
+    pub length_sorted: bool,
     /// `cpu`, `cuda` or `auto` (CUDA device `local_rank` when available). Default auto.
     pub device: String,
     /// Intra-op threads per rank; none = libtorch's default (OMP_NUM_THREADS).
@@ -274,6 +278,7 @@ impl Default for TrainConfig {
             num_negatives: None,
             seed: 42,
             precision: Precision::Fp32,
+            length_sorted: true,
             device: "auto".into(),
             threads: None,
             checkpoint_every: 0,

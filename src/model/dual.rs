@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 use tch::{nn, Tensor};
 
-use super::encoder::{l2_normalize, length_buckets, pool, Pooling, SUB_BATCH_OVERHEAD_TOKENS};
+use super::encoder::{l2_normalize, pool, Pooling};
 use super::nn_util::linear;
 use super::Encoder;
 
@@ -88,36 +88,5 @@ impl<E: Encoder> DualEncoder<E> {
     pub fn embed(&self, input_ids: &Tensor, attention_mask: &Tensor, train: bool) -> Tensor {
         let hidden = self.encoder.encode(input_ids, attention_mask, train);
         self.head.embed(&hidden, attention_mask)
-    }
-
-    /// [`DualEncoder::embed`] of a right-padded training batch on the CPU, computed on
-    /// length-sorted sub-batches that pad only to their own longest text
-    /// ([`length_buckets`]) and put back in batch order: a text's embedding does not depend
-    /// on its batch neighbours, so this is the same function with less padding. (On CUDA
-    /// the host copy of the lengths would cost a synchronisation per step: one batch.)
-    pub fn embed_length_sorted(&self, input_ids: &Tensor, attention_mask: &Tensor, train: bool) -> Tensor {
-        if input_ids.device() != tch::Device::Cpu {
-            return self.embed(input_ids, attention_mask, train);
-        }
-        let lengths: Vec<i64> =
-            Vec::try_from(attention_mask.sum_dim_intlist(1, false, tch::Kind::Int64)).expect("a (B, L) mask");
-        let buckets = length_buckets(&lengths, SUB_BATCH_OVERHEAD_TOKENS);
-        if buckets.len() <= 1 {
-            return self.embed(input_ids, attention_mask, train);
-        }
-        let mut parts = Vec::with_capacity(buckets.len());
-        let mut position = vec![0i64; lengths.len()]; // row → its row in the concatenation
-        let mut at = 0;
-        for (rows, len) in &buckets {
-            for &r in rows {
-                position[r as usize] = at;
-                at += 1;
-            }
-            let idx = Tensor::from_slice(rows);
-            let ids = input_ids.index_select(0, &idx).narrow(1, 0, *len); // (b, len)
-            let mask = attention_mask.index_select(0, &idx).narrow(1, 0, *len);
-            parts.push(self.embed(&ids, &mask, train)); // (b, d)
-        }
-        Tensor::cat(&parts, 0).index_select(0, &Tensor::from_slice(&position)) // (B, d)
     }
 }

@@ -137,6 +137,39 @@ pub fn length_buckets(lengths: &[i64], overhead: i64) -> Vec<(Vec<i64>, i64)> {
     parts
 }
 
+/// `encode(ids, mask)` of a right-padded batch on the CPU, computed on length-sorted
+/// sub-batches that pad only to their own longest text ([`length_buckets`]) and put back in
+/// batch order. `encode` gives one row per text, (b, D), or one per token, (b, len, D);
+/// per-token outputs are zero-padded back to the batch's length, where the mask hides them.
+/// A text's encoding does not depend on its batch neighbours, so this is the same function
+/// with less padding. On CUDA the host copy of the lengths would cost a synchronisation per
+/// call, so the batch is encoded whole.
+pub fn encode_length_sorted(ids: &Tensor, mask: &Tensor, encode: impl Fn(&Tensor, &Tensor) -> Tensor) -> Tensor {
+    if ids.device() != tch::Device::Cpu {
+        return encode(ids, mask);
+    }
+    let lengths: Vec<i64> = Vec::try_from(mask.sum_dim_intlist(1, false, tch::Kind::Int64)).expect("a (B, L) mask");
+    let buckets = length_buckets(&lengths, SUB_BATCH_OVERHEAD_TOKENS);
+    if buckets.len() <= 1 {
+        return encode(ids, mask);
+    }
+    let full_len = ids.size()[1];
+    let mut parts = Vec::with_capacity(buckets.len());
+    let mut position = vec![0i64; lengths.len()]; // row → its row in the concatenation
+    let mut at = 0;
+    for (rows, len) in &buckets {
+        for &r in rows {
+            position[r as usize] = at;
+            at += 1;
+        }
+        let idx = Tensor::from_slice(rows);
+        let out = encode(&ids.index_select(0, &idx).narrow(1, 0, *len), &mask.index_select(0, &idx).narrow(1, 0, *len));
+        // (b, D), or (b, len, D) → (b, L, D)
+        parts.push(if out.dim() == 3 { out.constant_pad_nd([0, 0, 0, full_len - len]) } else { out });
+    }
+    Tensor::cat(&parts, 0).index_select(0, &Tensor::from_slice(&position)) // (B, …)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

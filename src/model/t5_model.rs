@@ -98,6 +98,21 @@ impl T5ForConditionalGeneration {
         need_cross_attentions: bool,
     ) -> Seq2SeqOutput {
         let encoder_hidden = self.encode(input_ids, attention_mask, train);
+        self.forward_encoded(encoder_hidden, attention_mask, decoder_input_ids, train, need_cross_attentions)
+    }
+
+    /// [`Self::forward`] from encoder states already computed (B, L, D) under
+    /// `attention_mask` (B, L): training encodes its batches in length-sorted sub-batches
+    /// first (`encoder::encode_length_sorted`; the cross-attention masks the re-padded
+    /// positions).
+    pub fn forward_encoded(
+        &self,
+        encoder_hidden: Tensor,
+        attention_mask: &Tensor,
+        decoder_input_ids: &Tensor,
+        train: bool,
+        need_cross_attentions: bool,
+    ) -> Seq2SeqOutput {
         let DecoderOutput { hidden, cross_attentions, .. } =
             self.decoder.decode(decoder_input_ids, &encoder_hidden, attention_mask, train, need_cross_attentions);
         Seq2SeqOutput { logits: self.lm_logits(&hidden), decoder_hidden: hidden, encoder_hidden, cross_attentions }

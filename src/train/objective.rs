@@ -10,6 +10,7 @@ use crate::data::shard::{tag, SplitMix64};
 use crate::dist::gather::{all_gather_padded_with_grad, all_gather_with_grad, global_mean_share};
 use crate::dist::Comm;
 use crate::error::{Error, Result};
+use crate::model::encoder::encode_length_sorted;
 use crate::model::task::{Net, Task};
 
 /// Loss settings from `[train]` the task needs.
@@ -18,6 +19,17 @@ pub struct LossSettings {
     pub temperature: f64,
     pub num_negatives: Option<usize>,
     pub seed: u64,
+    /// `train.length_sorted`: encoders run on length-sorted sub-batches.
+    pub length_sorted: bool,
+}
+
+/// `encode(ids, mask)` in length-sorted sub-batches when `sorted`, else of the whole batch.
+fn encode_batch(sorted: bool, ids: &Tensor, mask: &Tensor, encode: impl Fn(&Tensor, &Tensor) -> Tensor) -> Tensor {
+    if sorted {
+        encode_length_sorted(ids, mask, encode)
+    } else {
+        encode(ids, mask)
+    }
 }
 
 /// DR/ColBERT micro-batch loss over the global batch (every rank's queries and
@@ -34,8 +46,9 @@ pub fn pair_loss(
     let train = task.dropout;
     let scores = match &task.net {
         Net::Dual(m) => {
-            let q = m.embed_length_sorted(&b.q_ids, &b.q_mask, train); // (B, d)
-            let d = m.embed_length_sorted(&b.d_ids, &b.d_mask, train); // (B·group, d)
+            let embed = |ids: &Tensor, mask: &Tensor| m.embed(ids, mask, train);
+            let q = encode_batch(s.length_sorted, &b.q_ids, &b.q_mask, embed); // (B, d)
+            let d = encode_batch(s.length_sorted, &b.d_ids, &b.d_mask, embed); // (B·group, d)
             let q = all_gather_with_grad(comm, &q)?; // (Q, d), Q = ΣB
             let d = all_gather_with_grad(comm, &d)?; // (Q·group, d)
             q.matmul(&d.tr()) // (Q, Q·group)
@@ -62,12 +75,23 @@ pub fn pair_loss(
 }
 
 /// GR micro-batch: (this rank's share to back-propagate, NLL sum / global tokens).
-pub fn generative_loss(task: &Task, comm: &dyn Comm, b: &GenBatch, global_tokens: i64) -> Result<(Tensor, Tensor)> {
+pub fn generative_loss(
+    task: &Task,
+    comm: &dyn Comm,
+    b: &GenBatch,
+    global_tokens: i64,
+    s: LossSettings,
+) -> Result<(Tensor, Tensor)> {
     let Net::Generative { model, .. } = &task.net else {
         return Err(Error::usage("model.kind", "DR models take pair batches"));
     };
     let decoder_input = model.shift_right(&b.labels);
-    let out = model.forward(&b.input_ids, &b.attention_mask, &decoder_input, task.dropout, false);
+    // GR batches mix short queries with long documents: the encoder runs on length-sorted
+    // sub-batches, the decoder on the whole batch.
+    let enc = encode_batch(s.length_sorted, &b.input_ids, &b.attention_mask, |ids, mask| {
+        model.encode(ids, mask, task.dropout)
+    });
+    let out = model.forward_encoded(enc, &b.attention_mask, &decoder_input, task.dropout, false);
     let sum = loss::token_nll_sum(&out.logits, &b.labels, &b.labels.ne(-100)); // scalar
     let share = global_mean_share(comm.world(), &sum, global_tokens);
     Ok((share, sum.detach() / global_tokens.max(1) as f64))

@@ -311,7 +311,12 @@ impl Plan {
             total,
             start: resume.start_step(),
             schedule: Schedule { peak: t.lr, warmup, total, decay: t.decay, min_ratio: t.min_lr_ratio },
-            losses: LossSettings { temperature: t.temperature, num_negatives: t.num_negatives, seed: t.seed },
+            losses: LossSettings {
+                temperature: t.temperature,
+                num_negatives: t.num_negatives,
+                seed: t.seed,
+                length_sorted: t.length_sorted,
+            },
             autocast,
             device,
         })
@@ -494,8 +499,9 @@ fn forward_backward(
             let global_tokens = dist::gather::global_count(comm, local)?;
             for b in &batches {
                 tokens += b.tokens + b.target_tokens;
-                let (share, part) =
-                    bf16_autocast(plan.device, plan.autocast, || generative_loss(task, comm, b, global_tokens))?;
+                let (share, part) = bf16_autocast(plan.device, plan.autocast, || {
+                    generative_loss(task, comm, b, global_tokens, plan.losses)
+                })?;
                 share.backward();
                 loss_sum += part.to_kind(tch::Kind::Double);
             }
