@@ -207,6 +207,19 @@ pub enum Precision {
     Bf16,
 }
 
+/// The contrastive loss of DR and ColBERT training.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ContrastiveLoss {
+    /// Softmax over every document of the global batch: the query's positive against its
+    /// hard negatives and every other query's documents, on every rank.
+    InBatch,
+    /// ColBERTv1's pairwise softmax: the query's positive against its own hard negative(s)
+    /// only (`data.hard_negatives` ≥ 1; ColBERTv1 trains on one BM25 negative per query, and
+    /// its scores are not scaled: set `train.temperature = 1` for that).
+    Pairwise,
+}
+
 /// `[train]`: the optimisation.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -240,6 +253,8 @@ pub struct TrainConfig {
     /// (in-batch, cross-rank and hard negatives). A number keeps that many, drawn per step
     /// (the negative-count sweeps of Zhang et al.).
     pub num_negatives: Option<usize>,
+    /// DR/ColBERT: `in-batch` (default) or `pairwise` (ColBERTv1: own hard negatives only).
+    pub loss: ContrastiveLoss,
     /// Seed of everything: data order, negatives, initialisation, dropout (per rank). Default 42.
     pub seed: u64,
     /// `fp32` or `bf16` (autocast: CUDA, or a CPU with AVX512-BF16/AMX). Default fp32.
@@ -276,6 +291,7 @@ impl Default for TrainConfig {
             max_grad_norm: 1.0,
             temperature: 0.05,
             num_negatives: None,
+            loss: ContrastiveLoss::InBatch,
             seed: 42,
             precision: Precision::Fp32,
             length_sorted: true,
@@ -489,6 +505,23 @@ impl RunConfig {
         }
         if t.weight_decay < 0.0 || t.max_grad_norm < 0.0 {
             return Err(Error::usage("train.weight_decay/max_grad_norm", "must not be negative"));
+        }
+        if t.loss == ContrastiveLoss::Pairwise {
+            if self.model.kind == ModelKind::Generative {
+                return Err(Error::usage(
+                    "train.loss",
+                    "`pairwise` is a DR/ColBERT loss; GR trains on the docid likelihood",
+                ));
+            }
+            if d.hard_negatives == 0 {
+                return Err(Error::usage(
+                    "train.loss",
+                    "`pairwise` needs a hard negative per query (set data.hard_negatives = 1, as ColBERTv1)",
+                ));
+            }
+            if t.num_negatives.is_some() {
+                return Err(Error::usage("train.num_negatives", "does not apply to train.loss = \"pairwise\""));
+            }
         }
         if !(0.0..=1.0).contains(&d.retrieval_fraction) {
             return Err(Error::usage("data.retrieval_fraction", "must lie in [0, 1]"));

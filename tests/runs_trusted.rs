@@ -197,6 +197,14 @@ fn misuse_exits_2_naming_what_is_wrong() {
     for (o, what) in &cases {
         usage_error(o, what);
     }
+    // ColBERTv1's pairwise loss needs a hard negative and takes no negative count.
+    let pairwise = text.replace("threads = 1", "threads = 1\nloss = \"pairwise\"");
+    let no_negative =
+        write_config(dir.path(), "pw0.toml", &pairwise.replace("hard_negatives = 1", "hard_negatives = 0"));
+    usage_error(&train(&no_negative, &run, &[]), "train.loss");
+    let counted =
+        write_config(dir.path(), "pwk.toml", &pairwise.replace("threads = 1", "threads = 1\nnum_negatives = 2"));
+    usage_error(&train(&counted, &run, &[]), "train.num_negatives");
     // bf16 on a CPU without native bf16 (tests/cpu_bf16.rs runs it where there is).
     if !grdr::cpu::this().has_bf16() {
         let bf16 = train_with("bf16.toml", "threads = 1", "threads = 1\nprecision = \"bf16\"\ndevice = \"cpu\"");

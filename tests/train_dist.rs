@@ -66,3 +66,13 @@ fn generative_two_ranks_equal_one() {
     let dir = tempfile::tempdir().unwrap();
     two_equal_one(&tiny_generative(dataset(), dir.path()), 3);
 }
+
+/// ColBERTv1's pairwise loss (each query against its own BM25 negative only, unscaled) is
+/// as independent of the rank count as the in-batch loss.
+#[test]
+fn colbert_pairwise_two_ranks_equal_one() {
+    let text = tiny_dual(dataset())
+        .replace("kind = \"dual\"", "kind = \"colbert\"\ncolbert_dim = 16\ncolbert_query_len = 8")
+        .replace("[train]", "[train]\nloss = \"pairwise\"\ntemperature = 1.0");
+    two_equal_one(&text, 3);
+}

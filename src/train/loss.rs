@@ -14,6 +14,15 @@ pub fn positive_rows(num_queries: i64, group: i64, device: tch::Device) -> Tenso
     Tensor::arange(num_queries, (Kind::Int64, device)) * group
 }
 
+/// The mask (true = dropped) of ColBERTv1's pairwise loss: query `i` keeps only its own
+/// group, document rows `i·group .. (i+1)·group` (its positive and hard negatives).
+/// `(Q, N)` bool on the CPU.
+pub fn outside_own_group(num_queries: i64, num_docs: i64, group: i64) -> Tensor {
+    let col = Tensor::arange(num_docs, (Kind::Int64, tch::Device::Cpu)).unsqueeze(0); // (1, N)
+    let first = positive_rows(num_queries, group, tch::Device::Cpu).unsqueeze(1); // (Q, 1)
+    col.lt_tensor(&first).logical_or(&col.ge_tensor(&(first + group)))
+}
+
 /// Cross-entropy of `scores / temperature` against `labels`, averaged over queries.
 /// `scores (Q, N)`, `labels (Q,)` i64. Computed in f32 at least (bf16 scores upcast).
 pub fn info_nce_from_scores(scores: &Tensor, labels: &Tensor, temperature: f64) -> Tensor {
@@ -96,6 +105,24 @@ mod tests {
         let loss = info_nce(&q, &d, 1, 0.5).double_value(&[]);
         // Each query: scores (2, 0) → -log(e² / (e² + 1)).
         let want = -(2f64.exp() / (2f64.exp() + 1.0)).ln();
+        assert!((loss - want).abs() < 1e-6, "{loss} vs {want}");
+    }
+
+    /// ColBERTv1's pairwise loss: each query's softmax over its own positive and hard
+    /// negative only, whatever the other queries' documents score.
+    #[test]
+    fn pairwise_keeps_only_the_own_group() {
+        // 2 queries × 4 documents (group 2: q0 owns d0 (+), d1 (−); q1 owns d2 (+), d3 (−)).
+        let scores = Tensor::from_slice(&[3.0f32, 1.0, 9.0, 9.0, 9.0, 9.0, 0.5, 2.0]).reshape([2, 4]);
+        let drop = outside_own_group(2, 4, 2);
+        assert_eq!(
+            Vec::<bool>::try_from(drop.reshape([-1])).unwrap(),
+            [false, false, true, true, true, true, false, false]
+        );
+        let kept = scores.masked_fill(&drop, f64::NEG_INFINITY);
+        let loss = info_nce_from_scores(&kept, &positive_rows(2, 2, Device::Cpu), 1.0).double_value(&[]);
+        let pair = |pos: f64, neg: f64| -(pos.exp() / (pos.exp() + neg.exp())).ln();
+        let want = (pair(3.0, 1.0) + pair(0.5, 2.0)) / 2.0;
         assert!((loss - want).abs() < 1e-6, "{loss} vs {want}");
     }
 

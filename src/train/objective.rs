@@ -5,6 +5,7 @@
 use tch::{Device, Kind, Tensor};
 
 use super::loss;
+use crate::config::ContrastiveLoss;
 use crate::data::batch::{GenBatch, PairBatch};
 use crate::data::shard::{tag, SplitMix64};
 use crate::dist::gather::{all_gather_padded_with_grad, all_gather_with_grad, global_mean_share};
@@ -21,6 +22,7 @@ pub struct LossSettings {
     pub seed: u64,
     /// `train.length_sorted`: encoders run on length-sorted sub-batches.
     pub length_sorted: bool,
+    pub loss: ContrastiveLoss,
 }
 
 /// `encode(ids, mask)` in length-sorted sub-batches when `sorted`, else of the whole batch.
@@ -64,8 +66,11 @@ pub fn pair_loss(
     };
     let (nq, nd) = scores.size2().expect("(Q, N) scores");
     let labels = loss::positive_rows(nq, b.group, scores.device());
-    let scores = match s.num_negatives {
-        Some(k) if (k as i64) < nd - 1 => scores.masked_fill(
+    let scores = match (s.loss, s.num_negatives) {
+        (ContrastiveLoss::Pairwise, _) => {
+            scores.masked_fill(&loss::outside_own_group(nq, nd, b.group).to_device(scores.device()), f64::NEG_INFINITY)
+        }
+        (_, Some(k)) if (k as i64) < nd - 1 => scores.masked_fill(
             &negative_subsample(nq, nd, b.group, k, s.seed, step, micro, scores.device()),
             f64::NEG_INFINITY,
         ),

@@ -316,6 +316,7 @@ impl Plan {
                 num_negatives: t.num_negatives,
                 seed: t.seed,
                 length_sorted: t.length_sorted,
+                loss: t.loss,
             },
             autocast,
             device,
