@@ -33,7 +33,7 @@ pub struct WorldInfo {
 }
 
 /// This host's name (its UTS namespace's: what Slurm and MPI see).
-fn hostname() -> String {
+pub fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .unwrap_or_else(|_| "unknown".into())

@@ -14,6 +14,7 @@
 //! most of the table's products of its pass and row class. The choice is read once per
 //! process, so every product of a run (and of its resume, unless re-tuned in between) goes
 //! the same way.
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
@@ -31,14 +32,14 @@ pub enum Backend {
     Onednn,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Pass {
     Forward,
     Training,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Rows {
     Few,
@@ -100,10 +101,35 @@ pub struct Table {
 pub enum Choice {
     /// `GRDR_GEMM=mkl|onednn`.
     Forced(Backend),
-    /// A `grdr tune` table for this CPU.
-    Tuned(PathBuf, Table),
+    /// A `grdr tune` table for this CPU, resolved once into lookups.
+    Tuned(PathBuf, Resolved),
     /// Neither: the built-in rule for this CPU family.
     Rule,
+}
+
+/// A table as products look it up: the winner of each measured shape, and of each
+/// (pass, row class) by majority for the shapes not measured.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Resolved {
+    table: Table,
+    shapes: HashMap<(Pass, Rows, i64, i64), Backend>,
+    majority: HashMap<(Pass, Rows), Backend>,
+}
+
+impl Resolved {
+    pub fn new(table: Table) -> Resolved {
+        let mut shapes = HashMap::new();
+        let mut votes: HashMap<(Pass, Rows), (usize, usize)> = HashMap::new(); // (oneDNN, all)
+        for m in &table.products {
+            // The first measurement of a shape decides it, as a scan would.
+            shapes.entry((m.pass, m.rows, m.d_in, m.d_out)).or_insert(m.winner());
+            let v = votes.entry((m.pass, m.rows)).or_insert((0, 0));
+            *v = (v.0 + usize::from(m.winner() == Backend::Onednn), v.1 + 1);
+        }
+        let majority =
+            votes.into_iter().map(|(k, (o, a))| (k, if 2 * o > a { Backend::Onednn } else { Backend::Mkl })).collect();
+        Resolved { table, shapes, majority }
+    }
 }
 
 /// Where `grdr tune` keeps the table of `cpu`: one file per CPU model and flags.
@@ -135,7 +161,7 @@ impl Choice {
         let path = table_path(crate::cpu::this());
         match std::fs::read_to_string(&path) {
             Ok(text) => match serde_json::from_str::<Table>(&text) {
-                Ok(t) => Ok(Choice::Tuned(path, t)),
+                Ok(t) => Ok(Choice::Tuned(path, Resolved::new(t))),
                 Err(e) => {
                     tracing::warn!(
                         "{}: not a gemm table ({e}); using the built-in rule (re-run `grdr tune`)",
@@ -153,24 +179,13 @@ impl Choice {
         match self {
             Choice::Forced(b) => *b,
             Choice::Rule => rule(crate::cpu::this(), rows, d_out),
-            Choice::Tuned(_, table) => {
+            Choice::Tuned(_, r) => {
                 let class = Rows::of(rows);
-                let same = |m: &&Measured| m.pass == pass && m.rows == class;
-                if let Some(m) = table.products.iter().filter(same).find(|m| m.d_in == d_in && m.d_out == d_out) {
-                    return m.winner();
-                }
-                let (onednn, all) = table
-                    .products
-                    .iter()
-                    .filter(same)
-                    .fold((0, 0), |(o, a), m| (o + usize::from(m.winner() == Backend::Onednn), a + 1));
-                if all == 0 {
-                    rule(crate::cpu::this(), rows, d_out)
-                } else if 2 * onednn > all {
-                    Backend::Onednn
-                } else {
-                    Backend::Mkl
-                }
+                r.shapes
+                    .get(&(pass, class, d_in, d_out))
+                    .or_else(|| r.majority.get(&(pass, class)))
+                    .copied()
+                    .unwrap_or_else(|| rule(crate::cpu::this(), rows, d_out))
             }
         }
     }
@@ -179,7 +194,7 @@ impl Choice {
     pub fn describe(&self) -> String {
         match self {
             Choice::Forced(b) => format!("{b:?} for every product (GRDR_GEMM)").to_lowercase(),
-            Choice::Tuned(path, t) => {
+            Choice::Tuned(path, Resolved { table: t, .. }) => {
                 let onednn = t.products.iter().filter(|m| m.winner() == Backend::Onednn).count();
                 format!(
                     "measured by `grdr tune` ({}): oneDNN for {onednn} of {} products, MKL for the rest",
@@ -206,16 +221,20 @@ const ONEDNN_MIN_OUT: i64 = 4096;
 /// Without a table: oneDNN where it was measured faster (AMD, whose MKL path is AVX2, or
 /// any CPU without AVX-512), MKL on Intel with AVX-512.
 fn rule(cpu: &CpuInfo, rows: i64, d_out: i64) -> Backend {
-    let mkl_is_native = cpu.vendor == "GenuineIntel" && cpu.avx512f;
-    if mkl_is_native || (rows < ONEDNN_MIN_ROWS && d_out < ONEDNN_MIN_OUT) {
+    if mkl_is_native(cpu) || (rows < ONEDNN_MIN_ROWS && d_out < ONEDNN_MIN_OUT) {
         Backend::Mkl
     } else {
         Backend::Onednn
     }
 }
 
+/// Intel's MKL has AVX-512 kernels of its own; elsewhere it takes an AVX2 path.
+fn mkl_is_native(cpu: &CpuInfo) -> bool {
+    cpu.vendor == "GenuineIntel" && cpu.avx512f
+}
+
 fn rule_text(cpu: &CpuInfo) -> &'static str {
-    if cpu.vendor == "GenuineIntel" && cpu.avx512f {
+    if mkl_is_native(cpu) {
         "MKL for every product"
     } else {
         "oneDNN from 64 rows or 4,096 outputs, MKL below"
@@ -305,7 +324,7 @@ mod tests {
                 m(Pass::Forward, Rows::Few, 384, 384, 1.0, 2.0),
             ],
         };
-        let c = Choice::Tuned(PathBuf::from("t.json"), table);
+        let c = Choice::Tuned(PathBuf::from("t.json"), Resolved::new(table));
         assert_eq!(c.pick(Pass::Training, 4096, 1536, 384), Backend::Mkl);
         assert_eq!(c.pick(Pass::Training, 4096, 384, 384), Backend::Onednn);
         // Not measured: two of three `training, many` products went to oneDNN.

@@ -161,7 +161,7 @@ fn read_text(path: &Path) -> Result<Option<String>> {
 }
 
 /// Parses a JSON file into `T`; `field` names what was expected in the error.
-fn read_json<T: DeserializeOwned>(path: &Path, field: &str) -> Result<Option<T>> {
+pub(super) fn read_json<T: DeserializeOwned>(path: &Path, field: &str) -> Result<Option<T>> {
     let Some(text) = read_text(path)? else { return Ok(None) };
     serde_json::from_str(&text)
         .map(Some)

@@ -5,10 +5,11 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value};
 
+use super::collect::read_json;
 use super::html::{self, short_number, Cell, Page};
 use super::plot::{Figure, Series};
 use super::scale::XAxis;
-use crate::error::{Error, Location, Result};
+use crate::error::Result;
 use crate::train::metrics_log::{self, Record};
 
 /// The files of a run directory worth opening.
@@ -18,17 +19,6 @@ const RUN_FILES: [&str; 8] =
 /// Whether `dir` looks like a `grdr train` run directory.
 pub fn is_run_dir(dir: &Path) -> bool {
     dir.join("metrics.jsonl").is_file() || (dir.join("config.toml").is_file() && dir.join("train.json").is_file())
-}
-
-/// A JSON object file, or `None` when it is not there.
-fn read_object(path: &Path) -> Result<Option<Map<String, Value>>> {
-    match std::fs::read_to_string(path) {
-        Ok(text) => {
-            serde_json::from_str(&text).map(Some).map_err(|e| Error::input(path, Location::File, "json", e.to_string()))
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(Error::io(path, "cannot read", e)),
-    }
 }
 
 /// One curve per figure, against the step: (stem, y title, line label, the record's figure).
@@ -82,8 +72,8 @@ fn object_table(id: &str, object: &Map<String, Value>) -> String {
 pub fn write(run_dir: &Path, out_dir: &Path) -> Result<PathBuf> {
     let metrics_path = run_dir.join("metrics.jsonl");
     let records = if metrics_path.is_file() { metrics_log::read(&metrics_path)? } else { Vec::new() };
-    let eval = read_object(&run_dir.join("eval").join("metrics.json"))?;
-    let train = read_object(&run_dir.join("train.json"))?;
+    let eval: Option<Map<String, Value>> = read_json(&run_dir.join("eval").join("metrics.json"), "metrics")?;
+    let train: Option<Map<String, Value>> = read_json(&run_dir.join("train.json"), "train")?;
     let config = std::fs::read_to_string(run_dir.join("config.toml")).ok();
     let name = std::path::absolute(run_dir)
         .ok()

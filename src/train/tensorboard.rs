@@ -87,8 +87,8 @@ impl TbLog {
         }
 
         let old = event_files(&dir);
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-        let name = format!("events.out.tfevents.{}.{}.{}", now as u64, host.trim(), std::process::id());
+        let host = crate::dist::describe::hostname();
+        let name = format!("events.out.tfevents.{}.{host}.{}", now as u64, std::process::id());
         let path = dir.join(name);
         // Not named `*tfevents*` until complete: TensorBoard would read it half-written.
         let tmp = dir.join(format!(".replay-{}", std::process::id()));
