@@ -111,6 +111,32 @@ pub enum ModelKind {
     Generative,
 }
 
+/// ColBERT: which way tokens align (`model.alignment`: `q2d`, `d2q-soft`, `d2q-max`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Alignment {
+    /// q→d MaxSim.
+    #[default]
+    #[serde(rename = "q2d")]
+    QueryToDoc,
+    /// q←d with a softmax over query tokens per document token (GR's dense alignment).
+    #[serde(rename = "d2q-soft")]
+    DocToQuerySoft,
+    /// q←d with a hard max over query tokens per document token.
+    #[serde(rename = "d2q-max")]
+    DocToQueryMax,
+}
+
+impl Alignment {
+    /// The config spelling (`q2d`, `d2q-soft`, `d2q-max`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Alignment::QueryToDoc => "q2d",
+            Alignment::DocToQuerySoft => "d2q-soft",
+            Alignment::DocToQueryMax => "d2q-max",
+        }
+    }
+}
+
 /// Architecture of a model built from scratch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -155,6 +181,12 @@ pub struct ModelConfig {
     pub colbert_query_len: i64,
     /// ColBERT: token queries are padded with (BERT: [MASK] = 103; T5: pad 0). Default 103.
     pub query_augment_token: i64,
+    /// ColBERT: the token alignment of the score, trained and evaluated: `q2d` (MaxSim),
+    /// `d2q-soft` (GR's softmax over query tokens per document token) or `d2q-max`. Default q2d.
+    pub alignment: Alignment,
+    /// ColBERT: divide the score by Z = Σ A_ij (the seed's Eq. 1): the number of real query
+    /// tokens (q2d) or document tokens (d2q). Default false (ColBERT's sum).
+    pub alignment_normalize: bool,
 }
 
 impl Default for ModelConfig {
@@ -176,6 +208,8 @@ impl Default for ModelConfig {
             colbert_dim: 128,
             colbert_query_len: 32,
             query_augment_token: 103,
+            alignment: Alignment::QueryToDoc,
+            alignment_normalize: false,
         }
     }
 }
@@ -480,6 +514,15 @@ impl RunConfig {
         for (key, v) in positive {
             if v == 0 {
                 return Err(Error::usage(key, "must be at least 1"));
+            }
+        }
+        if self.model.kind != ModelKind::Colbert {
+            let set = [
+                ("model.alignment", self.model.alignment != Alignment::QueryToDoc),
+                ("model.alignment_normalize", self.model.alignment_normalize),
+            ];
+            if let Some((key, _)) = set.iter().find(|(_, given)| *given) {
+                return Err(Error::usage(*key, "token alignment applies to ColBERT models only"));
             }
         }
         if self.model.query_augment_token < 0 {

@@ -13,6 +13,7 @@ use grdr::dist::gather::{
     all_gather_padded_with_grad, all_gather_with_grad, global_count, global_mean_share, global_value_of_shares,
 };
 use grdr::dist::{self, Backend, Comm, Ddp, DdpOptions, LocalComm, World};
+use grdr::model::colbert::{Alignment, LateInteraction};
 use grdr::train::loss;
 use tch::{nn, nn::Module, nn::OptimizerConfig, Device, Kind, Tensor};
 
@@ -168,10 +169,21 @@ fn scenario_colbert(comm: &dyn Comm) -> Vec<(String, Tensor)> {
 
     let (q, qm) = all_gather_padded_with_grad(comm, &enc.forward(&q_ids), &q_mask).unwrap();
     let (d, dm) = all_gather_padded_with_grad(comm, &enc.forward(&d_ids), &d_mask).unwrap();
-    let l = loss::colbert_info_nce(&q, &qm, &d, &dm, CB_GROUP, 0.2);
-    (&l * world.backward_scale()).backward();
+    // Every alignment (trained q←d included), its loss named; the gradients are the sum's.
+    let scores = [
+        LateInteraction { alignment: Alignment::QueryToDoc, normalized: false },
+        LateInteraction { alignment: Alignment::DocToQuerySoft, normalized: true },
+        LateInteraction { alignment: Alignment::DocToQueryMax, normalized: false },
+    ];
+    let losses: Vec<Tensor> =
+        scores.iter().map(|&s| loss::colbert_info_nce(&q, &qm, &d, &dm, s, CB_GROUP, 0.2)).collect();
+    (Tensor::stack(&losses, 0).sum(Kind::Float) * world.backward_scale()).backward();
     ddp.sync_gradients().unwrap();
-    let mut out = vec![scalar("loss", l.double_value(&[]))];
+    let mut out: Vec<(String, Tensor)> = scores
+        .iter()
+        .zip(&losses)
+        .map(|(s, l)| scalar(&format!("loss {}", s.describe()), l.double_value(&[])))
+        .collect();
     out.extend(named_grads(&ddp, &sorted_names(&vs)));
     out
 }

@@ -4,7 +4,9 @@
 mod require;
 use std::path::PathBuf;
 
-use grdr::model::colbert::{late_interaction, late_interaction_pairs, Alignment, ColbertConfig, ColbertHead};
+use grdr::model::colbert::{
+    late_interaction, late_interaction_pairs, Alignment, ColbertConfig, ColbertHead, LateInteraction,
+};
 use grdr::model::dual::{DualConfig, DualHead};
 use grdr::model::encoder::{pool, Pooling};
 use grdr::model::generative::{resize_token_embeddings, score_docids, token_nll, DocidVocab};
@@ -95,19 +97,29 @@ fn late_interaction_equals_brute_force_in_both_directions() {
     };
     let (qm, dm) = (mk(&q_len, 4), mk(&d_len, 7));
     for align in [Alignment::QueryToDoc, Alignment::DocToQuerySoft, Alignment::DocToQueryMax] {
-        let all = late_interaction(&q, &qm, &d, &dm, align);
-        assert_eq!(all.size(), vec![3, 5]);
-        for b in 0..3 {
-            for n in 0..5 {
-                let want = brute(&rows(&q.get(b), q_len[b as usize]), &rows(&d.get(n), d_len[n as usize]), align);
-                let got = all.double_value(&[b, n]);
-                assert!((got - want).abs() < 1e-4, "{align:?} q{b} d{n}: {got} vs {want}");
+        for normalized in [false, true] {
+            let score = LateInteraction { alignment: align, normalized };
+            let all = late_interaction(&q, &qm, &d, &dm, score);
+            assert_eq!(all.size(), vec![3, 5]);
+            for b in 0..3 {
+                for n in 0..5 {
+                    let (lq, ld) = (q_len[b as usize], d_len[n as usize]);
+                    // Eq. 1's Z: one unit of alignment weight per aligned token.
+                    let z = match (normalized, align) {
+                        (false, _) => 1.0,
+                        (true, Alignment::QueryToDoc) => lq as f64,
+                        (true, _) => ld as f64,
+                    };
+                    let want = brute(&rows(&q.get(b), lq), &rows(&d.get(n), ld), align) / z;
+                    let got = all.double_value(&[b, n]);
+                    assert!((got - want).abs() < 1e-4, "{score:?} q{b} d{n}: {got} vs {want}");
+                }
             }
+            // Aligned pairs equal the diagonal of the all-pairs matrix.
+            let idx = Tensor::from_slice(&[0i64, 1, 2]);
+            let pairs = late_interaction_pairs(&q, &qm, &d.index_select(0, &idx), &dm.index_select(0, &idx), score);
+            assert!(close(&pairs, &all.narrow(1, 0, 3).diagonal(0, 0, 1), 1e-5), "{score:?}");
         }
-        // Aligned pairs equal the diagonal of the all-pairs matrix.
-        let idx = Tensor::from_slice(&[0i64, 1, 2]);
-        let pairs = late_interaction_pairs(&q, &qm, &d.index_select(0, &idx), &dm.index_select(0, &idx), align);
-        assert!(close(&pairs, &all.narrow(1, 0, 3).diagonal(0, 0, 1), 1e-5), "{align:?}");
     }
 }
 

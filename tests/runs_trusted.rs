@@ -205,6 +205,13 @@ fn misuse_exits_2_naming_what_is_wrong() {
     let counted =
         write_config(dir.path(), "pwk.toml", &pairwise.replace("threads = 1", "threads = 1\nnum_negatives = 2"));
     usage_error(&train(&counted, &run, &[]), "train.num_negatives");
+    // Token alignment belongs to ColBERT (the tiny config is a dual encoder), and only
+    // the three directions parse.
+    usage_error(&train_with("al.toml", "d_ff = 64", "d_ff = 64\nalignment = \"d2q-soft\""), "model.alignment");
+    usage_error(
+        &train_with("aln.toml", "d_ff = 64", "d_ff = 64\nalignment_normalize = true"),
+        "model.alignment_normalize",
+    );
     // bf16 on a CPU without native bf16 (tests/cpu_bf16.rs runs it where there is).
     if !grdr::cpu::this().has_bf16() {
         let bf16 = train_with("bf16.toml", "threads = 1", "threads = 1\nprecision = \"bf16\"\ndevice = \"cpu\"");

@@ -76,3 +76,47 @@ fn colbert_pairwise_two_ranks_equal_one() {
         .replace("[train]", "[train]\nloss = \"pairwise\"\ntemperature = 1.0");
     two_equal_one(&text, 3);
 }
+
+/// ColBERT trained with q←d (GR's soft document-to-query alignment, divided by Eq. 1's Z):
+/// as independent of the rank count as q→d.
+#[test]
+fn colbert_d2q_soft_normalized_two_ranks_equal_one() {
+    let text = tiny_dual(dataset()).replace(
+        "kind = \"dual\"",
+        "kind = \"colbert\"\ncolbert_dim = 16\ncolbert_query_len = 8\nalignment = \"d2q-soft\"\nalignment_normalize = true",
+    );
+    two_equal_one(&text, 3);
+}
+
+/// The alignment a model was trained with is the one `grdr eval` scores with (the exported
+/// `grdr.json` carries it); `--alignment` changes the direction and keeps the normalisation.
+#[test]
+fn colbert_evaluates_with_its_trained_alignment() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = tiny_dual(dataset())
+        .replace(
+            "kind = \"dual\"",
+            "kind = \"colbert\"\ncolbert_dim = 16\ncolbert_query_len = 8\nalignment = \"d2q-max\"\nalignment_normalize = true",
+        )
+        .replace("max_steps = 6", "max_steps = 1");
+    let cfg = write_config(dir.path(), "run.toml", &text);
+    let run = dir.path().join("run");
+    ok(&train(&cfg, &run, &[]));
+    let json =
+        |p: std::path::PathBuf| -> serde_json::Value { serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap() };
+    let info = json(run.join("model/grdr.json"));
+    assert_eq!(
+        (info["model"]["alignment"].as_str(), info["model"]["alignment_normalize"].as_bool()),
+        (Some("d2q-max"), Some(true))
+    );
+    for (flag, want) in [(None, "d2q-max/Z"), (Some("q2d"), "q2d/Z")] {
+        let out = dir.path().join(format!("eval-{want}").replace('/', "_"));
+        let mut args = vec!["eval", "--run", run.to_str().unwrap(), "--k", "10", "--token-k", "4"];
+        args.extend(["--output", out.to_str().unwrap()]);
+        if let Some(a) = flag {
+            args.extend(["--alignment", a]);
+        }
+        ok(&std::process::Command::new(bin()).args(&args).output().unwrap());
+        assert_eq!(json(out.join("run.json"))["candidate_stage"]["alignment"], want, "{flag:?}");
+    }
+}

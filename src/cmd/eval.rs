@@ -82,7 +82,7 @@ pub struct EvalArgs {
     /// ColBERT: pool tokens retrieved per query token (candidate stage; default 100).
     #[arg(long)]
     pub token_k: Option<usize>,
-    /// ColBERT: token alignment of the final score (default q2d).
+    /// ColBERT: token alignment of the final score (default: the model's `model.alignment`).
     #[arg(long, value_enum)]
     pub alignment: Option<AlignArg>,
     /// GR: beam width, returns at most this many docids per query (default: `eval.beam`, else k).
@@ -255,11 +255,11 @@ impl EvalArgs {
             opts.query_block = b;
         }
         if let Some(a) = self.alignment {
-            opts.alignment = match a {
+            opts.alignment = Some(match a {
                 AlignArg::Q2d => Alignment::QueryToDoc,
                 AlignArg::D2qSoft => Alignment::DocToQuerySoft,
                 AlignArg::D2qMax => Alignment::DocToQueryMax,
-            };
+            });
         }
         if let Some(mode) = self.rerank {
             let paper = mode == RerankArg::Paper;

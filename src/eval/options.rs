@@ -31,8 +31,9 @@ pub struct EvalOptions {
     pub bf16_store: bool,
     /// ColBERT: pool tokens retrieved per query token in the candidate stage.
     pub token_k: usize,
-    /// ColBERT: how the final score aligns tokens (end to end and rerank).
-    pub alignment: Alignment,
+    /// ColBERT: the token alignment of the final score (end to end and rerank) instead of
+    /// the model's own (`model.alignment`, whose normalisation is kept); none = the model's.
+    pub alignment: Option<Alignment>,
     /// GR: beam width (≥ k to return k docids); none = k. Read it through [`Self::beam_width`].
     pub beam: Option<usize>,
     /// GR: running beams decoded per batch (bounds the KV cache: queries per batch = this / beam).
@@ -104,7 +105,7 @@ impl EvalOptions {
             device,
             bf16_store: false,
             token_k: 100,
-            alignment: Alignment::QueryToDoc,
+            alignment: None,
             beam: e.beam,
             beam_rows: 1024,
             rerank: None,

@@ -33,6 +33,7 @@ use crate::data::docid::Scheme;
 use crate::error::{Error, Result};
 use crate::eval::options::RerankOptions;
 use crate::eval::run_eval::Context;
+use crate::model::colbert::LateInteraction;
 use crate::model::generative::score_docids;
 use crate::model::task::Net;
 use crate::parallel::{parallel_map, Shared};
@@ -89,7 +90,7 @@ pub fn run(ctx: &Context, r: &RerankOptions, info: &mut Info) -> Result<Vec<Vec<
             "note": if r.add_gold { "relevant documents were added to the candidates: every metric is inflated (an upper bound), not comparable with end-to-end retrieval" } else { "BM25 candidates only" },
             "candidate_recall": recall,
             "mean_candidates": cands.iter().map(Vec::len).sum::<usize>() as f64 / cands.len().max(1) as f64,
-            "alignment": matches!(ctx.task.net, Net::Colbert(_)).then(|| format!("{:?}", opts.alignment)),
+            "alignment": ctx.interaction().map(LateInteraction::describe),
             "candidate_seconds": t_cand.elapsed().as_secs_f64(),
         }),
     );

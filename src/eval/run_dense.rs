@@ -7,6 +7,7 @@ use tch::{Kind, Tensor};
 use crate::error::Result;
 use crate::eval::calibration::{self, SoftmaxAccumulator};
 use crate::eval::run_eval::{decode_hit_lists, encode_hit_lists, store_kind, Context};
+use crate::model::colbert::LateInteraction;
 use crate::model::task::Net;
 use crate::parallel::{parallel_map, Shared};
 use crate::search::flat::{self, EmbeddingStore};
@@ -177,8 +178,9 @@ fn rescore_all(
         .map(|(i, c)| (qv.get(i as i64), qmask.get(i as i64), c.into_iter().filter(|&d| pool.owns(d)).collect()))
         .collect();
     let shared_pool = Shared(pool);
+    let score = ctx.interaction().expect("ColBERT model");
     parallel_map(opts.device, units, |(q, qm, mine)| {
-        maxsim::rescore(shared_pool.get(), &q, &qm, &mine, opts.alignment, opts.batch_size)
+        maxsim::rescore(shared_pool.get(), &q, &qm, &mine, score, opts.batch_size)
     })
     .into_iter()
     .map(|hits| {
@@ -296,7 +298,7 @@ pub fn colbert(ctx: &Context, info: &mut Info) -> Result<Vec<Vec<Hit>>> {
             "token_k": opts.token_k,
             "recall": recall_sum / recall_n.max(1) as f64,
             "mean_candidates": cand_sum as f64 / ids.len().max(1) as f64,
-            "alignment": format!("{:?}", opts.alignment),
+            "alignment": ctx.interaction().map(LateInteraction::describe),
         }),
     );
     Ok(results)

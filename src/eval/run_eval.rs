@@ -28,6 +28,7 @@ use crate::data::Dataset;
 use crate::dist::{Comm, ReduceOp};
 use crate::error::{Error, Result};
 use crate::eval::options::EvalOptions;
+use crate::model::colbert::LateInteraction;
 use crate::model::task::{Net, Task};
 use crate::search::topk::{Hit, TopK};
 
@@ -156,6 +157,15 @@ impl<'a> Context<'a> {
             groups,
             my_groups,
         })
+    }
+
+    /// ColBERT: the late interaction of the final scores — the model's, in the direction
+    /// `--alignment` asks for (none for other models).
+    pub fn interaction(&self) -> Option<LateInteraction> {
+        match &self.task.net {
+            Net::Colbert(m) => Some(m.head.config.interaction.with_alignment(self.opts.alignment)),
+            _ => None,
+        }
     }
 
     /// The docid table (generative tasks).

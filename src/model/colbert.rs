@@ -4,8 +4,17 @@
 //! - q←d, the GR-style document-to-query alignment: Σ_i Σ_j d_iᵀq_j · softmax_j(d_iᵀq_j)
 //!   (each document token softly attends over the query tokens, row-wise as in Eq. 22), or
 //!   its hard form Σ_i max_j d_iᵀq_j.
+//!
+//! The direction is a model setting (`model.alignment`): training scores with it, and so does
+//! evaluation unless `grdr eval --alignment` asks for the other one. Optionally the score is
+//! divided by Z = Σ_ij A_ij, the normalisation of the seed's Eq. 1 that most MVDR methods drop:
+//! the number of real query tokens for q→d, of real document tokens for q←d (each aligned
+//! token's weights sum to one), so a q←d score is a mean over the document's tokens rather
+//! than a sum that grows with the document's length.
 use serde::{Deserialize, Serialize};
 use tch::{nn, Kind, Tensor};
+
+pub use crate::config::Alignment;
 
 use super::encoder::l2_normalize;
 use super::nn_util::linear;
@@ -25,6 +34,9 @@ pub struct ColbertConfig {
     /// query augmentation; BERT uses [MASK] = 103, T5-ColBERT the pad token 0).
     #[serde(default)]
     pub query_augment_token: i64,
+    /// How the score aligns tokens, in training and (unless overridden) evaluation.
+    #[serde(default)]
+    pub interaction: LateInteraction,
 }
 
 fn dim() -> i64 {
@@ -39,20 +51,34 @@ fn query_len() -> i64 {
 
 impl Default for ColbertConfig {
     fn default() -> Self {
-        ColbertConfig { dim: 128, normalize: true, query_len: 32, query_augment_token: 0 }
+        ColbertConfig {
+            dim: 128,
+            normalize: true,
+            query_len: 32,
+            query_augment_token: 0,
+            interaction: LateInteraction::default(),
+        }
     }
 }
 
-/// Which way tokens align.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Alignment {
-    /// q→d MaxSim.
-    QueryToDoc,
-    /// q←d with a softmax over query tokens per document token (GR's dense alignment).
-    DocToQuerySoft,
-    /// q←d with a hard max over query tokens per document token.
-    DocToQueryMax,
+/// A late-interaction score: the alignment direction and whether it is divided by Z (Eq. 1).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LateInteraction {
+    pub alignment: Alignment,
+    /// Divide by Z = Σ_ij A_ij (real query tokens for q→d, real document tokens for q←d).
+    pub normalized: bool,
+}
+
+impl LateInteraction {
+    /// The same normalisation with another direction (`grdr eval --alignment`).
+    pub fn with_alignment(self, alignment: Option<Alignment>) -> Self {
+        LateInteraction { alignment: alignment.unwrap_or(self.alignment), ..self }
+    }
+
+    /// What run files record: `q2d`, `d2q-soft/Z`, ….
+    pub fn describe(self) -> String {
+        format!("{}{}", self.alignment.name(), if self.normalized { "/Z" } else { "" })
+    }
 }
 
 /// Parameters under `p` (`grdr_head.`): `linear.weight` (dim, D), no bias (as ColBERT).
@@ -93,37 +119,51 @@ impl ColbertHead {
 
 /// All-pairs late-interaction scores: queries q (B, Lq, d) with mask (B, Lq), documents
 /// d (N, Ld, d) with mask (N, Ld) → (B, N).
-pub fn late_interaction(q: &Tensor, q_mask: &Tensor, d: &Tensor, d_mask: &Tensor, align: Alignment) -> Tensor {
+/// Padding (mask 0) never wins a max or a softmax and never counts in a sum, so the scores
+/// do not depend on how far a batch was padded (training gathers padded batches).
+pub fn late_interaction(q: &Tensor, q_mask: &Tensor, d: &Tensor, d_mask: &Tensor, score: LateInteraction) -> Tensor {
     let sim = Tensor::einsum("bjk,nik->bnji", &[q, d], None::<i64>); // (B, N, Lq, Ld)
-    reduce(&sim, &q_mask.unsqueeze(1).unsqueeze(-1), &d_mask.unsqueeze(0).unsqueeze(2), align)
+    reduce(&sim, &q_mask.unsqueeze(1).unsqueeze(-1), &d_mask.unsqueeze(0).unsqueeze(2), score)
 }
 
 /// Aligned-pair scores: q (B, Lq, d), d (B, Ld, d) → (B,), the rerank setting.
-pub fn late_interaction_pairs(q: &Tensor, q_mask: &Tensor, d: &Tensor, d_mask: &Tensor, align: Alignment) -> Tensor {
+pub fn late_interaction_pairs(
+    q: &Tensor,
+    q_mask: &Tensor,
+    d: &Tensor,
+    d_mask: &Tensor,
+    score: LateInteraction,
+) -> Tensor {
     let sim = q.matmul(&d.transpose(1, 2)); // (B, Lq, Ld)
-    reduce(&sim, &q_mask.unsqueeze(-1), &d_mask.unsqueeze(1), align)
+    reduce(&sim, &q_mask.unsqueeze(-1), &d_mask.unsqueeze(1), score)
 }
 
 /// `sim` (…, Lq, Ld) with broadcastable masks qm (…, Lq, 1), dm (…, 1, Ld) → (…).
-fn reduce(sim: &Tensor, qm: &Tensor, dm: &Tensor, align: Alignment) -> Tensor {
+fn reduce(sim: &Tensor, qm: &Tensor, dm: &Tensor, score: LateInteraction) -> Tensor {
     let kind = sim.kind();
     let qm = qm.to_kind(Kind::Bool);
     let dm = dm.to_kind(Kind::Bool);
     let neg = super::nn_util::finfo_min(kind);
-    match align {
+    // Per aligned token (…, Lq) or (…, Ld), and which of them are real.
+    let (per_token, real) = match score.alignment {
         Alignment::QueryToDoc => {
-            let best = sim.masked_fill(&dm.logical_not(), neg).amax([-1i64].as_slice(), false); // (…, Lq)
-            (best * qm.squeeze_dim(-1).to_kind(kind)).sum_dim_intlist(-1, false, kind)
+            (sim.masked_fill(&dm.logical_not(), neg).amax([-1i64].as_slice(), false), qm.squeeze_dim(-1))
         }
         Alignment::DocToQueryMax => {
-            let best = sim.masked_fill(&qm.logical_not(), neg).amax([-2i64].as_slice(), false); // (…, Ld)
-            (best * dm.squeeze_dim(-2).to_kind(kind)).sum_dim_intlist(-1, false, kind)
+            (sim.masked_fill(&qm.logical_not(), neg).amax([-2i64].as_slice(), false), dm.squeeze_dim(-2))
         }
         Alignment::DocToQuerySoft => {
             let a = sim.masked_fill(&qm.logical_not(), neg).softmax(-2, kind); // over query tokens
-            let per_doc_token = (sim * a).sum_dim_intlist(-2, false, kind); // (…, Ld)
-            (per_doc_token * dm.squeeze_dim(-2).to_kind(kind)).sum_dim_intlist(-1, false, kind)
+            ((sim * a).sum_dim_intlist(-2, false, kind), dm.squeeze_dim(-2))
         }
+    };
+    // where() rather than a product: a padded token's row must contribute 0, never NaN.
+    let sum = per_token.where_self(&real, &per_token.zeros_like()).sum_dim_intlist(-1, false, kind);
+    if score.normalized {
+        // Z: every real token's alignment weights sum to one.
+        sum / real.to_kind(kind).sum_dim_intlist(-1, false, kind).clamp_min(1.0)
+    } else {
+        sum
     }
 }
 

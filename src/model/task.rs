@@ -10,7 +10,7 @@ use tch::{nn, Device, Tensor};
 use crate::config::{Arch, ModelConfig, ModelKind};
 use crate::data::docid::{DocidTable, Scheme};
 use crate::error::{Error, Result};
-use crate::model::colbert::{ColbertConfig, ColbertEncoder, ColbertHead};
+use crate::model::colbert::{ColbertConfig, ColbertEncoder, ColbertHead, LateInteraction};
 use crate::model::dual::{DualConfig, DualEncoder, DualHead};
 use crate::model::generative::{resize_token_embeddings, DocidVocab};
 use crate::model::hf::{self, LoadOptions};
@@ -139,6 +139,7 @@ impl Task {
                         normalize: cfg.normalize,
                         query_len: cfg.colbert_query_len,
                         query_augment_token: cfg.query_augment_token,
+                        interaction: LateInteraction { alignment: cfg.alignment, normalized: cfg.alignment_normalize },
                     };
                     Net::Colbert(ColbertEncoder { encoder, head: ColbertHead::new(&p, hidden, c) })
                 };

@@ -14,7 +14,7 @@ use std::collections::BTreeSet;
 use tch::{Device, Kind, Tensor};
 
 use crate::error::{Error, Result};
-use crate::model::colbert::{late_interaction_pairs, Alignment};
+use crate::model::colbert::{late_interaction_pairs, LateInteraction};
 use crate::search::flat::{self, EmbeddingStore};
 use crate::search::topk::{Hit, TopK};
 
@@ -163,7 +163,7 @@ pub fn rescore(
     q: &Tensor,
     q_mask: &Tensor,
     docs: &[i64],
-    align: Alignment,
+    score: LateInteraction,
     batch: usize,
 ) -> Result<Vec<Hit>> {
     // Batches of documents of equal length: no padding, so a document's score never depends
@@ -182,7 +182,7 @@ pub fn rescore(
         let n = part.len() as i64;
         let qs = q.to_device(d.device()).to_kind(Kind::Float).unsqueeze(0).expand([n, -1, -1], false); // (n, Lq, dim)
         let qm = q_mask.to_device(d.device()).unsqueeze(0).expand([n, -1], false); // (n, Lq)
-        let s = tch::no_grad(|| late_interaction_pairs(&qs, &qm, &d, &dm, align)); // (n,)
+        let s = tch::no_grad(|| late_interaction_pairs(&qs, &qm, &d, &dm, score)); // (n,)
         let s: Vec<f32> = Vec::try_from(s.to_kind(Kind::Float).to_device(Device::Cpu)).expect("f32 scores");
         out.extend(part.iter().zip(s).map(|(&doc_idx, score)| Hit { score, doc_idx }));
     }
@@ -192,6 +192,7 @@ pub fn rescore(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::colbert::Alignment;
 
     /// Brute-force q→d MaxSim and q←d hard max on plain vectors.
     fn maxsim(q: &[Vec<f32>], d: &[Vec<f32>], q2d: bool) -> f32 {
@@ -244,7 +245,8 @@ mod tests {
         let q = vecs(99, 3, dim);
         let qm = Tensor::ones([3], (Kind::Int64, Device::Cpu));
         for (align, q2d) in [(Alignment::QueryToDoc, true), (Alignment::DocToQueryMax, false)] {
-            let hits = rescore(&pool, &tensor(&q), &qm, &[10, 11, 12, 13], align, 3).unwrap();
+            let score = LateInteraction { alignment: align, normalized: false };
+            let hits = rescore(&pool, &tensor(&q), &qm, &[10, 11, 12, 13], score, 3).unwrap();
             assert_eq!(hits.len(), 4);
             for h in &hits {
                 let d = &docs[(h.doc_idx - 10) as usize];

@@ -9,6 +9,8 @@
 //! on every rank after a gather) is an in-batch negative.
 use tch::{Kind, Tensor};
 
+use crate::model::colbert::{late_interaction, LateInteraction};
+
 /// Row of each query's positive document: `(Q,)` i64 = `[0, group, 2·group, …]`.
 pub fn positive_rows(num_queries: i64, group: i64, device: tch::Device) -> Tensor {
     Tensor::arange(num_queries, (Kind::Int64, device)) * group
@@ -39,33 +41,19 @@ pub fn info_nce(q: &Tensor, d: &Tensor, group: i64, temperature: f64) -> Tensor 
     info_nce_from_scores(&scores, &labels, temperature)
 }
 
-/// ColBERT late interaction: for each query token the best-matching document token's
-/// dot product, summed over the query's real tokens.
-/// `q (Q, Lq, D)`, `q_mask (Q, Lq)`, `d (N, Ld, D)`, `d_mask (N, Ld)` → `(Q, N)`.
-/// Padding (mask 0) never wins a max and never counts in the sum, so the scores do not
-/// depend on how far a batch was padded. Every document needs one real token.
-pub fn maxsim(q: &Tensor, q_mask: &Tensor, d: &Tensor, d_mask: &Tensor) -> Tensor {
-    let (nq, lq, dim) = q.size3().expect("q is (Q, Lq, D)");
-    let (nd, ld, _) = d.size3().expect("d is (N, Ld, D)");
-    let sim = q.reshape([nq * lq, dim]).matmul(&d.reshape([nd * ld, dim]).tr()); // (Q·Lq, N·Ld)
-    let sim = sim.reshape([nq, lq, nd, ld]);
-    let d_pad = d_mask.logical_not().reshape([1, 1, nd, ld]);
-    let best = sim.masked_fill(&d_pad, f64::NEG_INFINITY).amax([3].as_slice(), false); // (Q, Lq, N)
-    let q_real = q_mask.to_kind(best.kind()).unsqueeze(-1); // (Q, Lq, 1)
-                                                            // where() rather than a product: a padded query token's row must contribute 0, not NaN.
-    best.where_self(&q_real.gt(0.0), &best.zeros_like()).sum_dim_intlist([1].as_slice(), false, best.kind())
-}
-
-/// ColBERT contrastive loss: InfoNCE over MaxSim scores (layout as [`info_nce`]).
+/// ColBERT contrastive loss: InfoNCE over late-interaction scores (layout as [`info_nce`]).
+/// `q (Q, Lq, D)`, `q_mask (Q, Lq)`, `d (N, Ld, D)`, `d_mask (N, Ld)`; every document needs
+/// one real token.
 pub fn colbert_info_nce(
     q: &Tensor,
     q_mask: &Tensor,
     d: &Tensor,
     d_mask: &Tensor,
+    score: LateInteraction,
     group: i64,
     temperature: f64,
 ) -> Tensor {
-    let scores = maxsim(q, q_mask, d, d_mask);
+    let scores = late_interaction(q, q_mask, d, d_mask, score); // (Q, N)
     let labels = positive_rows(q.size()[0], group, q.device());
     info_nce_from_scores(&scores, &labels, temperature)
 }
@@ -126,32 +114,29 @@ mod tests {
         assert!((loss - want).abs() < 1e-6, "{loss} vs {want}");
     }
 
+    /// Every alignment, normalised or not: padding further with garbage under mask 0 leaves
+    /// the scores as they were (training gathers batches padded to each rank's longest).
     #[test]
-    fn maxsim_ignores_padding() {
+    fn late_interaction_ignores_padding() {
+        use crate::model::colbert::Alignment;
         tch::manual_seed(1);
         let q = Tensor::randn([2, 3, 4], (Kind::Float, Device::Cpu));
         let d = Tensor::randn([3, 5, 4], (Kind::Float, Device::Cpu));
         let q_mask = Tensor::from_slice(&[1i64, 1, 0, 1, 1, 1]).reshape([2, 3]).to_kind(Kind::Bool);
         let d_mask =
             Tensor::from_slice(&[1i64, 1, 1, 0, 0, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0]).reshape([3, 5]).to_kind(Kind::Bool);
-        let s = maxsim(&q, &q_mask, &d, &d_mask);
-        // Pad further with garbage: same scores.
         let q2 = Tensor::cat(&[q.shallow_clone(), Tensor::full([2, 2, 4], 9.0, (Kind::Float, Device::Cpu))], 1);
         let d2 = Tensor::cat(&[d.shallow_clone(), Tensor::full([3, 3, 4], 9.0, (Kind::Float, Device::Cpu))], 1);
         let qm2 = Tensor::cat(&[q_mask.shallow_clone(), Tensor::zeros([2, 2], (Kind::Bool, Device::Cpu))], 1);
         let dm2 = Tensor::cat(&[d_mask.shallow_clone(), Tensor::zeros([3, 3], (Kind::Bool, Device::Cpu))], 1);
-        let s2 = maxsim(&q2, &qm2, &d2, &dm2);
-        assert!(s.allclose(&s2, 1e-6, 1e-6, false));
-        // Brute force for query 0 / doc 2 (doc tokens 0..1 real, query tokens 0,1 real).
-        let mut want = 0f64;
-        for i in 0..2 {
-            let mut best = f64::NEG_INFINITY;
-            for j in 0..1 {
-                best = best.max(q.get(0).get(i).dot(&d.get(2).get(j)).double_value(&[]));
+        for alignment in [Alignment::QueryToDoc, Alignment::DocToQuerySoft, Alignment::DocToQueryMax] {
+            for normalized in [false, true] {
+                let score = LateInteraction { alignment, normalized };
+                let s = late_interaction(&q, &q_mask, &d, &d_mask, score);
+                let s2 = late_interaction(&q2, &qm2, &d2, &dm2, score);
+                assert!(s.allclose(&s2, 1e-6, 1e-6, false), "{score:?}");
             }
-            want += best;
         }
-        assert!((s.double_value(&[0, 2]) - want).abs() < 1e-5);
     }
 
     #[test]

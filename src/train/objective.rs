@@ -11,6 +11,7 @@ use crate::data::shard::{tag, SplitMix64};
 use crate::dist::gather::{all_gather_padded_with_grad, all_gather_with_grad, global_mean_share};
 use crate::dist::Comm;
 use crate::error::{Error, Result};
+use crate::model::colbert::late_interaction;
 use crate::model::encoder::encode_length_sorted;
 use crate::model::task::{Net, Task};
 
@@ -60,7 +61,7 @@ pub fn pair_loss(
             let (d, dm) = m.embed_docs(&b.d_ids, &b.d_mask, train); // (B·group, Ld, dim)
             let (q, qm) = all_gather_padded_with_grad(comm, &q, &qm)?;
             let (d, dm) = all_gather_padded_with_grad(comm, &d, &dm)?;
-            loss::maxsim(&q, &qm.to_kind(Kind::Bool), &d, &dm.to_kind(Kind::Bool))
+            late_interaction(&q, &qm.to_kind(Kind::Bool), &d, &dm.to_kind(Kind::Bool), m.head.config.interaction)
         }
         Net::Generative { .. } => return Err(Error::usage("model.kind", "generative models take GR batches")),
     };
