@@ -137,6 +137,17 @@ impl Alignment {
     }
 }
 
+/// GR: how decoder states become docid-token logits.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DecoderKind {
+    /// hᵀe_v: one static output embedding per token (DSI, GENRE).
+    #[default]
+    Standard,
+    /// NCI's prefix-aware weight-adaptive decoder: hᵀ(e_v + E_v d'_i) (`model::pawa`).
+    Pawa,
+}
+
 /// Architecture of a model built from scratch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -187,6 +198,12 @@ pub struct ModelConfig {
     /// ColBERT: divide the score by Z = Σ A_ij (the seed's Eq. 1): the number of real query
     /// tokens (q2d) or document tokens (d2q). Default false (ColBERT's sum).
     pub alignment_normalize: bool,
+    /// GR: `standard` or `pawa` (NCI's adaptive decoder; atomic or semantic docids). Default standard.
+    pub decoder: DecoderKind,
+    /// PAWA: rank r of each docid token's D×D projection E_v = U_v W. Default 32.
+    pub pawa_rank: i64,
+    /// PAWA: decoder blocks of the prefix decoder. Default 1.
+    pub pawa_layers: i64,
 }
 
 impl Default for ModelConfig {
@@ -210,6 +227,9 @@ impl Default for ModelConfig {
             query_augment_token: 103,
             alignment: Alignment::QueryToDoc,
             alignment_normalize: false,
+            decoder: DecoderKind::Standard,
+            pawa_rank: 32,
+            pawa_layers: 1,
         }
     }
 }
@@ -510,6 +530,8 @@ impl RunConfig {
             ("model.colbert_dim", self.model.colbert_dim.max(0) as usize),
             ("model.colbert_query_len", self.model.colbert_query_len.max(0) as usize),
             ("model.dim", self.model.dim.unwrap_or(1).max(0) as usize),
+            ("model.pawa_rank", self.model.pawa_rank.max(0) as usize),
+            ("model.pawa_layers", self.model.pawa_layers.max(0) as usize),
         ];
         for (key, v) in positive {
             if v == 0 {
@@ -524,6 +546,9 @@ impl RunConfig {
             if let Some((key, _)) = set.iter().find(|(_, given)| *given) {
                 return Err(Error::usage(*key, "token alignment applies to ColBERT models only"));
             }
+        }
+        if self.model.decoder != DecoderKind::Standard && self.model.kind != ModelKind::Generative {
+            return Err(Error::usage("model.decoder", "a decoder variant applies to generative models only"));
         }
         if self.model.query_augment_token < 0 {
             return Err(Error::usage("model.query_augment_token", "must be a token id (≥ 0)"));

@@ -104,6 +104,16 @@ fn gr_atomic_run() -> &'static Path {
     RUN.get_or_init(|| trained("gr-atomic", tiny_generative(dataset(), root())))
 }
 
+/// The same GR (atomic docids) with PAWA's adaptive decoder.
+fn gr_pawa_run() -> &'static Path {
+    static RUN: OnceLock<PathBuf> = OnceLock::new();
+    RUN.get_or_init(|| {
+        let text = tiny_generative(dataset(), root())
+            .replace("kind = \"generative\"", "kind = \"generative\"\ndecoder = \"pawa\"\npawa_rank = 4");
+        trained("gr-pawa", text)
+    })
+}
+
 const COLBERT_DIM: &str = "16";
 const COLBERT_QUERY_LEN: &str = "8";
 
@@ -207,6 +217,19 @@ fn check_pairs(out: &Path, run: &Path, side: &[&str]) -> Option<()> {
     assert_eq!(v["pairs"], v["expected"]);
     assert!(v["pairs"].as_u64().unwrap() >= 6, "{v}");
     Some(())
+}
+
+/// PAWA: the alignment analysis reads the adaptive output vectors e_v + E_v d'_i (Eq. 18),
+/// one per position (transformers cannot represent PAWA; `tests/model_heads.rs` checks that
+/// these vectors reproduce the model's logits).
+#[test]
+fn gr_alignment_runs_on_pawa() {
+    let (out, summary) = analyzed("gr-pawa-alignment", "alignment", gr_pawa_run(), &["--limit", LIMIT]);
+    assert_eq!(summary["model"], "gr");
+    assert!(summary["pairs"].as_u64().unwrap() > 0, "{summary}");
+    let forms = summary["mvdr_form"].as_array().unwrap();
+    assert!(forms.iter().any(|f| f["layer"] == "sum" && f["cells"].as_u64().unwrap() > 0), "{summary}");
+    assert!(out.join("alignment.parquet").is_file() && out.join("mvdr_form.parquet").is_file());
 }
 
 /// GR alignment = HF transformers: every cross-attention cell, the MVDR form's scores,

@@ -10,7 +10,8 @@ use std::path::PathBuf;
 
 use grdr::data::synth::Rng;
 use grdr::model::hf::{self, LoadOptions};
-use grdr::model::T5ForConditionalGeneration;
+use grdr::model::pawa::Pawa;
+use grdr::model::{GrModel, T5ForConditionalGeneration};
 use grdr::search::beam::{score_all, to_hits, BeamProfile, BeamSearch, Generated};
 use grdr::search::trie::DocidTrie;
 use tch::Tensor;
@@ -19,8 +20,8 @@ fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/parity").join(name)
 }
 
-fn load(name: &str) -> T5ForConditionalGeneration {
-    hf::load::<T5ForConditionalGeneration>(&fixture(name), LoadOptions::default()).unwrap().model
+fn load(name: &str) -> GrModel {
+    GrModel::standard(hf::load::<T5ForConditionalGeneration>(&fixture(name), LoadOptions::default()).unwrap().model)
 }
 
 /// `n` distinct random docids over tokens 2..vocab (0 = pad/start, 1 = eos), 1–4 tokens + eos.
@@ -115,9 +116,15 @@ fn small_beams_return_only_valid_docids_with_true_scores() {
 /// The parity fixture `name` trained for a few hundred steps to map each query to a docid
 /// (query i → docid i mod n, teacher-forced NLL, AdamW), as DSI's retrieval examples do:
 /// like a real GR model its log-probabilities are peaked and its beams' scores spread.
-fn trained(name: &str, queries: &[Vec<i64>], docids: &[(i64, Vec<u32>)]) -> T5ForConditionalGeneration {
+/// With `pawa`, a PAWA decoder over tokens 2.. (every docid token) is trained with it.
+fn trained(name: &str, queries: &[Vec<i64>], docids: &[(i64, Vec<u32>)], pawa: bool) -> GrModel {
     let loaded = hf::load::<T5ForConditionalGeneration>(&fixture(name), LoadOptions::default()).unwrap();
-    let model = loaded.model;
+    let t5 = loaded.model;
+    let pawa = pawa.then(|| {
+        let vocab = t5.config.vocab_size;
+        Pawa::new(&(loaded.vs.root() / "grdr_head" / "pawa"), &t5.config, &t5.shared, 2, vocab - 2, 4, 1).unwrap()
+    });
+    let model = GrModel { t5, pawa };
     let named: Vec<(String, Tensor)> = loaded.vs.variables().into_iter().collect();
     let mut opt = grdr::train::optim::AdamW::new(
         named,
@@ -156,13 +163,15 @@ fn trained(name: &str, queries: &[Vec<i64>], docids: &[(i64, Vec<u32>)]) -> T5Fo
 #[test]
 fn pruning_beams_changes_nothing() {
     tch::set_num_threads(1);
-    for (name, train) in [("t5_v11", false), ("t5_v10", true), ("t5_v11", true)] {
+    for (name, train, pawa) in
+        [("t5_v11", false, false), ("t5_v10", true, false), ("t5_v11", true, false), ("t5_v11", true, true)]
+    {
         let mut rng = Rng::new(31);
         let vocab = load(name).config.vocab_size as usize;
         let docids = random_docids(&mut rng, 120, vocab, 7);
         let trie = DocidTrie::build(&docids, 1).unwrap();
         let queries = common::random_queries(&mut rng, 16, 6, vocab);
-        let model = if train { trained(name, &queries, &docids) } else { load(name) };
+        let model = if train { trained(name, &queries, &docids, pawa) } else { load(name) };
         let (ids, mask) = common::query_batch(&queries);
         let (mut made, mut all) = (0, 0);
         tch::no_grad(|| {
@@ -197,6 +206,44 @@ fn pruning_beams_changes_nothing() {
         eprintln!("{name} trained {train}: vocabulary rows {made} of {all}");
         if train {
             assert!(made < all, "{name}: {made} of {all} vocabulary rows made");
+        }
+    }
+}
+
+/// PAWA: beam search over the adaptive logits (the prefix decoder stepped with its own KV
+/// cache) returns every docid with its teacher-forced score (the prefix decoder run over the
+/// whole target), ranked as brute force ranks them, on a fixture trained with PAWA — whose
+/// adaptive part is far from zero, so a search that ignored it would rank differently.
+#[test]
+fn pawa_beam_equals_brute_force_on_a_trained_fixture() {
+    tch::set_num_threads(1);
+    let mut rng = Rng::new(5);
+    let vocab = load("t5_v11").config.vocab_size as usize;
+    let docids = random_docids(&mut rng, 24, vocab, 4);
+    let trie = DocidTrie::build(&docids, 1).unwrap();
+    let queries = common::random_queries(&mut rng, 6, 6, vocab);
+    let model = trained("t5_v11", &queries, &docids, true);
+    let u = model.pawa.as_ref().unwrap().token_factors.abs().max().double_value(&[]);
+    assert!(u > 1e-2, "training moved the adaptive projection (max |U| {u})");
+    let (ids, mask) = common::query_batch(&queries);
+    let seqs: Vec<Vec<u32>> = docids.iter().map(|d| d.1.clone()).collect();
+    let brute = tch::no_grad(|| score_all(&model, &ids, &mask, &seqs));
+    // The same backbone without the adaptive part.
+    let GrModel { t5, pawa } = model;
+    let standard = GrModel::standard(t5);
+    let without = tch::no_grad(|| score_all(&standard, &ids, &mask, &seqs));
+    let model = GrModel { t5: standard.t5, pawa };
+    let moved = brute.iter().flatten().zip(without.iter().flatten()).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    assert!(moved > 1e-2, "the adaptive part changes the scores (by at most {moved})");
+    let got = tch::no_grad(|| BeamSearch::new(&model, &trie, docids.len()).search(&ids, &mask));
+    for (q, (gens, scores)) in got.iter().zip(&brute).enumerate() {
+        assert_eq!(gens.len(), docids.len(), "query {q}: every docid is returned");
+        for g in gens {
+            let d = docids.iter().position(|d| d.1 == g.tokens).expect("a real docid");
+            assert!((g.score - scores[d]).abs() < 1e-4, "q{q}: {} vs {}", g.score, scores[d]);
+        }
+        for pair in gens.windows(2) {
+            assert!(pair[0].score >= pair[1].score);
         }
     }
 }

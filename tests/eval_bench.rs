@@ -85,7 +85,7 @@ fn flat_search() {
 /// What a GR decoding benchmark runs on: the model, its HF directory (the reference loads
 /// it), the docid trie and its sequences, and the queries' token ids.
 struct GrBench {
-    model: grdr::model::T5ForConditionalGeneration,
+    model: grdr::model::GrModel,
     /// Keeps the model's parameters alive.
     _owner: Box<dyn std::any::Any>,
     model_dir: PathBuf,
@@ -126,7 +126,7 @@ fn random_gr(dir: &std::path::Path, n_docids: usize, nq: usize, device: Device) 
     let indexed: Vec<(i64, Vec<u32>)> = docids.iter().cloned().enumerate().map(|(i, s)| (i as i64, s)).collect();
     let trie = DocidTrie::build(&indexed, 1).unwrap();
     GrBench {
-        model,
+        model: grdr::model::GrModel::standard(model),
         _owner: Box::new(vs),
         model_dir,
         trie,

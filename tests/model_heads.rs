@@ -163,14 +163,14 @@ fn resize_keeps_old_logits_and_scores_equal_teacher_forcing() {
 
         // Two candidate docids per query (using a new token), scored by log-likelihood.
         let cands: Vec<Vec<Vec<i64>>> = (0..3).map(|b| vec![vec![v + b, 1], vec![5, 6 + b, 1]]).collect();
-        let scores = score_docids(&l.model, ids, mask, &cands);
+        let gr = grdr::model::GrModel::standard(l.model);
+        let scores = score_docids(&gr, ids, mask, &cands);
         for (b, cs) in cands.iter().enumerate() {
             for (c, cand) in cs.iter().enumerate() {
                 let labels = Tensor::from_slice(cand).unsqueeze(0);
                 let idx = Tensor::from_slice(&[b as i64]);
                 let (q, m) = (ids.index_select(0, &idx), mask.index_select(0, &idx));
-                let logits =
-                    tch::no_grad(|| l.model.forward(&q, &m, &l.model.shift_right(&labels), false, false).logits);
+                let logits = tch::no_grad(|| gr.forward(&q, &m, &gr.shift_right(&labels), false, false).logits);
                 let (nll, _) = token_nll(&logits, &labels);
                 assert!((scores[b][c] as f64 + nll.double_value(&[])).abs() < 1e-4, "{name} q{b} c{c}");
             }
@@ -201,4 +201,66 @@ fn docid_tokens_extend_model_and_tokenizer() {
     assert_eq!(back.token_to_id("<d4>"), Some(32104));
     let m = hf::load::<T5ForConditionalGeneration>(&tmp.path().join("gr"), LoadOptions::default()).unwrap();
     assert_eq!(m.model.config.vocab_size, base + 5);
+}
+
+/// PAWA's adaptive logits against the paper's formula computed term by term in f64 on small
+/// random weights: logit(v at i) = x_iᵀ(e_v + E_v d'_i) with E_v = U_v W for docid tokens,
+/// x_iᵀe_v for the others; and the output vectors the analyses read (`output_rows_at`)
+/// reproduce the model's logits at the target tokens.
+#[test]
+fn pawa_logits_equal_the_formula_term_by_term() {
+    use grdr::model::pawa::Pawa;
+    use grdr::model::GrModel;
+    for name in ["t5_v10", "t5_v11"] {
+        let l = hf::load::<T5ForConditionalGeneration>(&fixture(name), LoadOptions::default()).unwrap();
+        let (v, d, r, first, nd) = (l.model.config.vocab_size, l.model.config.d_model, 3i64, 5i64, 11i64);
+        let pawa = Pawa::new(&(l.vs.root() / "grdr_head" / "pawa"), &l.model.config, &l.model.shared, first, nd, r, 1)
+            .unwrap();
+        tch::manual_seed(17);
+        tch::no_grad(|| pawa.token_factors.shallow_clone().copy_(&(Tensor::randn([nd, d, r], CPU) * 0.3)));
+        let (b, t) = (2i64, 4i64);
+        let x = Tensor::randn([b, t, d], CPU);
+        let z = Tensor::randn([b, t, d], CPU);
+        let logits = Tensor::randn([b, t, v], CPU);
+        let got = tch::no_grad(|| pawa.add_to(&logits, &x, &z));
+        let (u, w) = (&pawa.token_factors, &pawa.shared_factor);
+        for bi in 0..b {
+            for ti in 0..t {
+                for tok in 0..v {
+                    let mut want = logits.double_value(&[bi, ti, tok]);
+                    if (first..first + nd).contains(&tok) {
+                        // xᵀ U_v (W z): Σ_k Σ_j x_k U[v,k,j] Σ_m W[j,m] z_m
+                        for k in 0..d {
+                            for j in 0..r {
+                                let wz: f64 =
+                                    (0..d).map(|m| w.double_value(&[j, m]) * z.double_value(&[bi, ti, m])).sum();
+                                want += x.double_value(&[bi, ti, k]) * u.double_value(&[tok - first, k, j]) * wz;
+                            }
+                        }
+                    }
+                    let have = got.double_value(&[bi, ti, tok]);
+                    assert!(
+                        (have - want).abs() < 1e-4 * want.abs().max(1.0),
+                        "{name} ({bi},{ti},{tok}): {have} vs {want}"
+                    );
+                }
+            }
+        }
+        // The analyses' output vectors: h · row(label at i) is the model's logit there.
+        let gr = GrModel { t5: l.model, pawa: Some(pawa) };
+        let io: std::collections::HashMap<String, Tensor> =
+            grdr::model::safetensors::read_all(&fixture(name).join("io.safetensors")).unwrap().into_iter().collect();
+        let (ids, mask) = (&io["input_ids"], &io["attention_mask"]);
+        let labels = Tensor::from_slice(&[first, first + 3, 1, first + 10, 7, 1]).view([2, 3]);
+        let labels = labels.narrow(0, 0, ids.size()[0].min(2));
+        let (ids, mask) = (ids.narrow(0, 0, labels.size()[0]), mask.narrow(0, 0, labels.size()[0]));
+        let dec_in = gr.shift_right(&labels);
+        tch::no_grad(|| {
+            let out = gr.forward(&ids, &mask, &dec_in, false, false);
+            let at_labels = out.logits.gather(-1, &labels.unsqueeze(-1), false).squeeze_dim(-1);
+            let rows = gr.output_rows_at(&labels, &dec_in);
+            let dot = (&out.decoder_hidden * rows).sum_dim_intlist(-1, false, Kind::Float);
+            assert!(close(&dot, &at_labels, 1e-4), "{name}: output rows reproduce the logits");
+        });
+    }
 }

@@ -212,6 +212,19 @@ fn misuse_exits_2_naming_what_is_wrong() {
         &train_with("aln.toml", "d_ff = 64", "d_ff = 64\nalignment_normalize = true"),
         "model.alignment_normalize",
     );
+    // PAWA is a GR decoder, of a positive rank.
+    usage_error(&train_with("pawa.toml", "d_ff = 64", "d_ff = 64\ndecoder = \"pawa\""), "model.decoder");
+    usage_error(&train_with("pawar.toml", "d_ff = 64", "d_ff = 64\npawa_rank = 0"), "model.pawa_rank");
+    // … of docid tokens: title docids are text.
+    let title = dir.path().join("title.parquet");
+    ok(&grdr(&["docids", "--data", data, "--scheme", "title", "--output", title.to_str().unwrap()]));
+    let gr = tiny_generative(dataset(), dir.path());
+    let atomic = format!("path = \"{}\"", dir.path().join("atomic.parquet").display());
+    assert!(gr.contains(&atomic));
+    let gr = gr
+        .replace(&atomic, &format!("path = \"{}\"", title.display()))
+        .replace("kind = \"generative\"", "kind = \"generative\"\ndecoder = \"pawa\"");
+    usage_error(&train(&write_config(dir.path(), "pawat.toml", &gr), &run, &[]), "model.decoder");
     // bf16 on a CPU without native bf16 (tests/cpu_bf16.rs runs it where there is).
     if !grdr::cpu::this().has_bf16() {
         let bf16 = train_with("bf16.toml", "threads = 1", "threads = 1\nprecision = \"bf16\"\ndevice = \"cpu\"");

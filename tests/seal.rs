@@ -19,7 +19,7 @@ use std::path::PathBuf;
 
 use grdr::data::synth::Rng;
 use grdr::model::hf::{self, LoadOptions};
-use grdr::model::T5ForConditionalGeneration;
+use grdr::model::{GrModel, T5ForConditionalGeneration};
 use grdr::search::beam::{score_all, BeamSearch, Generated};
 use grdr::search::constraint::{FmConstraint, FmState};
 use grdr::search::fm_index::FmIndex;
@@ -32,8 +32,8 @@ fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/parity").join(name)
 }
 
-fn load(name: &str) -> T5ForConditionalGeneration {
-    hf::load::<T5ForConditionalGeneration>(&fixture(name), LoadOptions::default()).unwrap().model
+fn load(name: &str) -> GrModel {
+    GrModel::standard(hf::load::<T5ForConditionalGeneration>(&fixture(name), LoadOptions::default()).unwrap().model)
 }
 
 /// `n` documents of 3–8 tokens (eos excluded) drawn from `alphabet` random token ids in
@@ -67,7 +67,7 @@ fn ngrams(docs: &[Vec<u32>], max_len: usize) -> BTreeMap<Vec<u32>, u64> {
 
 /// Per query, the teacher-forced Σ log p of every n-gram of `grams`.
 fn true_scores(
-    model: &T5ForConditionalGeneration,
+    model: &GrModel,
     ids: &Tensor,
     mask: &Tensor,
     grams: &BTreeMap<Vec<u32>, u64>,

@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use grdr::data::synth::Rng;
 use grdr::model::hf::{self, LoadOptions};
-use grdr::model::T5ForConditionalGeneration;
+use grdr::model::{GrModel, T5ForConditionalGeneration};
 use grdr::search::beam::{BeamProfile, BeamSearch};
 use grdr::search::constraint::FmConstraint;
 use grdr::search::fm_index::{self, FmIndex};
@@ -108,7 +108,8 @@ fn seal_decode() {
     let dir = bench_dir();
     let shards = shards(&env_path("BENCH_FM"));
     let model_dir = env_path("BENCH_SEAL_MODEL");
-    let model: T5ForConditionalGeneration = hf::load(&model_dir, LoadOptions::default()).unwrap().model;
+    let model =
+        GrModel::standard(hf::load::<T5ForConditionalGeneration>(&model_dir, LoadOptions::default()).unwrap().model);
     let ds = grdr::data::Dataset::open(&env_path("BENCH_SEAL_DATA")).unwrap();
     let nq = env_usize("BENCH_SEAL_QUERIES", 32);
     let texts: Vec<String> = ds.split_queries("test").unwrap().into_iter().take(nq).map(|q| q.text).collect();

@@ -67,6 +67,16 @@ fn generative_two_ranks_equal_one() {
     two_equal_one(&tiny_generative(dataset(), dir.path()), 3);
 }
 
+/// PAWA (prefix decoder + adaptive projection under `grdr_head.pawa`) trains on the same
+/// globally normalised token NLL: 2 ranks ≡ 1 rank.
+#[test]
+fn generative_pawa_two_ranks_equal_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = tiny_generative(dataset(), dir.path())
+        .replace("kind = \"generative\"", "kind = \"generative\"\ndecoder = \"pawa\"\npawa_rank = 4");
+    two_equal_one(&text, 3);
+}
+
 /// ColBERTv1's pairwise loss (each query against its own BM25 negative only, unscaled) is
 /// as independent of the rank count as the in-batch loss.
 #[test]
@@ -118,5 +128,47 @@ fn colbert_evaluates_with_its_trained_alignment() {
         }
         ok(&std::process::Command::new(bin()).args(&args).output().unwrap());
         assert_eq!(json(out.join("run.json"))["candidate_stage"]["alignment"], want, "{flag:?}");
+    }
+}
+
+/// A GR run's export (`RUNDIR/model`, whose tokenizer and embeddings already hold the docid
+/// tokens) evaluates as the run does: `grdr eval --model` and `grdr eval --run` rank the
+/// same documents with the same scores — the standard decoder and PAWA (its prefix decoder
+/// and projection read back from `grdr_head.safetensors`).
+#[test]
+fn generative_export_evaluates_as_its_run() {
+    let dir = tempfile::tempdir().unwrap();
+    for decoder in ["standard", "pawa"] {
+        let text = tiny_generative(dataset(), dir.path())
+            .replace("kind = \"generative\"", &format!("kind = \"generative\"\ndecoder = \"{decoder}\"\npawa_rank = 4"))
+            .replace("max_steps = 6", "max_steps = 2");
+        let cfg = write_config(dir.path(), &format!("{decoder}.toml"), &text);
+        let run = dir.path().join(decoder);
+        ok(&train(&cfg, &run, &[]));
+        let eval = |what: &[&str], out: &str| -> String {
+            let out = dir.path().join(format!("{decoder}-{out}"));
+            let mut args = vec!["eval", "--k", "5", "--output", out.to_str().unwrap()];
+            args.extend(what);
+            ok(&std::process::Command::new(bin()).args(&args).output().unwrap());
+            // The run tag (last column) names the command; the rest must agree.
+            let trec = std::fs::read_to_string(out.join("run.trec")).unwrap();
+            trec.lines().map(|l| l.rsplit_once(' ').unwrap().0.to_string() + "\n").collect()
+        };
+        let model = run.join("model");
+        let docids = dir.path().join("atomic.parquet");
+        let by_run = eval(&["--run", run.to_str().unwrap()], "run");
+        let by_model = eval(
+            &[
+                "--model",
+                model.to_str().unwrap(),
+                "--data",
+                dataset().to_str().unwrap(),
+                "--docids",
+                docids.to_str().unwrap(),
+            ],
+            "model",
+        );
+        assert!(!by_run.is_empty());
+        assert_eq!(by_model, by_run, "{decoder}: eval --model of the export differs from eval --run");
     }
 }

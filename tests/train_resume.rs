@@ -25,18 +25,29 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
 #[test]
 fn resume_from_a_checkpoint_equals_the_uninterrupted_run() {
     let dir = tempfile::tempdir().unwrap();
+    resume_equals_uninterrupted(dir.path(), &tiny_dual(dataset()));
+}
+
+/// GR with PAWA: the prefix decoder and the adaptive projection checkpoint and resume too.
+#[test]
+fn pawa_resume_from_a_checkpoint_equals_the_uninterrupted_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = tiny_generative(dataset(), dir.path())
+        .replace("kind = \"generative\"", "kind = \"generative\"\ndecoder = \"pawa\"\npawa_rank = 4");
+    resume_equals_uninterrupted(dir.path(), &text);
+}
+
+/// The run of config `text` resumed from its step-3 checkpoint ends bit for bit where the
+/// uninterrupted one does.
+fn resume_equals_uninterrupted(dir: &std::path::Path, text: &str) {
     // Dropout stays on: the per-step reseeding must make it reproducible too.
-    let cfg = write_config(
-        dir.path(),
-        "run.toml",
-        &tiny_dual(dataset()).replace("max_steps = 6", "max_steps = 6\ncheckpoint_every = 3"),
-    );
-    let full = dir.path().join("full");
+    let cfg = write_config(dir, "run.toml", &text.replace("max_steps = 6", "max_steps = 6\ncheckpoint_every = 3"));
+    let full = dir.join("full");
     ok(&train(&cfg, &full, &[]));
     assert_eq!(grdr::train::checkpoint::list(&full), vec![3, 6]);
 
     // The same run killed after step 4 (its step-3 checkpoint survives, the log ran ahead).
-    let cut = dir.path().join("cut");
+    let cut = dir.join("cut");
     copy_dir(&full, &cut);
     std::fs::remove_dir_all(cut.join("checkpoints/step-6")).unwrap();
     std::fs::remove_dir_all(cut.join("model")).unwrap();

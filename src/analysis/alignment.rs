@@ -25,7 +25,7 @@ use super::{cpu, for_each_batch, median, pearson, AnalyzeOptions, Outcome, Plot,
 use crate::error::Result;
 use crate::eval::run_eval::Context;
 use crate::model::task::Net;
-use crate::model::T5ForConditionalGeneration;
+use crate::model::GrModel;
 
 /// One GR pair's tensors, on the CPU, real positions only (M docid tokens, N query tokens).
 pub struct GrPair {
@@ -47,13 +47,13 @@ pub struct ColbertPair {
 }
 
 /// Teacher-forced GR forward of `batch` with cross-attention weights, split per pair.
-pub fn gr_pairs(model: &T5ForConditionalGeneration, batch: &[&Pair], device: tch::Device) -> Vec<GrPair> {
+pub fn gr_pairs(model: &GrModel, batch: &[&Pair], device: tch::Device) -> Vec<GrPair> {
     let (q, q_mask) = pairs::padded(&batch.iter().map(|p| &p.input_ids).collect::<Vec<_>>(), 0, device);
     let (dec_in, _) = pairs::padded(&batch.iter().map(|p| &p.doc_side_ids).collect::<Vec<_>>(), 0, device);
     let (labels, _) = pairs::padded(&batch.iter().map(|p| &p.doc_tokens).collect::<Vec<_>>(), 0, device);
     let enc = model.encode(&q, &q_mask, false); // (B, N, D)
     let out = model.decoder.decode(&dec_in, &enc, &q_mask, false, true);
-    let e = model.output_rows(&labels); // (B, M, D)
+    let e = model.output_rows_at(&labels, &dec_in); // (B, M, D): e_v (with PAWA e_v + E_v d'_i)
     let logit = (&out.hidden * &e).sum_dim_intlist(-1, false, Kind::Float); // (B, M)
     let norm = &model.decoder.final_layer_norm;
     let rms = (out.pre_norm.to_kind(Kind::Float).square().mean_dim(-1, true, Kind::Float) + norm.eps).sqrt();

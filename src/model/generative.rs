@@ -7,6 +7,7 @@
 //! hold them (a tied v1.0 lm_head grows with `shared`).
 use tch::{Kind, Tensor};
 
+use super::gr::GrModel;
 use super::t5_model::T5ForConditionalGeneration;
 use crate::error::{Error, Result};
 
@@ -163,7 +164,7 @@ pub fn token_nll(logits: &Tensor, labels: &Tensor) -> (Tensor, i64) {
 /// (B, L) are the queries; `candidates[b]` the token sequences (each ending in eos) scored
 /// for query b. Returns, per query, one score per candidate (Σ token log-probs).
 pub fn score_docids(
-    model: &T5ForConditionalGeneration,
+    model: &GrModel,
     input_ids: &Tensor,
     attention_mask: &Tensor,
     candidates: &[Vec<Vec<i64>>],
@@ -182,8 +183,8 @@ pub fn score_docids(
         let (labels, mask) = crate::data::text::pad_batch(&rows, -100, dev);
         let dec_in = model.shift_right(&labels);
         let enc_mask = attention_mask.index_select(0, &idx);
-        let out = model.decoder.decode(&dec_in, &enc.index_select(0, &idx), &enc_mask, false, false);
-        let logp = model.lm_logits(&out.hidden).log_softmax(-1, Kind::Float); // (N, T, V)
+        let out = model.forward_encoded(enc.index_select(0, &idx), &enc_mask, &dec_in, false, false);
+        let logp = out.logits.log_softmax(-1, Kind::Float); // (N, T, V)
         let tok = logp.gather(-1, &labels.clamp_min(0).unsqueeze(-1), false).squeeze_dim(-1); // (N, T)
         let scores = (tok * mask.to_kind(Kind::Float)).sum_dim_intlist(-1, false, Kind::Float);
         let flat = Vec::<f32>::try_from(scores.to_device(tch::Device::Cpu)).unwrap_or_default();

@@ -62,11 +62,15 @@ impl T5ForConditionalGeneration {
     /// states by d_model^-0.5 first, as the tied matrix was trained at embedding scale.
     pub fn lm_logits(&self, hidden: &Tensor) -> Tensor {
         let w = self.lm_head.as_ref().unwrap_or(&self.shared);
-        let gemm = Gemm::fastest_for(hidden);
+        Gemm::fastest_for(hidden).matmul_t(&self.logit_states(hidden), w, None)
+    }
+
+    /// Decoder states as the lm_head multiplies them: v1.0 models rescale by d_model^-0.5.
+    pub fn logit_states(&self, hidden: &Tensor) -> Tensor {
         if self.config.scales_decoder_outputs() {
-            gemm.matmul_t(&(hidden * (self.config.d_model as f64).powf(-0.5)), w, None)
+            hidden * (self.config.d_model as f64).powf(-0.5)
         } else {
-            gemm.matmul_t(hidden, w, None)
+            hidden.shallow_clone()
         }
     }
 

@@ -7,15 +7,16 @@ use std::path::{Path, PathBuf};
 use serde_json::json;
 use tch::{nn, Device, Tensor};
 
-use crate::config::{Arch, ModelConfig, ModelKind};
+use crate::config::{Arch, DecoderKind, ModelConfig, ModelKind};
 use crate::data::docid::{DocidTable, Scheme};
 use crate::error::{Error, Result};
 use crate::model::colbert::{ColbertConfig, ColbertEncoder, ColbertHead, LateInteraction};
 use crate::model::dual::{DualConfig, DualEncoder, DualHead};
 use crate::model::generative::{resize_token_embeddings, DocidVocab};
 use crate::model::hf::{self, LoadOptions};
+use crate::model::pawa::Pawa;
 use crate::model::{
-    BertConfig, BertModel, Pooling, T5Config, T5EncoderModel, T5ForConditionalGeneration, TextEncoderModel,
+    BertConfig, BertModel, GrModel, Pooling, T5Config, T5EncoderModel, T5ForConditionalGeneration, TextEncoderModel,
 };
 
 /// Variables of the heads live under this prefix (left out of an HF export).
@@ -24,7 +25,7 @@ pub const HEAD_PREFIX: &str = "grdr_head";
 pub enum Net {
     Dual(DualEncoder<TextEncoderModel>),
     Colbert(ColbertEncoder<TextEncoderModel>),
-    Generative { model: T5ForConditionalGeneration, vocab: DocidVocab },
+    Generative { model: GrModel, vocab: DocidVocab },
 }
 
 // SAFETY (ForwardOnly): rerank workers only score candidates with no-grad forward passes;
@@ -51,6 +52,13 @@ fn tokenizer_json(cfg: &ModelConfig, init_dir: Option<&Path>) -> Result<PathBuf>
         return Err(Error::usage("model.tokenizer", format!("{} does not exist", file.display())));
     }
     Ok(file)
+}
+
+/// The id of token `name` in the tokenizer, if it has it.
+fn token_id(tokenizer: &Path, name: &str) -> Result<Option<i64>> {
+    let tok = tokenizers::Tokenizer::from_file(tokenizer)
+        .map_err(|e| Error::Tokenizer { name: tokenizer.display().to_string(), message: e.to_string() })?;
+    Ok(tok.token_to_id(name).map(i64::from))
 }
 
 fn vocab_size(tokenizer: &Path) -> Result<i64> {
@@ -161,16 +169,51 @@ impl Task {
                         (vs, m)
                     }
                 };
-                let base = model.config.vocab_size;
-                let vocab = match table.meta.scheme {
+                // A grdr export's tokenizer already holds the docid tokens (and its model their
+                // rows): they start where its first docid token is, not after the vocabulary.
+                let vocab_at = |base| match table.meta.scheme {
                     Scheme::Atomic => DocidVocab::Atomic { base, n_docs: table.meta.n_docs as i64 },
                     Scheme::Semantic => DocidVocab::Semantic { base, sizes: table.meta.level_sizes.clone() },
                     Scheme::Title | Scheme::Ngram => DocidVocab::Text,
                 };
-                if vocab.n_new_tokens() > 0 {
+                let rows = model.config.vocab_size;
+                let base = match vocab_at(rows).token_names().first() {
+                    Some(first) => token_id(&tokenizer_json, first)?.unwrap_or(rows),
+                    None => rows,
+                };
+                let vocab = vocab_at(base);
+                if base + vocab.n_new_tokens() > rows {
                     resize_token_embeddings(&mut model, base + vocab.n_new_tokens(), base)?;
                 }
-                (vs, Net::Generative { model, vocab })
+                let pawa = match (cfg.decoder, vocab.base()) {
+                    (DecoderKind::Standard, _) => None,
+                    (DecoderKind::Pawa, Some(first)) => Some(Pawa::new(
+                        &(vs.root() / HEAD_PREFIX / "pawa"),
+                        &model.config,
+                        &model.shared,
+                        first,
+                        vocab.n_new_tokens(),
+                        cfg.pawa_rank,
+                        cfg.pawa_layers,
+                    )?),
+                    (DecoderKind::Pawa, None) => return Err(Error::usage(
+                        "model.decoder",
+                        "PAWA adapts the docid tokens of atomic or semantic docids; title and n-gram docids are text",
+                    )),
+                };
+                if let Some(p) = &pawa {
+                    tracing::info!(
+                        "PAWA decoder: {} docid tokens × D {} × rank {} (+ W {}×{}) = {} projection parameters, prefix decoder of {} block(s)",
+                        p.n_tokens(),
+                        model.config.d_model,
+                        cfg.pawa_rank,
+                        cfg.pawa_rank,
+                        model.config.d_model,
+                        p.projection_parameters(),
+                        cfg.pawa_layers
+                    );
+                }
+                (vs, Net::Generative { model: GrModel { t5: model, pawa }, vocab })
             }
         };
         Ok(Task { vs, net, tokenizer_json, dropout: !cfg.no_dropout })

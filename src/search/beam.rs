@@ -33,7 +33,7 @@ use std::time::Instant;
 use serde::Serialize;
 use tch::{Device, Kind, Tensor};
 
-use crate::model::T5ForConditionalGeneration;
+use crate::model::GrModel;
 use crate::search::constraint::Constraint;
 use crate::search::topk::{Hit, TopK};
 use crate::search::trie::{DocidTrie, NodeId};
@@ -134,7 +134,7 @@ fn lap(t: &mut Instant) -> f64 {
 unsafe impl<C: Constraint> crate::parallel::ForwardOnly for BeamSearch<'_, C> {}
 
 pub struct BeamSearch<'a, C: Constraint> {
-    pub model: &'a T5ForConditionalGeneration,
+    pub model: &'a GrModel,
     pub constraint: &'a C,
     /// Running beams per query (W).
     pub beam: usize,
@@ -147,7 +147,7 @@ pub struct BeamSearch<'a, C: Constraint> {
 }
 
 impl<'a, C: Constraint> BeamSearch<'a, C> {
-    pub fn new(model: &'a T5ForConditionalGeneration, constraint: &'a C, beam: usize) -> Self {
+    pub fn new(model: &'a GrModel, constraint: &'a C, beam: usize) -> Self {
         BeamSearch { model, constraint, beam: beam.max(1), prune: true, history: false }
     }
 
@@ -207,7 +207,7 @@ impl<'a, C: Constraint> BeamSearch<'a, C> {
             prof.steps += 1;
             prof.rows += beams.len();
             let ids = Tensor::from_slice(&next_input).view([-1, 1]).to_device(dev);
-            let hidden = self.model.decoder.decode_step(&ids, &mut cache, false).hidden.squeeze_dim(1); // (R, D)
+            let hidden = self.model.step_state(&ids, &mut cache); // (R, S): decoder state (PAWA: + prefix latent)
             prof.decoder += lap(&mut clock);
             let cands = self.continuations(&beams, &hidden, &mut scratch, prof, &mut clock);
 
@@ -393,7 +393,7 @@ impl<'a, C: Constraint> BeamSearch<'a, C> {
                 let idx: Vec<i64> = part.iter().map(|&r| r as i64).collect();
                 hidden.index_select(0, &Tensor::from_slice(&idx).to_device(dev))
             };
-            let logits = self.model.lm_logits(&states); // (c, V)
+            let logits = self.model.state_logits(&states); // (c, V)
             prof.lm_head += lap(clock);
             let logp = if logits.kind() == Kind::Float {
                 // Into one buffer reused by every chunk and step of the search.
@@ -470,12 +470,7 @@ fn keep_best<S>(v: &mut Vec<Generated<S>>, w: usize) {
 
 /// Σ log p of each docid in `docids` given each query, by teacher forcing: the brute-force
 /// ranking beam search must reproduce (tests), and the rerank setting's GR score.
-pub fn score_all(
-    model: &T5ForConditionalGeneration,
-    input_ids: &Tensor,
-    attention_mask: &Tensor,
-    docids: &[Vec<u32>],
-) -> Vec<Vec<f32>> {
+pub fn score_all(model: &GrModel, input_ids: &Tensor, attention_mask: &Tensor, docids: &[Vec<u32>]) -> Vec<Vec<f32>> {
     let b = input_ids.size()[0] as usize;
     let rows: Vec<Vec<i64>> = docids.iter().map(|d| d.iter().map(|&t| t as i64).collect()).collect();
     let cands: Vec<Vec<Vec<i64>>> = (0..b).map(|_| rows.clone()).collect();

@@ -70,7 +70,7 @@ pub fn export(task: &Task, config: &RunConfig, out: &Path) -> Result<()> {
                 Error::Tokenizer { name: task.tokenizer_json.display().to_string(), message: e.to_string() }
             })?;
             add_docid_tokens(&mut tokenizer, vocab)?;
-            hf::export_with_tokenizer(model, &task.vs, &tokenizer, out, &skip)?;
+            hf::export_with_tokenizer(&model.t5, &task.vs, &tokenizer, out, &skip)?;
             None
         }
     };
