@@ -3,7 +3,10 @@
 //! scores goes through here — training's teacher-forced logits, beam search's step states
 //! and their logits, the rerank likelihoods, the analyses' output vectors — so a decoder
 //! variant is one branch in this file, not one per caller. The backbone's own methods
-//! (`encode`, `shift_right`, `config`, …) are reached through `Deref`.
+//! (`encode`, `shift_right`, `config`, …) are reached through `Deref`; its logit methods
+//! (`lm_logits`, `step`, `greedy_generate`) are the standard decoder's only, so GR code calls
+//! this type's `forward`, `forward_encoded`, `step_state`/`state_logits` and
+//! `output_rows_at` instead.
 use std::ops::Deref;
 
 use tch::Tensor;
