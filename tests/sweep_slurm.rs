@@ -6,106 +6,17 @@
 //! resumed from its checkpoint, and the report job leaves results.parquet and plots.
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
+use common::slurm::{self, dump_sweep, logged_steps, read_json, repo, Cluster};
 use common::*;
 
 /// The whole test's budget: a hang fails with the cluster's logs instead of blocking CI.
 const DEADLINE: Duration = Duration::from_secs(420);
 
-/// A running test cluster; stopped on drop (also when the test panics).
-struct Cluster {
-    state: PathBuf,
-    conf: String,
-}
-
-impl Cluster {
-    fn start(state: &Path) -> Cluster {
-        // Ports of our own, so a cluster someone left running elsewhere does not collide.
-        let port = 20000 + (std::process::id() % 5000) * 2;
-        let o = Command::new(repo().join("slurm/test-cluster"))
-            .arg("start")
-            .arg(state)
-            .env("GRDR_SLURMCTLD_PORT", port.to_string())
-            .env("GRDR_SLURMD_PORT", (port + 1).to_string())
-            .output()
-            .expect("slurm/test-cluster runs");
-        let stdout = String::from_utf8_lossy(&o.stdout);
-        assert!(o.status.success(), "test-cluster start failed:\n{stdout}\n{}", String::from_utf8_lossy(&o.stderr));
-        let conf = stdout
-            .lines()
-            .find_map(|l| l.strip_prefix("export SLURM_CONF="))
-            .unwrap_or_else(|| panic!("no SLURM_CONF in: {stdout}"))
-            .trim()
-            .to_string();
-        Cluster { state: state.to_path_buf(), conf }
-    }
-
-    fn cmd(&self, program: &str) -> Command {
-        let mut c = Command::new(program);
-        c.env("SLURM_CONF", &self.conf).env("CI", "true");
-        c
-    }
-
-    fn run(&self, program: &str, args: &[&str]) -> String {
-        let o = self.cmd(program).args(args).output().unwrap_or_else(|e| panic!("{program}: {e}"));
-        String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr)
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        let _ = Command::new(repo().join("slurm/test-cluster")).arg("stop").arg(&self.state).output();
-    }
-}
-
-fn repo() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn read_json(path: &Path) -> Option<serde_json::Value> {
-    serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()
-}
-
-/// Everything that tells why a wait failed: job logs, states, the queue, daemon logs.
-fn dump(cluster: &Cluster, sweep: &Path) -> String {
-    let mut s = String::new();
-    if let Ok(entries) = std::fs::read_dir(sweep.join("slurm")) {
-        let mut paths: Vec<PathBuf> = entries.map(|e| e.unwrap().path()).collect();
-        paths.sort();
-        for p in paths.iter().filter(|p| p.extension().is_some_and(|e| e == "out")) {
-            s += &format!("\n==== {}\n{}", p.display(), std::fs::read_to_string(p).unwrap_or_default());
-        }
-    }
-    if let Ok(entries) = std::fs::read_dir(sweep.join("points")) {
-        for e in entries {
-            let p = e.unwrap().path().join("state.json");
-            s += &format!("\n==== {}\n{}", p.display(), std::fs::read_to_string(&p).unwrap_or_default());
-        }
-    }
-    s += &format!("\n==== squeue\n{}", cluster.run("squeue", &["-r", "-o", "%i %T %r %S"]));
-    for log in ["slurmctld.log", "slurmd.log"] {
-        let text = std::fs::read_to_string(cluster.state.join(log)).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        s += &format!("\n==== {log} (tail)\n{}", lines[lines.len().saturating_sub(30)..].join("\n"));
-    }
-    s
-}
-
-/// Polls `cond` every `every` until it holds; past the deadline, panics with `what` and the dump.
-fn wait_for(t0: Instant, every: u64, cluster: &Cluster, sweep: &Path, what: &str, mut cond: impl FnMut() -> bool) {
-    while !cond() {
-        if t0.elapsed() > DEADLINE {
-            panic!("timed out after {:?} waiting for {what}{}", t0.elapsed(), dump(cluster, sweep));
-        }
-        std::thread::sleep(Duration::from_millis(every));
-    }
-}
-
-fn logged_steps(run: &Path) -> usize {
-    std::fs::read_to_string(run.join("metrics.jsonl")).map(|s| s.lines().count()).unwrap_or(0)
+fn wait_for(t0: Instant, every: u64, cluster: &Cluster, sweep: &Path, what: &str, cond: impl FnMut() -> bool) {
+    slurm::wait_for(t0, DEADLINE, every, what, || dump_sweep(sweep) + &cluster.dump(), cond)
 }
 
 #[test]
@@ -113,7 +24,7 @@ fn a_two_point_sweep_survives_a_preemption_on_a_real_slurm_cluster() {
     let t0 = Instant::now();
     let dir = tempfile::tempdir().unwrap();
     let data = prepare_scifact(dir.path(), None);
-    let cluster = Cluster::start(&dir.path().join("slurm-state"));
+    let cluster = Cluster::start(&dir.path().join("slurm-state"), 1);
     eprintln!("cluster up after {:.1}s", t0.elapsed().as_secs_f64());
     let sweep = dir.path().join("sweep");
     let data_set = format!("data.path={}", data.display());
@@ -206,7 +117,7 @@ fn a_two_point_sweep_survives_a_preemption_on_a_real_slurm_cluster() {
         assert!(std::fs::metadata(report.join(p)).unwrap().len() > 1000, "{p} is empty");
     }
     let preempted = state(&victim);
-    assert!(preempted["attempts"].as_u64().unwrap() >= 2, "{preempted}{}", dump(&cluster, &sweep));
+    assert!(preempted["attempts"].as_u64().unwrap() >= 2, "{preempted}{}", dump_sweep(&sweep) + &cluster.dump());
     let train = read_json(&sweep.join("points").join(&victim).join("run/train.json")).unwrap();
     assert!(train["resumed_at"].as_u64().unwrap() > 0, "{victim} did not resume from a checkpoint: {train}");
     assert_eq!(train["world_size"], 2, "2 ranks per point");

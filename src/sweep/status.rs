@@ -128,6 +128,8 @@ pub fn merge(file: &PointState, done: bool, sched: &Scheduler) -> Shown {
     let kept = |state: State, note: &str, in_flight: bool| Shown { state, note: note.to_string(), in_flight };
     match (slurm, file.state) {
         (Some(s), State::Preempted) if live(s) => kept(State::Preempted, &format!("requeued, {s}"), true),
+        // A node failed under it and Slurm requeued the job: failed, and in flight again.
+        (Some(s), State::Failed) if live(s) && s != "RUNNING" => kept(State::Failed, &format!("requeued, {s}"), true),
         (Some("RUNNING" | "COMPLETING" | "CONFIGURING"), _) => kept(State::Running, "", true),
         (Some(s), _) if live(s) => kept(State::Submitted, s, true),
         // Ended: the script's own word when it had one, else the scheduler's.
@@ -261,6 +263,9 @@ mod tests {
         let p = merge(&file(State::Preempted, Some("9_0")), false, &s);
         assert_eq!((p.state, p.in_flight), (State::Preempted, true));
         assert_eq!(merge(&file(State::Running, Some("9_0")), true, &s).state, State::Done);
+        // A node failed under it and Slurm requeued it: failed, in flight (not resubmitted).
+        let f = merge(&file(State::Failed, Some("9_0")), false, &s);
+        assert_eq!((f.state, f.note.as_str(), f.in_flight), (State::Failed, "requeued, PENDING", true));
         // squeue: a running point whose job vanished died.
         let q = sched(&[], "squeue");
         assert_eq!(merge(&file(State::Running, Some("9_3")), false, &q).state, State::Failed);

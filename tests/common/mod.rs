@@ -4,6 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+pub mod slurm;
+
 /// BEIR SciFact: `$GRDR_SCIFACT`, else `../shared/datasets/scifact` beside the checkout.
 pub fn scifact_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("GRDR_SCIFACT") {
