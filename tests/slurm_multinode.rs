@@ -11,7 +11,7 @@
 //!    and once the node is back the point resumes from its last checkpoint; the report's
 //!    rows say `nodes = 2`.
 //!
-//! Everything the jobs touch lives under the target directory: each node has its own /tmp.
+//! Outputs live under the target directory: what a job writes under /tmp stays on its node.
 mod common;
 mod train_common;
 
