@@ -16,7 +16,7 @@
 //! heads, relative positions) over the GR decoder's own input tokens and embeddings; its
 //! cross-attention reads one learned memory vector, as NCI's adaptor reads a learned
 //! embedding. In beam search it keeps its own KV cache beside the decoder's.
-use tch::{nn, Device, Kind, Tensor};
+use tch::{nn, Kind, Tensor};
 
 use super::t5::{T5Config, T5Stack};
 use super::t5_attention::T5Cache;
@@ -128,9 +128,5 @@ impl Pawa {
             parts.push(logits.narrow(-1, lo + vd, v - lo - vd));
         }
         Tensor::cat(&parts, -1)
-    }
-
-    pub fn device(&self) -> Device {
-        self.memory.device()
     }
 }

@@ -54,17 +54,18 @@ fn tokenizer_json(cfg: &ModelConfig, init_dir: Option<&Path>) -> Result<PathBuf>
     Ok(file)
 }
 
+fn load_tokenizer(path: &Path) -> Result<tokenizers::Tokenizer> {
+    tokenizers::Tokenizer::from_file(path)
+        .map_err(|e| Error::Tokenizer { name: path.display().to_string(), message: e.to_string() })
+}
+
 /// The id of token `name` in the tokenizer, if it has it.
 fn token_id(tokenizer: &Path, name: &str) -> Result<Option<i64>> {
-    let tok = tokenizers::Tokenizer::from_file(tokenizer)
-        .map_err(|e| Error::Tokenizer { name: tokenizer.display().to_string(), message: e.to_string() })?;
-    Ok(tok.token_to_id(name).map(i64::from))
+    Ok(load_tokenizer(tokenizer)?.token_to_id(name).map(i64::from))
 }
 
 fn vocab_size(tokenizer: &Path) -> Result<i64> {
-    let tok = tokenizers::Tokenizer::from_file(tokenizer)
-        .map_err(|e| Error::Tokenizer { name: tokenizer.display().to_string(), message: e.to_string() })?;
-    Ok(tok.get_vocab_size(true) as i64)
+    Ok(load_tokenizer(tokenizer)?.get_vocab_size(true) as i64)
 }
 
 fn scratch_t5_config(cfg: &ModelConfig, vocab: i64) -> Result<T5Config> {
