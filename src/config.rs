@@ -146,6 +146,9 @@ pub enum DecoderKind {
     Standard,
     /// NCI's prefix-aware weight-adaptive decoder: hᵀ(e_v + E_v d'_i) (`model::pawa`).
     Pawa,
+    /// Lee et al.'s non-parametric decoding: the output embeddings are the contextualized
+    /// token embeddings D of the docids, k-means-compressed per token (`model::np`).
+    Np,
 }
 
 /// Architecture of a model built from scratch.
@@ -198,12 +201,19 @@ pub struct ModelConfig {
     /// ColBERT: divide the score by Z = Σ A_ij (the seed's Eq. 1): the number of real query
     /// tokens (q2d) or document tokens (d2q). Default false (ColBERT's sum).
     pub alignment_normalize: bool,
-    /// GR: `standard` or `pawa` (NCI's adaptive decoder; atomic or semantic docids). Default standard.
+    /// GR: `standard`, `pawa` (NCI's adaptive decoder; atomic or semantic docids) or `np`
+    /// (non-parametric decoding; title or n-gram docids). Default standard.
     pub decoder: DecoderKind,
     /// PAWA: rank r of each docid token's D×D projection E_v = U_v W. Default 32.
     pub pawa_rank: i64,
     /// PAWA: decoder blocks of the prefix decoder. Default 1.
     pub pawa_layers: i64,
+    /// NP: k-means centroids per docid token type (the contextual embeddings of its
+    /// occurrences, compressed; a type with fewer occurrences keeps them all). Default 5.
+    pub np_clusters: usize,
+    /// NP: re-encode D with the model's own encoder every this many epochs (Lee et al.'s
+    /// ASYNC); 0 keeps the D of the initial encoder, frozen (BASE). Default 0.
+    pub np_refresh_epochs: f64,
 }
 
 impl Default for ModelConfig {
@@ -230,6 +240,8 @@ impl Default for ModelConfig {
             decoder: DecoderKind::Standard,
             pawa_rank: 32,
             pawa_layers: 1,
+            np_clusters: 5,
+            np_refresh_epochs: 0.0,
         }
     }
 }
@@ -532,6 +544,7 @@ impl RunConfig {
             ("model.dim", self.model.dim.unwrap_or(1).max(0) as usize),
             ("model.pawa_rank", self.model.pawa_rank.max(0) as usize),
             ("model.pawa_layers", self.model.pawa_layers.max(0) as usize),
+            ("model.np_clusters", self.model.np_clusters),
         ];
         for (key, v) in positive {
             if v == 0 {
@@ -549,6 +562,13 @@ impl RunConfig {
         }
         if self.model.decoder != DecoderKind::Standard && self.model.kind != ModelKind::Generative {
             return Err(Error::usage("model.decoder", "a decoder variant applies to generative models only"));
+        }
+        let r = self.model.np_refresh_epochs;
+        if !(r >= 0.0 && r.is_finite()) {
+            return Err(Error::usage("model.np_refresh_epochs", "must be a number of epochs ≥ 0 (0: never, BASE)"));
+        }
+        if r > 0.0 && self.model.decoder != DecoderKind::Np {
+            return Err(Error::usage("model.np_refresh_epochs", "applies to model.decoder = \"np\" only"));
         }
         if self.model.query_augment_token < 0 {
             return Err(Error::usage("model.query_augment_token", "must be a token id (≥ 0)"));

@@ -124,8 +124,15 @@ fn trained(name: &str, queries: &[Vec<i64>], docids: &[(i64, Vec<u32>)], pawa: b
         let vocab = t5.config.vocab_size;
         Pawa::new(&(loaded.vs.root() / "grdr_head" / "pawa"), &t5.config, &t5.shared, 2, vocab - 2, 4, 1).unwrap()
     });
-    let model = GrModel { t5, pawa };
-    let named: Vec<(String, Tensor)> = loaded.vs.variables().into_iter().collect();
+    let model = GrModel { t5, pawa, np: None };
+    train_to_map(&model, &loaded.vs, queries, docids);
+    model
+}
+
+/// 300 AdamW steps of teacher-forced NLL: query i → docid i mod n (in the model's output
+/// vocabulary), every trainable variable of `vs`.
+fn train_to_map(model: &GrModel, vs: &tch::nn::VarStore, queries: &[Vec<i64>], docids: &[(i64, Vec<u32>)]) {
+    let named: Vec<(String, Tensor)> = vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
     let mut opt = grdr::train::optim::AdamW::new(
         named,
         grdr::train::optim::AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 },
@@ -153,7 +160,6 @@ fn trained(name: &str, queries: &[Vec<i64>], docids: &[(i64, Vec<u32>)], pawa: b
         loss.backward();
         opt.step(3e-3);
     }
-    model
 }
 
 /// Pruning is exact: the same docids and scores as scoring every beam's vocabulary row, on
@@ -229,10 +235,10 @@ fn pawa_beam_equals_brute_force_on_a_trained_fixture() {
     let seqs: Vec<Vec<u32>> = docids.iter().map(|d| d.1.clone()).collect();
     let brute = tch::no_grad(|| score_all(&model, &ids, &mask, &seqs));
     // The same backbone without the adaptive part.
-    let GrModel { t5, pawa } = model;
+    let GrModel { t5, pawa, .. } = model;
     let standard = GrModel::standard(t5);
     let without = tch::no_grad(|| score_all(&standard, &ids, &mask, &seqs));
-    let model = GrModel { t5: standard.t5, pawa };
+    let model = GrModel { t5: standard.t5, pawa, np: None };
     let moved = brute.iter().flatten().zip(without.iter().flatten()).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
     assert!(moved > 1e-2, "the adaptive part changes the scores (by at most {moved})");
     let got = tch::no_grad(|| BeamSearch::new(&model, &trie, docids.len()).search(&ids, &mask));
@@ -244,6 +250,63 @@ fn pawa_beam_equals_brute_force_on_a_trained_fixture() {
         }
         for pair in gens.windows(2) {
             assert!(pair[0].score >= pair[1].score);
+        }
+    }
+}
+
+/// NP decoding: D from the fixture's encoder over the docids (2 centroids per token type),
+/// the model trained on the docids' entry sequences; beam search over the entries (decoder
+/// inputs embedded as their tokens, KV cache) returns every docid with its teacher-forced
+/// score, ranked as brute force ranks them — with D re-encoded (ASYNC) after training too.
+#[test]
+fn np_beam_equals_brute_force_on_a_trained_fixture() {
+    tch::set_num_threads(1);
+    let mut rng = Rng::new(9);
+    let loaded = hf::load::<T5ForConditionalGeneration>(&fixture("t5_v10"), LoadOptions::default()).unwrap();
+    let vocab = loaded.model.config.vocab_size as usize;
+    let token_docids = random_docids(&mut rng, 24, vocab, 4);
+    let rows: Vec<Vec<i64>> =
+        token_docids.iter().map(|d| d.1[..d.1.len() - 1].iter().map(|&t| t as i64).collect()).collect();
+    let (d, eos) = (loaded.model.config.d_model, loaded.model.config.eos_token_id);
+    let np = grdr::model::np::Np::new(&(loaded.vs.root() / "grdr_head" / "np"), &rows, d, eos, 2).unwrap();
+    np.refresh(&loaded.model, &rows);
+    let model = GrModel { t5: loaded.model, pawa: None, np: Some(np) };
+    let queries = common::random_queries(&mut rng, 6, 6, vocab);
+    for refresh in [false, true] {
+        if refresh {
+            model.np.as_ref().unwrap().refresh(&model.t5, &rows);
+        }
+        let entries = model.np.as_ref().unwrap().row_targets();
+        let docids: Vec<(i64, Vec<u32>)> =
+            entries.iter().enumerate().map(|(i, e)| (i as i64, e.iter().map(|&x| x as u32).collect())).collect();
+        // Entries stand for their tokens; some token type is split into two entries.
+        for (e, t) in entries.iter().zip(&token_docids) {
+            assert_eq!(model.tokens_of(e), t.1.iter().map(|&x| x as i64).collect::<Vec<_>>());
+        }
+        assert!(model.lm_head_rows() > 2 + 4, "more entries than token types");
+        if !refresh {
+            train_to_map(&model, &loaded.vs, &queries, &docids);
+        }
+        let trie = DocidTrie::build(&docids, 1).unwrap();
+        let (ids, mask) = common::query_batch(&queries);
+        let seqs: Vec<Vec<u32>> = docids.iter().map(|d| d.1.clone()).collect();
+        let brute = tch::no_grad(|| score_all(&model, &ids, &mask, &seqs));
+        let got = tch::no_grad(|| BeamSearch::new(&model, &trie, docids.len()).search(&ids, &mask));
+        for (q, (gens, scores)) in got.iter().zip(&brute).enumerate() {
+            assert_eq!(gens.len(), docids.len(), "query {q}: every docid is returned");
+            for g in gens {
+                let d = docids.iter().position(|d| d.1 == g.tokens).expect("a real docid");
+                assert!((g.score - scores[d]).abs() < 1e-4, "q{q}: {} vs {}", g.score, scores[d]);
+            }
+            for pair in gens.windows(2) {
+                assert!(pair[0].score >= pair[1].score);
+            }
+        }
+        if !refresh {
+            // Trained: each query's mapped docid comes first.
+            for (q, gens) in got.iter().enumerate() {
+                assert_eq!(gens[0].tokens, docids[q % docids.len()].1, "query {q}");
+            }
         }
     }
 }

@@ -247,7 +247,7 @@ fn pawa_logits_equal_the_formula_term_by_term() {
             }
         }
         // The analyses' output vectors: h · row(label at i) is the model's logit there.
-        let gr = GrModel { t5: l.model, pawa: Some(pawa) };
+        let gr = GrModel { t5: l.model, pawa: Some(pawa), np: None };
         let io: std::collections::HashMap<String, Tensor> =
             grdr::model::safetensors::read_all(&fixture(name).join("io.safetensors")).unwrap().into_iter().collect();
         let (ids, mask) = (&io["input_ids"], &io["attention_mask"]);
@@ -263,4 +263,92 @@ fn pawa_logits_equal_the_formula_term_by_term() {
             assert!(close(&dot, &at_labels, 1e-4), "{name}: output rows reproduce the logits");
         });
     }
+}
+
+/// NP decoding against Eq. 20 term by term in f64 on a fixture T5: each entry's row of D is
+/// the mean of the encoder's output vectors at the occurrences assigned to it (every
+/// occurrence of a token type with one cluster; eos its own entry), each occurrence at its
+/// nearest centroid; the logit of entry e after decoder state h is x·D_e (x the state as the
+/// lm_head takes it); decoder inputs embed an entry as its token (the decoder states equal
+/// the standard model's on the token sequence); `output_rows_at` reproduces the logits.
+#[test]
+fn np_logits_equal_the_formula_term_by_term() {
+    use grdr::model::np::Np;
+    use grdr::model::GrModel;
+    for (name, clusters) in [("t5_v10", 1usize), ("t5_v11", 2)] {
+        let l = hf::load::<T5ForConditionalGeneration>(&fixture(name), LoadOptions::default()).unwrap();
+        let (d, eos) = (l.model.config.d_model, l.model.config.eos_token_id);
+        let rows: Vec<Vec<i64>> = vec![vec![5, 7, 9], vec![7, 5], vec![9, 9, 7, 11], vec![5]];
+        let np = Np::new(&(l.vs.root() / "grdr_head" / "np"), &rows, d, eos, clusters).unwrap();
+        np.refresh(&l.model, &rows);
+        let targets = np.row_targets();
+        // Every occurrence's encoder vector, encoded one docid at a time (no padding).
+        let mut occ: Vec<(i64, i64, Vec<f64>)> = Vec::new(); // (token, entry, vector)
+        for (r, row) in rows.iter().enumerate() {
+            let ids: Vec<i64> = row.iter().copied().chain([eos]).collect();
+            let ids_t = Tensor::from_slice(&ids).view([1, -1]);
+            let enc = tch::no_grad(|| l.model.encode(&ids_t, &ids_t.ones_like(), false));
+            for (j, &t) in ids.iter().enumerate() {
+                let v: Vec<f64> = (0..d).map(|k| enc.double_value(&[0, j as i64, k])).collect();
+                occ.push((t, targets[r][j], v));
+            }
+        }
+        let table = &np.table;
+        let row_of = |e: i64| -> Vec<f64> { (0..d).map(|k| table.double_value(&[e, k])).collect() };
+        let dist = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| (x - y).powi(2)).sum::<f64>();
+        for &(t, e, ref v) in &occ {
+            assert_eq!(model_token(&np, e), t, "{name}: entry {e} stands for token {t}");
+            // Its centroid is the mean of the occurrences assigned to it…
+            let mine: Vec<&Vec<f64>> = occ.iter().filter(|o| o.1 == e).map(|o| &o.2).collect();
+            let mean: Vec<f64> =
+                (0..d as usize).map(|k| mine.iter().map(|m| m[k]).sum::<f64>() / mine.len() as f64).collect();
+            assert!(
+                dist(&mean, &row_of(e)) < 1e-8 * dist(&mean, &vec![0.0; d as usize]).max(1.0),
+                "{name}: centroid {e}"
+            );
+            // …and no other centroid of its token is nearer.
+            for other in (0..np.n_entries()).filter(|&o| model_token(&np, o) == t && o != e) {
+                assert!(
+                    dist(v, &row_of(e)) <= dist(v, &row_of(other)) + 1e-9,
+                    "{name}: occurrence at nearest centroid"
+                );
+            }
+        }
+        let gr = GrModel { t5: l.model, pawa: None, np: Some(np) };
+        let io: std::collections::HashMap<String, Tensor> =
+            grdr::model::safetensors::read_all(&fixture(name).join("io.safetensors")).unwrap().into_iter().collect();
+        let (ids, mask) = (io["input_ids"].narrow(0, 0, 1), io["attention_mask"].narrow(0, 0, 1));
+        let labels = Tensor::from_slice(&targets[2]).view([1, -1]);
+        let dec_in = gr.shift_right(&labels);
+        tch::no_grad(|| {
+            let out = gr.forward(&ids, &mask, &dec_in, false, false);
+            let x = gr.t5.logit_states(&out.decoder_hidden);
+            for ti in 0..labels.size()[1] {
+                for e in 0..gr.lm_head_rows() {
+                    let want: f64 = (0..d).map(|k| x.double_value(&[0, ti, k]) * table_value(&gr, e, k)).sum();
+                    let have = out.logits.double_value(&[0, ti, e]);
+                    assert!((have - want).abs() < 1e-4 * want.abs().max(1.0), "{name} ({ti},{e}): {have} vs {want}");
+                }
+            }
+            // Decoder inputs are the entries' tokens.
+            let tokens = Tensor::from_slice(&gr.tokens_of(&targets[2])).view([1, -1]);
+            let standard = gr.t5.forward(&ids, &mask, &gr.t5.shift_right(&tokens), false, false);
+            assert!(
+                close(&out.decoder_hidden, &standard.decoder_hidden, 1e-5),
+                "{name}: entries embed as their tokens"
+            );
+            let at_labels = out.logits.gather(-1, &labels.unsqueeze(-1), false).squeeze_dim(-1);
+            let rows = gr.output_rows_at(&labels, &dec_in);
+            let dot = (&out.decoder_hidden * rows).sum_dim_intlist(-1, false, Kind::Float);
+            assert!(close(&dot, &at_labels, 1e-4), "{name}: output rows reproduce the logits");
+        });
+    }
+}
+
+fn model_token(np: &grdr::model::np::Np, e: i64) -> i64 {
+    np.entry_token.int64_value(&[e])
+}
+
+fn table_value(gr: &grdr::model::GrModel, e: i64, k: i64) -> f64 {
+    gr.np.as_ref().unwrap().table.double_value(&[e, k])
 }

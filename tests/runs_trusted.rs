@@ -225,6 +225,15 @@ fn misuse_exits_2_naming_what_is_wrong() {
         .replace(&atomic, &format!("path = \"{}\"", title.display()))
         .replace("kind = \"generative\"", "kind = \"generative\"\ndecoder = \"pawa\"");
     usage_error(&train(&write_config(dir.path(), "pawat.toml", &gr), &run, &[]), "model.decoder");
+    // NP decoding takes text docids (not atomic), at least one cluster; ASYNC's refresh
+    // interval belongs to it and is a number of epochs ≥ 0.
+    let np = tiny_generative(dataset(), dir.path())
+        .replace("kind = \"generative\"", "kind = \"generative\"\ndecoder = \"np\"");
+    usage_error(&train(&write_config(dir.path(), "npa.toml", &np), &run, &[]), "model.decoder");
+    usage_error(&train_with("npk.toml", "d_ff = 64", "d_ff = 64\nnp_clusters = 0"), "model.np_clusters");
+    usage_error(&train_with("npr.toml", "d_ff = 64", "d_ff = 64\nnp_refresh_epochs = 1.0"), "model.np_refresh_epochs");
+    let np_neg = np.replace("decoder = \"np\"", "decoder = \"np\"\nnp_refresh_epochs = -1");
+    usage_error(&train(&write_config(dir.path(), "npn.toml", &np_neg), &run, &[]), "model.np_refresh_epochs");
     // bf16 on a CPU without native bf16 (tests/cpu_bf16.rs runs it where there is).
     if !grdr::cpu::this().has_bf16() {
         let bf16 = train_with("bf16.toml", "threads = 1", "threads = 1\nprecision = \"bf16\"\ndevice = \"cpu\"");

@@ -77,6 +77,15 @@ fn generative_pawa_two_ranks_equal_one() {
     two_equal_one(&text, 3);
 }
 
+/// NP decoding, ASYNC with D re-encoded before every step (so a refresh between updates is
+/// part of what must agree): the entry table, the docids' entries and the model equal
+/// 1 rank's.
+#[test]
+fn generative_np_async_two_ranks_equal_one() {
+    let dir = tempfile::tempdir().unwrap();
+    two_equal_one(&tiny_np(dataset(), dir.path(), 1e-4), 3);
+}
+
 /// ColBERTv1's pairwise loss (each query against its own BM25 negative only, unscaled) is
 /// as independent of the rank count as the in-batch loss.
 #[test]

@@ -37,6 +37,14 @@ fn pawa_resume_from_a_checkpoint_equals_the_uninterrupted_run() {
     resume_equals_uninterrupted(dir.path(), &text);
 }
 
+/// GR with NP decoding (ASYNC, D re-encoded every 0.0025 epochs: at steps 0, 2, 4 and 5 of 6): the entry table and the
+/// docids' entries are checkpointed, so the resumed run decodes against the D it left.
+#[test]
+fn np_resume_from_a_checkpoint_equals_the_uninterrupted_run() {
+    let dir = tempfile::tempdir().unwrap();
+    resume_equals_uninterrupted(dir.path(), &tiny_np(dataset(), dir.path(), 0.0025));
+}
+
 /// The run of config `text` resumed from its step-3 checkpoint ends bit for bit where the
 /// uninterrupted one does.
 fn resume_equals_uninterrupted(dir: &std::path::Path, text: &str) {

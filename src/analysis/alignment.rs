@@ -50,7 +50,7 @@ pub struct ColbertPair {
 pub fn gr_pairs(model: &GrModel, batch: &[&Pair], device: tch::Device) -> Vec<GrPair> {
     let (q, q_mask) = pairs::padded(&batch.iter().map(|p| &p.input_ids).collect::<Vec<_>>(), 0, device);
     let (dec_in, _) = pairs::padded(&batch.iter().map(|p| &p.doc_side_ids).collect::<Vec<_>>(), 0, device);
-    let (labels, _) = pairs::padded(&batch.iter().map(|p| &p.doc_tokens).collect::<Vec<_>>(), 0, device);
+    let (labels, _) = pairs::padded(&batch.iter().map(|p| &p.doc_labels).collect::<Vec<_>>(), 0, device);
     let enc = model.encode(&q, &q_mask, false); // (B, N, D)
     let out = model.decoder.decode(&dec_in, &enc, &q_mask, false, true);
     let e = model.output_rows_at(&labels, &dec_in); // (B, M, D): e_v (with PAWA e_v + E_v d'_i)

@@ -24,6 +24,9 @@ pub struct Pair {
     pub doc_side_ids: Vec<i64>,
     /// GR: the docid tokens the decoder predicts (the rows of A); ColBERT: the document's ids.
     pub doc_tokens: Vec<i64>,
+    /// GR: what the decoder predicts, in its output vocabulary: `doc_tokens`, or with NP
+    /// decoding their entries. ColBERT: the document's ids.
+    pub doc_labels: Vec<i64>,
 }
 
 /// Whether the doc side is a decoder (GR) or an encoder (ColBERT) input.
@@ -58,12 +61,12 @@ pub fn select(ctx: &Context, opts: &AnalyzeOptions) -> Result<Vec<Pair>> {
     };
     let texts: Vec<&str> = chosen.iter().map(|&(q, _)| ctx.queries[q].text.as_str()).collect();
     let query_ids = ctx.query_tok.encode(&texts)?;
-    let (side, tokens) = doc_side(ctx, &chosen)?;
+    let (side, labels, tokens) = doc_side(ctx, &chosen)?;
     Ok(chosen
         .iter()
         .zip(query_ids)
-        .zip(side.into_iter().zip(tokens))
-        .map(|((&(q, d), ids), (side, tokens))| Pair {
+        .zip(side.into_iter().zip(labels).zip(tokens))
+        .map(|((&(q, d), ids), ((side, labels), tokens))| Pair {
             query_id: ctx.queries[q].query_id.clone(),
             doc_id: doc_ids[d as usize].clone(),
             doc_idx: d,
@@ -73,6 +76,7 @@ pub fn select(ctx: &Context, opts: &AnalyzeOptions) -> Result<Vec<Pair>> {
             },
             doc_side_ids: side,
             doc_tokens: tokens,
+            doc_labels: labels,
         })
         .collect())
 }
@@ -87,8 +91,9 @@ fn augment(ids: &[i64], len: i64, token: i64) -> Vec<i64> {
 /// Token id rows, one per pair.
 type Rows = Vec<Vec<i64>>;
 
-/// Per pair: (the doc side's model input, the doc tokens the alignment's rows stand for).
-fn doc_side(ctx: &Context, chosen: &[(usize, i64)]) -> Result<(Rows, Rows)> {
+/// Per pair: (the doc side's model input, what the decoder predicts (GR), the doc tokens the
+/// alignment's rows stand for).
+fn doc_side(ctx: &Context, chosen: &[(usize, i64)]) -> Result<(Rows, Rows, Rows)> {
     match &ctx.task.net {
         Net::Generative { model, .. } => {
             let table = ctx.docids()?;
@@ -99,23 +104,23 @@ fn doc_side(ctx: &Context, chosen: &[(usize, i64)]) -> Result<(Rows, Rows)> {
                 first.entry(r.doc_idx).or_insert(i);
             }
             let start = model.config.decoder_start_token_id;
-            let mut side = Vec::with_capacity(chosen.len());
-            let mut tokens = Vec::with_capacity(chosen.len());
+            let (mut side, mut labels, mut tokens) = (Vec::new(), Vec::new(), Vec::new());
             for &(_, d) in chosen {
                 let row = *first
                     .get(&d)
                     .ok_or_else(|| Error::usage("--docids", format!("document {d} has no docid in the docid file")))?;
-                let labels = targets[row].clone();
-                side.push(std::iter::once(start).chain(labels[..labels.len() - 1].iter().copied()).collect());
-                tokens.push(labels);
+                let target = &targets[row];
+                side.push(std::iter::once(start).chain(target[..target.len() - 1].iter().copied()).collect());
+                tokens.push(model.tokens_of(target)); // NP: entries → their tokens
+                labels.push(target.clone());
             }
-            Ok((side, tokens))
+            Ok((side, labels, tokens))
         }
         Net::Colbert(_) => {
             let mut store = DocStore::new(&ctx.ds.docs_path(), ctx.groups.clone(), 4);
             let texts: Vec<String> = chosen.iter().map(|&(_, d)| store.text(d as u32)).collect::<Result<_>>()?;
             let ids = ctx.doc_tok.encode(&texts.iter().map(String::as_str).collect::<Vec<_>>())?;
-            Ok((ids.clone(), ids))
+            Ok((ids.clone(), ids.clone(), ids))
         }
         Net::Dual(_) => Err(Error::usage("--run/--model", "pair analyses read GR or ColBERT models")),
     }

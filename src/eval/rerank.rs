@@ -166,6 +166,12 @@ fn doc_targets(ctx: &Context) -> Result<Targets> {
 /// replacement) from softmax(m_i), m_i = tokens at i..i+3 that occur in the query.
 fn span_targets(ctx: &Context, ids: &[Vec<i64>], cands: &[Vec<i64>], (lo, hi): (usize, usize)) -> Result<Targets> {
     let Net::Generative { model, .. } = &ctx.task.net else { unreachable!("generative only") };
+    if model.np.is_some() {
+        return Err(Error::usage(
+            "--rerank paper",
+            "Wu et al.'s spans are any 10 tokens of a document; an NP-decoding model scores its docids' entries only",
+        ));
+    }
     let eos = model.config.eos_token_id;
     let mut docs: Vec<i64> = cands[lo..hi].iter().flatten().copied().collect();
     docs.sort_unstable();

@@ -30,6 +30,12 @@ pub fn seal(ctx: &Context, dir: &Path, info: &mut Info) -> Result<Vec<Vec<Hit>>>
     let Net::Generative { model, .. } = &ctx.task.net else { unreachable!("generative only") };
     let opts = ctx.opts;
     let table = ctx.docids()?;
+    if model.np.is_some() {
+        return Err(Error::usage(
+            "--fm-index / eval.fm_index",
+            "SEAL decodes the tokens of any corpus n-gram; an NP-decoding model outputs its docids' entries only",
+        ));
+    }
     if !table.meta.scheme.is_text() {
         return Err(Error::usage(
             "--fm-index / eval.fm_index",

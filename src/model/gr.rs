@@ -1,16 +1,19 @@
-//! The GR model: a T5 generating docids, with the standard decoder output (h_iᵀe_v) or PAWA's
-//! adaptive one ([`super::pawa`]). Everything that turns decoder states into docid-token
+//! The GR model: a T5 generating docids, with the standard decoder output (h_iᵀe_v), PAWA's
+//! adaptive one ([`super::pawa`]) or NP-decoding's contextual entries ([`super::np`]: the
+//! "vocabulary" is then the entries, and decoder inputs are entry ids, embedded as their
+//! tokens). Everything that turns decoder states into docid-token
 //! scores goes through here — training's teacher-forced logits, beam search's step states
 //! and their logits, the rerank likelihoods, the analyses' output vectors — so a decoder
 //! variant is one branch in this file, not one per caller. The backbone's own methods
 //! (`encode`, `shift_right`, `config`, …) are reached through `Deref`; its logit methods
 //! (`lm_logits`, `step`, `greedy_generate`) are the standard decoder's only, so GR code calls
 //! this type's `forward`, `forward_encoded`, `step_state`/`state_logits` and
-//! `output_rows_at` instead.
+//! `output_rows_at`, `lm_head_rows` instead.
 use std::ops::Deref;
 
 use tch::Tensor;
 
+use super::np::Np;
 use super::pawa::Pawa;
 use super::t5_attention::T5Cache;
 use super::t5_model::{Seq2SeqOutput, T5ForConditionalGeneration};
@@ -20,6 +23,8 @@ pub struct GrModel {
     pub t5: T5ForConditionalGeneration,
     /// PAWA's prefix decoder and adaptive projection (`model.decoder = "pawa"`).
     pub pawa: Option<Pawa>,
+    /// NP-decoding's entry table (`model.decoder = "np"`).
+    pub np: Option<Np>,
 }
 
 impl Deref for GrModel {
@@ -44,7 +49,34 @@ impl GrCache {
 
 impl GrModel {
     pub fn standard(t5: T5ForConditionalGeneration) -> Self {
-        GrModel { t5, pawa: None }
+        GrModel { t5, pawa: None, np: None }
+    }
+
+    /// Decoder input tokens of `ids` (B, T): NP's entry ids become their tokens.
+    fn input_tokens(&self, ids: &Tensor) -> Tensor {
+        match &self.np {
+            Some(np) => np.tokens_of(ids),
+            None => ids.shallow_clone(),
+        }
+    }
+
+    /// The tokens of a docid sequence `ids` (NP: of its entries; else `ids` themselves).
+    pub fn tokens_of(&self, ids: &[i64]) -> Vec<i64> {
+        match &self.np {
+            Some(np) => Vec::try_from(
+                np.tokens_of(&Tensor::from_slice(ids).to_device(np.entry_token.device())).to_device(tch::Device::Cpu),
+            )
+            .expect("i64"),
+            None => ids.to_vec(),
+        }
+    }
+
+    /// The width of the logits: the vocabulary, or NP's entries.
+    pub fn lm_head_rows(&self) -> i64 {
+        match &self.np {
+            Some(np) => np.n_entries(),
+            None => self.t5.lm_head_rows(),
+        }
     }
 
     /// Teacher forcing (see [`T5ForConditionalGeneration::forward`]), PAWA's adaptive part
@@ -70,6 +102,17 @@ impl GrModel {
         train: bool,
         need_cross_attentions: bool,
     ) -> Seq2SeqOutput {
+        if let Some(np) = &self.np {
+            let tokens = np.tokens_of(decoder_input_ids);
+            let out = self.t5.decoder.decode(&tokens, &encoder_hidden, attention_mask, train, need_cross_attentions);
+            let logits = np.logits(&self.t5.logit_states(&out.hidden)); // (B, T, E)
+            return Seq2SeqOutput {
+                logits,
+                decoder_hidden: out.hidden,
+                encoder_hidden,
+                cross_attentions: out.cross_attentions,
+            };
+        }
         let mut out =
             self.t5.forward_encoded(encoder_hidden, attention_mask, decoder_input_ids, train, need_cross_attentions);
         if let Some(p) = &self.pawa {
@@ -88,7 +131,7 @@ impl GrModel {
     /// states (R, S): the decoder state h (S = D), with PAWA [h, d'] (S = 2D). Rows can be
     /// selected and reordered freely; [`Self::state_logits`] turns them into logits.
     pub fn step_state(&self, ids: &Tensor, cache: &mut GrCache) -> Tensor {
-        let h = self.t5.decoder.decode_step(ids, &mut cache.t5, false).hidden.squeeze_dim(1); // (R, D)
+        let h = self.t5.decoder.decode_step(&self.input_tokens(ids), &mut cache.t5, false).hidden.squeeze_dim(1); // (R, D)
         match (&self.pawa, &mut cache.prefix) {
             (Some(p), Some(c)) => Tensor::cat(&[h, p.latent_step(ids, c).squeeze_dim(1)], -1), // (R, 2D)
             _ => h,
@@ -97,6 +140,9 @@ impl GrModel {
 
     /// Vocabulary logits (c, V) of decoding states (c, S) from [`Self::step_state`].
     pub fn state_logits(&self, states: &Tensor) -> Tensor {
+        if let Some(np) = &self.np {
+            return np.logits(&self.t5.logit_states(states));
+        }
         match &self.pawa {
             None => self.t5.lm_logits(states),
             Some(p) => {
@@ -109,8 +155,12 @@ impl GrModel {
 
     /// The output vectors (B, T, D) of target tokens `labels` (B, T) after decoder inputs
     /// `decoder_input_ids` (B, T): logit(v at i) = h_i · row — Wu et al.'s e_v, with PAWA
-    /// e_v + E_v d'_i (Eq. 18's Ẽ_d D̃').
+    /// e_v + E_v d'_i (Eq. 18's Ẽ_d D̃'), with NP the entries' rows of D (Eq. 20).
     pub fn output_rows_at(&self, labels: &Tensor, decoder_input_ids: &Tensor) -> Tensor {
+        if let Some(np) = &self.np {
+            let rows = Tensor::embedding(&np.table, &labels.clamp_min(0), -1, false, false);
+            return self.t5.logit_states(&rows);
+        }
         let rows = self.t5.output_rows(&labels.clamp_min(0));
         match &self.pawa {
             None => rows,

@@ -14,6 +14,7 @@ use crate::model::colbert::{ColbertConfig, ColbertEncoder, ColbertHead, LateInte
 use crate::model::dual::{DualConfig, DualEncoder, DualHead};
 use crate::model::generative::{resize_token_embeddings, DocidVocab};
 use crate::model::hf::{self, LoadOptions};
+use crate::model::np::Np;
 use crate::model::pawa::Pawa;
 use crate::model::{
     BertConfig, BertModel, GrModel, Pooling, T5Config, T5EncoderModel, T5ForConditionalGeneration, TextEncoderModel,
@@ -187,7 +188,7 @@ impl Task {
                     resize_token_embeddings(&mut model, base + vocab.n_new_tokens(), base)?;
                 }
                 let pawa = match (cfg.decoder, vocab.base()) {
-                    (DecoderKind::Standard, _) => None,
+                    (DecoderKind::Standard | DecoderKind::Np, _) => None,
                     (DecoderKind::Pawa, Some(first)) => Some(Pawa::new(
                         &(vs.root() / HEAD_PREFIX / "pawa"),
                         &model.config,
@@ -214,7 +215,36 @@ impl Task {
                         cfg.pawa_layers
                     );
                 }
-                (vs, Net::Generative { model: GrModel { t5: model, pawa }, vocab })
+                let np = match (cfg.decoder, vocab.base()) {
+                    (DecoderKind::Np, None) => {
+                        let rows: Vec<Vec<i64>> = table.rows.iter().map(|r| r.tokens.clone()).collect();
+                        let np = Np::new(
+                            &(vs.root() / HEAD_PREFIX / "np"),
+                            &rows,
+                            model.config.d_model,
+                            model.config.eos_token_id,
+                            cfg.np_clusters,
+                        )?;
+                        tracing::info!(
+                            "NP decoder: {} entries (≤ {} per token type) × D {}, {}",
+                            np.n_entries(),
+                            cfg.np_clusters,
+                            model.config.d_model,
+                            if cfg.np_refresh_epochs > 0.0 {
+                                format!("re-encoded every {} epochs (ASYNC)", cfg.np_refresh_epochs)
+                            } else {
+                                "from the initial encoder, frozen (BASE)".into()
+                            }
+                        );
+                        Some(np)
+                    }
+                    (DecoderKind::Np, Some(_)) => return Err(Error::usage(
+                        "model.decoder",
+                        "NP decoding replaces text tokens' output embeddings by their contextual ones: it takes title or n-gram docids, not atomic or semantic",
+                    )),
+                    _ => None,
+                };
+                (vs, Net::Generative { model: GrModel { t5: model, pawa, np }, vocab })
             }
         };
         Ok(Task { vs, net, tokenizer_json, dropout: !cfg.no_dropout })
@@ -249,9 +279,22 @@ impl Task {
         v
     }
 
-    /// GR: the target sequence (docid tokens + eos, in model vocabulary) of every docid row.
+    /// NP decoding: recomputes D from the model's current encoder (BASE at the start of a
+    /// run, ASYNC every `model.np_refresh_epochs`); nothing for other models.
+    pub fn refresh_np(&self, table: &DocidTable) {
+        if let Net::Generative { model: GrModel { t5, np: Some(np), .. }, .. } = &self.net {
+            let rows: Vec<Vec<i64>> = table.rows.iter().map(|r| r.tokens.clone()).collect();
+            np.refresh(t5, &rows);
+        }
+    }
+
+    /// GR: the target sequence (docid tokens + eos, in model vocabulary; NP: its entries) of
+    /// every docid row.
     pub fn targets(&self, table: &DocidTable) -> Result<Vec<Vec<i64>>> {
         let Net::Generative { model, vocab } = &self.net else { return Ok(vec![]) };
+        if let Some(np) = &model.np {
+            return Ok(np.row_targets());
+        }
         let eos = model.config.eos_token_id;
         table
             .rows

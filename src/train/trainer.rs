@@ -23,7 +23,7 @@ use super::run_dir;
 use super::schedule::Schedule;
 use super::signal;
 use super::tensorboard::TbLog;
-use crate::config::{IndexView, ModelKind, Precision, RunConfig};
+use crate::config::{DecoderKind, IndexView, ModelKind, Precision, RunConfig};
 use crate::data::batch::{Batcher, DocStore};
 use crate::data::docid::DocidTable;
 use crate::data::examples::{training_pairs, Sampler, Source, Targets};
@@ -97,7 +97,7 @@ fn run(comm: &dyn Comm, cfg: &RunConfig, opts: &RunOptions, device: Device) -> R
     claim_run_dir(comm, cfg, opts, &world)?;
     log_start(comm, cfg, &trainee, &plan, &resume);
     let t_loop = Instant::now();
-    if let Some(preempted) = step_loop(comm, cfg, &opts.run_dir, &mut trainee, &plan, &resume)? {
+    if let Some(preempted) = step_loop(comm, cfg, &opts.run_dir, &mut trainee, &inputs, &plan, &resume)? {
         return Ok(preempted);
     }
     let train_seconds = t_loop.elapsed().as_secs_f64();
@@ -283,6 +283,8 @@ struct Plan {
     /// bf16 autocast (CUDA, or a CPU with native bf16).
     autocast: bool,
     device: Device,
+    /// NP decoding's refresh interval in epochs (0: BASE, once at step 0).
+    np_refresh: Option<f64>,
 }
 
 impl Plan {
@@ -320,11 +322,23 @@ impl Plan {
             },
             autocast,
             device,
+            np_refresh: (cfg.model.decoder == DecoderKind::Np).then_some(cfg.model.np_refresh_epochs),
         })
     }
 
     fn epoch(&self, done: u64, sampler: &Sampler) -> f64 {
         (done * self.per_step) as f64 / sampler.epoch_len() as f64
+    }
+
+    /// Whether NP's D is (re)computed before `step`: at step 0, and with ASYNC whenever the
+    /// epoch count crosses a multiple of `np_refresh_epochs`.
+    fn np_refresh_due(&self, step: u64, sampler: &Sampler) -> bool {
+        match self.np_refresh {
+            None => false,
+            Some(_) if step == 0 => true,
+            Some(r) if r > 0.0 => (self.epoch(step, sampler) / r).floor() > (self.epoch(step - 1, sampler) / r).floor(),
+            Some(_) => false,
+        }
     }
 }
 
@@ -385,6 +399,7 @@ fn step_loop(
     cfg: &RunConfig,
     run_dir: &Path,
     trainee: &mut Trainee,
+    inputs: &Inputs,
     plan: &Plan,
     resume: &Resume,
 ) -> Result<Option<Outcome>> {
@@ -405,14 +420,25 @@ fn step_loop(
         acc.steps = s.interval_steps;
     }
     for step in plan.start..plan.total {
-        // 5a. This step's randomness (dropout) and learning rate.
+        // 5a. NP decoding: D from the model's encoder, at the start (BASE) and every
+        //     `np_refresh_epochs` (ASYNC); a resumed run has the D of its checkpoint.
+        if let (true, Some(docids)) = (plan.np_refresh_due(step, &trainee.sampler), &inputs.docids) {
+            let t0 = Instant::now();
+            trainee.task.refresh_np(docids);
+            trainee.batcher.targets = trainee.task.targets(docids)?;
+            if lead {
+                bar.suspend(|| tracing::info!("NP: D re-encoded at step {step} in {:.1}s", t0.elapsed().as_secs_f64()));
+            }
+        }
+
+        // 5b. This step's randomness (dropout) and learning rate.
         tch::manual_seed((SplitMix64::keyed(&[t.seed, tag::TORCH, world.rank as u64, step]).next_u64() >> 1) as i64);
         let lr = plan.schedule.lr(step);
 
-        // 5b. Forward and backward over this rank's micro-batches of the global batch.
+        // 5c. Forward and backward over this rank's micro-batches of the global batch.
         let (local_loss, tokens) = forward_backward(comm, cfg, trainee, plan, step)?;
 
-        // 5c. One small all-reduce: the global loss, tokens, non-finite flags, preemption.
+        // 5d. One small all-reduce: the global loss, tokens, non-finite flags, preemption.
         //     The loss is the step's only device→host copy.
         let stop = signal::received();
         let agreed = StepAgreement::reduce(comm, local_loss, tokens, stop)?;
@@ -425,13 +451,13 @@ fn step_loop(
             ));
         }
 
-        // 5d. Gradients: average over ranks, clip by the global norm, update.
+        // 5e. Gradients: average over ranks, clip by the global norm, update.
         let grad_norm = optimizer_step(cfg, trainee, step, lr)?;
         let done = step + 1;
         acc.add(agreed.loss, plan.global_batch as u64, agreed.tokens);
         bar.inc(1);
 
-        // 5e. Log (rank 0), one line per interval.
+        // 5f. Log (rank 0), one line per interval.
         let epoch = plan.epoch(done, &trainee.sampler);
         if done % cfg.log.interval == 0 || done == plan.total {
             let record = acc.record(done, epoch, agreed.loss, lr, grad_norm);
@@ -445,7 +471,7 @@ fn step_loop(
             acc = Interval::default();
         }
 
-        // 5f. Checkpoint on schedule, at the end, or when asked to stop (every rank finished
+        // 5g. Checkpoint on schedule, at the end, or when asked to stop (every rank finished
         //     this step: the agreement above made them stop at the same one).
         let due = t.checkpoint_every > 0 && done % t.checkpoint_every == 0;
         if due || agreed.stop_requested || done == plan.total {

@@ -94,6 +94,25 @@ pub fn tiny_generative(data: &Path, dir: &Path) -> String {
         .replace("[train]", &format!("[docids]\npath = \"{}\"\n\n[train]", docids.display()))
 }
 
+/// [`tiny_generative`] on title docids with NP decoding: D from the model's encoder,
+/// re-encoded every `refresh` epochs (ASYNC; 0 = BASE), at most 3 entries per token type.
+pub fn tiny_np(data: &Path, dir: &Path, refresh: f64) -> String {
+    let titles = dir.join("title.parquet");
+    if !titles.exists() {
+        ok(&Command::new(bin())
+            .args(["docids", "--data", data.to_str().unwrap(), "--scheme", "title"])
+            .args(["--output", titles.to_str().unwrap()])
+            .output()
+            .unwrap());
+    }
+    tiny_generative(data, dir)
+        .replace(&dir.join("atomic.parquet").display().to_string(), &titles.display().to_string())
+        .replace(
+            "kind = \"generative\"",
+            &format!("kind = \"generative\"\ndecoder = \"np\"\nnp_clusters = 3\nnp_refresh_epochs = {refresh}"),
+        )
+}
+
 pub fn write_config(dir: &Path, name: &str, text: &str) -> PathBuf {
     let p = dir.join(name);
     std::fs::write(&p, text).unwrap();
