@@ -50,6 +50,9 @@ pub enum Command {
     /// Run a grid of training runs from a sweep file, locally or as Slurm job arrays
     /// (`grdr sweep status SWEEPDIR` shows where each point is).
     Sweep(cmd::sweep::SweepArgs),
+    /// A paper's tables reproduced: every row trained and evaluated, the tables written as
+    /// Markdown, CSV and Parquet (`grdr paper wu2024`: Wu et al.'s Tables 5–7); resumable.
+    Paper(cmd::paper::PaperArgs),
     /// Measure which library (MKL or oneDNN) multiplies each model product faster on this
     /// CPU and keep the table for later runs (GRDR_GEMM=mkl|onednn|auto overrides).
     Tune(cmd::tune::TuneArgs),
@@ -70,6 +73,7 @@ impl Command {
             Command::Synth(a) => a.run(),
             Command::Report(a) => a.run(),
             Command::Sweep(a) => a.run(),
+            Command::Paper(a) => a.run(),
             Command::Docids(a) => a.run(),
             Command::Index(c) => c.run(),
             Command::Train(a) => a.run(),

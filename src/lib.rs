@@ -14,6 +14,7 @@ pub mod error;
 pub mod eval;
 pub mod model;
 pub mod panic_guard;
+pub mod paper;
 pub mod parallel;
 pub mod progress;
 pub mod report;

@@ -7,6 +7,7 @@ pub mod eval;
 pub mod eval_run;
 pub mod index;
 pub mod info;
+pub mod paper;
 pub mod prepare;
 pub mod report;
 pub mod subject;

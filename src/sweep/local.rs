@@ -126,7 +126,7 @@ pub fn run(dir: &SweepDir, points: &[LocalPoint], programs: &Programs, mut dry_r
 /// Waits for the launcher; a SIGTERM or SIGUSR1 to `grdr sweep` (a batch system's time
 /// limit, `kill`) is passed on as SIGUSR1, which the launcher forwards to every rank: the
 /// point checkpoints and exits 75 instead of dying with the sweep.
-fn wait_forwarding_signals(child: &mut std::process::Child) -> std::io::Result<std::process::ExitStatus> {
+pub fn wait_forwarding_signals(child: &mut std::process::Child) -> std::io::Result<std::process::ExitStatus> {
     let _handlers = crate::train::signal::install();
     let mut forwarded = false;
     loop {
