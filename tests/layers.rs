@@ -20,6 +20,7 @@ const LAYERS: &[&[&str]] = &[
     &["train"],
     &["sweep"],
     &["report"],
+    &["paper"],
     &["cmd"],
     &["cli"],
 ];
