@@ -241,8 +241,20 @@ fn pawa_beam_equals_brute_force_on_a_trained_fixture() {
     let model = GrModel { t5: standard.t5, pawa, np: None };
     let moved = brute.iter().flatten().zip(without.iter().flatten()).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
     assert!(moved > 1e-2, "the adaptive part changes the scores (by at most {moved})");
-    let got = tch::no_grad(|| BeamSearch::new(&model, &trie, docids.len()).search(&ids, &mask));
-    for (q, (gens, scores)) in got.iter().zip(&brute).enumerate() {
+    exhaustive_beam_matches(&model, &trie, &docids, &ids, &mask, &brute);
+}
+
+/// A beam as wide as the docids returns every docid with its brute-force score, best first.
+fn exhaustive_beam_matches(
+    model: &GrModel,
+    trie: &DocidTrie,
+    docids: &[(i64, Vec<u32>)],
+    ids: &Tensor,
+    mask: &Tensor,
+    brute: &[Vec<f32>],
+) -> Vec<Vec<Generated<grdr::search::trie::NodeId>>> {
+    let got = tch::no_grad(|| BeamSearch::new(model, trie, docids.len()).search(ids, mask));
+    for (q, (gens, scores)) in got.iter().zip(brute).enumerate() {
         assert_eq!(gens.len(), docids.len(), "query {q}: every docid is returned");
         for g in gens {
             let d = docids.iter().position(|d| d.1 == g.tokens).expect("a real docid");
@@ -252,6 +264,7 @@ fn pawa_beam_equals_brute_force_on_a_trained_fixture() {
             assert!(pair[0].score >= pair[1].score);
         }
     }
+    got
 }
 
 /// NP decoding: D from the fixture's encoder over the docids (2 centroids per token type),
@@ -291,17 +304,7 @@ fn np_beam_equals_brute_force_on_a_trained_fixture() {
         let (ids, mask) = common::query_batch(&queries);
         let seqs: Vec<Vec<u32>> = docids.iter().map(|d| d.1.clone()).collect();
         let brute = tch::no_grad(|| score_all(&model, &ids, &mask, &seqs));
-        let got = tch::no_grad(|| BeamSearch::new(&model, &trie, docids.len()).search(&ids, &mask));
-        for (q, (gens, scores)) in got.iter().zip(&brute).enumerate() {
-            assert_eq!(gens.len(), docids.len(), "query {q}: every docid is returned");
-            for g in gens {
-                let d = docids.iter().position(|d| d.1 == g.tokens).expect("a real docid");
-                assert!((g.score - scores[d]).abs() < 1e-4, "q{q}: {} vs {}", g.score, scores[d]);
-            }
-            for pair in gens.windows(2) {
-                assert!(pair[0].score >= pair[1].score);
-            }
-        }
+        let got = exhaustive_beam_matches(&model, &trie, &docids, &ids, &mask, &brute);
         if !refresh {
             // Trained: each query's mapped docid comes first.
             for (q, gens) in got.iter().enumerate() {

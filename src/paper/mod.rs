@@ -12,9 +12,7 @@
 //! time and peak memory, and its state (rows not run yet are listed, empty).
 pub mod wu2024;
 
-use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
 use serde_json::Value;
 
@@ -22,7 +20,7 @@ use crate::error::{Error, Result};
 use crate::report::columns::{Column, ColumnData};
 use crate::report::table::{write_csv, write_parquet};
 use crate::sweep::launch::{shell_quote, Programs};
-use crate::sweep::local::{tail, wait_forwarding_signals};
+use crate::sweep::local::{run_logged, tail};
 
 /// The docid file a GR row trains on (made once under `prep/`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -226,22 +224,9 @@ impl PaperRun {
             return Ok(());
         }
         let log_path = self.out.join("logs").join(format!("{name}.log"));
-        let log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .map_err(|e| Error::io(&log_path, "cannot open the step's log", e))?;
-        let err_log = log.try_clone().map_err(|e| Error::io(&log_path, "cannot open the step's log", e))?;
         tracing::info!("{name}: running (log: {})", log_path.display());
         let t0 = std::time::Instant::now();
-        let mut child = Command::new(&argv[0])
-            .args(&argv[1..])
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(log))
-            .stderr(Stdio::from(err_log))
-            .spawn()
-            .map_err(|e| Error::io(&argv[0], "cannot start", e))?;
-        let status = wait_forwarding_signals(&mut child).map_err(|e| Error::io(&argv[0], "waiting", e))?;
+        let status = run_logged(&argv, &log_path)?;
         if !status.success() || !done.exists() {
             return Err(Error::io(
                 &log_path,

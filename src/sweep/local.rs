@@ -44,12 +44,6 @@ pub fn run(dir: &SweepDir, points: &[LocalPoint], programs: &Programs, mut dry_r
             continue;
         }
         let log_path = dir.point(&p.name).join(TRAIN_LOG);
-        let log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .map_err(|e| Error::io(&log_path, "cannot open the point's log", e))?;
-        let err_log = log.try_clone().map_err(|e| Error::io(&log_path, "cannot open the point's log", e))?;
 
         let state_path = dir.state(&p.name);
         let mut state = dir.read_state(&p.name)?;
@@ -67,14 +61,7 @@ pub fn run(dir: &SweepDir, points: &[LocalPoint], programs: &Programs, mut dry_r
         );
 
         let t0 = Instant::now();
-        let mut child = Command::new(&argv[0])
-            .args(&argv[1..])
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(log))
-            .stderr(Stdio::from(err_log))
-            .spawn()
-            .map_err(|e| Error::io(&programs.launcher, "cannot start the launcher", e))?;
-        let status = wait_forwarding_signals(&mut child).map_err(|e| Error::io(&programs.launcher, "waiting", e))?;
+        let status = run_logged(&argv, &log_path)?;
         // A rank killed by a signal has no code: the shell's 128 + signal.
         let code = status.code().unwrap_or_else(|| {
             use std::os::unix::process::ExitStatusExt;
@@ -123,10 +110,29 @@ pub fn run(dir: &SweepDir, points: &[LocalPoint], programs: &Programs, mut dry_r
     Ok(())
 }
 
+/// Runs `argv` with stdout and stderr appended to `log_path`, waiting as
+/// [`wait_forwarding_signals`] does.
+pub fn run_logged(argv: &[String], log_path: &std::path::Path) -> Result<std::process::ExitStatus> {
+    let log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log_path)
+        .map_err(|e| Error::io(log_path, "cannot open the log", e))?;
+    let err_log = log.try_clone().map_err(|e| Error::io(log_path, "cannot open the log", e))?;
+    let mut child = Command::new(&argv[0])
+        .args(&argv[1..])
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(log))
+        .stderr(Stdio::from(err_log))
+        .spawn()
+        .map_err(|e| Error::io(&argv[0], "cannot start", e))?;
+    wait_forwarding_signals(&mut child).map_err(|e| Error::io(&argv[0], "waiting", e))
+}
+
 /// Waits for the launcher; a SIGTERM or SIGUSR1 to `grdr sweep` (a batch system's time
 /// limit, `kill`) is passed on as SIGUSR1, which the launcher forwards to every rank: the
 /// point checkpoints and exits 75 instead of dying with the sweep.
-pub fn wait_forwarding_signals(child: &mut std::process::Child) -> std::io::Result<std::process::ExitStatus> {
+fn wait_forwarding_signals(child: &mut std::process::Child) -> std::io::Result<std::process::ExitStatus> {
     let _handlers = crate::train::signal::install();
     let mut forwarded = false;
     loop {
