@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use crate::error::{Error, Result};
+use crate::error::{exit_code, Error, Result};
 use crate::report::columns::{Column, ColumnData};
 use crate::report::table::{write_csv, write_parquet};
 use crate::sweep::launch::{shell_quote, Programs};
@@ -77,6 +77,13 @@ pub fn by_name(name: &str) -> Result<Paper> {
     }
 }
 
+/// The cause of the error of a step stopped by a signal (exit 75).
+const PREEMPTED_STEP: &str = "preempted";
+
+fn is_preempted(e: &Error) -> bool {
+    matches!(e, Error::Io { source, .. } if source.kind() == std::io::ErrorKind::Interrupted && source.to_string() == PREEMPTED_STEP)
+}
+
 /// Our metrics in a table, in order (the paper's three first).
 const METRICS: [&str; 5] = ["R@1", "R@10", "MRR@10", "nDCG@10", "R@100"];
 
@@ -103,10 +110,20 @@ impl PaperRun {
             std::fs::create_dir_all(self.out.join(d)).map_err(|e| Error::io(self.out.join(d), "cannot create", e))?;
         }
         let mut failed = Vec::new();
+        let mut stopped = None;
         for row in rows {
-            if let Err(e) = self.row(row, &mut plan) {
-                tracing::error!("{}: {e}", row.name);
-                failed.push(row.name);
+            match self.row(row, &mut plan) {
+                Ok(()) => {}
+                // A signal (a batch system's time limit, Ctrl-C) stops the whole run: the
+                // step checkpointed, and the next invocation resumes it.
+                Err(e) if crate::train::signal::received().is_some() || is_preempted(&e) => {
+                    stopped = Some(e);
+                    break;
+                }
+                Err(e) => {
+                    tracing::error!("{}: {e}", row.name);
+                    failed.push(row.name);
+                }
             }
         }
         if plan.is_none() {
@@ -114,6 +131,9 @@ impl PaperRun {
                 self.write_table(t)?;
             }
             tracing::info!("tables written to {}", self.out.display());
+        }
+        if let Some(e) = stopped {
+            return Err(e);
         }
         if !failed.is_empty() {
             return Err(Error::io(
@@ -227,6 +247,13 @@ impl PaperRun {
         tracing::info!("{name}: running (log: {})", log_path.display());
         let t0 = std::time::Instant::now();
         let status = run_logged(&argv, &log_path)?;
+        if status.code() == Some(i32::from(exit_code::PREEMPTED)) {
+            return Err(Error::io(
+                &log_path,
+                format!("{name}: stopped by a signal after a checkpoint; run the same `grdr paper` again to resume"),
+                std::io::Error::new(std::io::ErrorKind::Interrupted, PREEMPTED_STEP),
+            ));
+        }
         if !status.success() || !done.exists() {
             return Err(Error::io(
                 &log_path,
