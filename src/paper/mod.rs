@@ -2,7 +2,8 @@
 //! is a list of rows — each a shipped run config (`configs/runs/<row>.toml`) trained and
 //! evaluated end to end, plus a rerank evaluation where a table needs one, or BM25 — and
 //! the tables that read them. Everything is a step with an output file that marks it done:
-//! the docid files and indexes the rows need (`prep/`), each row's training run
+//! the docid files and indexes the rows need (`prep/`, made when a row that needs them
+//! still has to train), each row's training run
 //! (`rows/<row>/`, done when its end-of-run `eval/metrics.json` exists; an interrupted one is
 //! resumed from its checkpoint), its rerank evaluation (`rows/<row>/eval-rerank/`). A
 //! finished step is never redone, so running the command again continues where it stopped.
@@ -145,7 +146,7 @@ impl PaperRun {
         Ok(())
     }
 
-    /// One row: its prerequisites, its training (or BM25), its rerank evaluation.
+    /// One row: its training (or BM25), its rerank evaluation.
     fn row(&self, row: &Row, plan: &mut Option<&mut Vec<String>>) -> Result<()> {
         let dir = self.rows_dir(row.name);
         let grdr = self.programs.grdr.display().to_string();
@@ -155,6 +156,28 @@ impl PaperRun {
             let argv = [argv, vec!["--output".into(), dir.display().to_string(), "--overwrite".into()]].concat();
             return self.step("bm25", &dir.join("metrics.json"), argv, plan);
         }
+        self.train(row, &dir, plan)?;
+        if row.rerank {
+            let out = dir.join("eval-rerank");
+            let mut argv = self.launch();
+            argv.extend(["eval", "--run"].map(String::from));
+            argv.push(dir.display().to_string());
+            argv.extend(["--rerank", "bm25", "--k", "100", "--overwrite", "--output"].map(String::from));
+            argv.push(out.display().to_string());
+            self.step(&format!("{}-rerank", row.name), &out.join("metrics.json"), argv, plan)?;
+        }
+        Ok(())
+    }
+
+    /// A row's training run (its end-of-run evaluation included), and the docid file and
+    /// FM-index it needs, made only when the run is not done yet.
+    fn train(&self, row: &Row, dir: &Path, plan: &mut Option<&mut Vec<String>>) -> Result<()> {
+        let done = dir.join("eval").join("metrics.json");
+        if done.exists() {
+            tracing::info!("{}: done, skipped", row.name);
+            return Ok(());
+        }
+        let data = self.data.display().to_string();
         let mut sets = vec![format!("data.path={data}")];
         if let Some(d) = row.docids {
             sets.push(format!("docids.path={}", self.docids(d, plan)?.display()));
@@ -171,17 +194,7 @@ impl PaperRun {
         for s in sets {
             argv.extend(["--set".into(), s]);
         }
-        self.step(row.name, &dir.join("eval").join("metrics.json"), argv, plan)?;
-        if row.rerank {
-            let out = dir.join("eval-rerank");
-            let mut argv = self.launch();
-            argv.extend(["eval", "--run"].map(String::from));
-            argv.push(dir.display().to_string());
-            argv.extend(["--rerank", "bm25", "--k", "100", "--overwrite", "--output"].map(String::from));
-            argv.push(out.display().to_string());
-            self.step(&format!("{}-rerank", row.name), &out.join("metrics.json"), argv, plan)?;
-        }
-        Ok(())
+        self.step(row.name, &done, argv, plan)
     }
 
     /// `launcher/grdr-launch -n RANKS -- grdr`.
