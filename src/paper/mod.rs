@@ -107,7 +107,7 @@ impl PaperRun {
     /// Runs every unfinished step of `rows` (failed rows are reported after the others
     /// ran), then writes the tables. With `plan`, runs nothing and lists the commands.
     pub fn run(&self, paper: &Paper, rows: &[&Row], mut plan: Option<&mut Vec<String>>) -> Result<()> {
-        for d in ["prep", "rows", "logs"] {
+        for d in ["prep", "rows", "logs"].iter().filter(|_| plan.is_none()) {
             std::fs::create_dir_all(self.out.join(d)).map_err(|e| Error::io(self.out.join(d), "cannot create", e))?;
         }
         let mut failed = Vec::new();
