@@ -125,9 +125,19 @@ fn kv_cache_equals_full_forward() {
     });
 }
 
+/// Held by the tests that draw from libtorch's global generator (dropout, `randint`): the
+/// test harness runs tests on parallel threads, and a draw of one test between another's
+/// `manual_seed` and its own draws would change the other's numbers (a flaky overfit).
+static GLOBAL_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn global_rng() -> std::sync::MutexGuard<'static, ()> {
+    GLOBAL_RNG.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Dropout is active exactly when `train` is set.
 #[test]
 fn train_flag_controls_dropout() {
+    let _rng = global_rng();
     let l = load("t5_v10");
     let m = &l.model;
     let io = io("t5_v10");
@@ -147,6 +157,7 @@ fn train_flag_controls_dropout() {
 /// to ~0, for the gated (v1.1) and the tied, scaled (v1.0) variants.
 #[test]
 fn tiny_t5_overfits_a_batch() {
+    let _rng = global_rng();
     for name in ["t5_v11", "t5_v10"] {
         tch::manual_seed(0);
         let l = load(name);
@@ -187,6 +198,7 @@ fn tiny_t5_overfits_a_batch() {
 /// equal the whole padded batch's (the re-padded positions are masked in cross-attention).
 #[test]
 fn length_sorted_encoder_sub_batches_equal_the_padded_batch() {
+    let _rng = global_rng();
     tch::manual_seed(2);
     let l = load("t5_v11");
     let m = &l.model;
