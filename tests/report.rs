@@ -21,6 +21,11 @@ fn ndcg(family: usize, negatives: i64) -> f64 {
     0.3 + 0.1 * family as f64 + 0.02 * (negatives as f64).log2()
 }
 
+/// DR's Brier score (calibration on): falls with the number of negatives.
+fn brier(negatives: i64) -> f64 {
+    0.9 - 0.05 * (negatives as f64).log2()
+}
+
 fn point_name(index: usize, negatives: i64) -> String {
     format!("p{index:02}-num_negatives={negatives}")
 }
@@ -53,7 +58,7 @@ fn make_sweep(root: &Path) -> PathBuf {
             if running {
                 log.push_str("{\"step\": 40, \"lo");
             } else {
-                let train = json!({"steps": 30, "resumed_at": 0, "world_size": 2, "global_batch": 64,
+                let train = json!({"steps": 30, "resumed_at": 0, "world_size": 2, "global_batch": 64, "parameters": 1000 + f,
                                    "train_seconds": 60.0 + index as f64, "grdr_version": "0.1.0"});
                 fs::write(run.join("train.json"), train.to_string()).unwrap();
                 fs::write(run.join("world.json"), json!({"world_size": 2, "nodes": 1 + index % 2}).to_string())
@@ -61,6 +66,10 @@ fn make_sweep(root: &Path) -> PathBuf {
                 let mut m = json!({"nDCG@10": ndcg(f, neg), "R@1": 0.2, "R@10": 0.5, "R@100": 0.7 + 0.01 * k as f64,
                     "R@1000": 0.9, "MRR@10": 0.4, "MAP": 0.35, "success@1": 0.3, "success@5": 0.6, "success@10": 0.7,
                     "queries": 300, "eval_seconds": 12.5});
+                if *family == "dr" {
+                    m["Brier"] = json!(brier(neg));
+                    m["Brier_exact"] = json!(true);
+                }
                 if *family == "gr-atomic" {
                     m["memorization_R@1"] = json!(0.95);
                     m["memorization_docs"] = json!(1000);
@@ -123,9 +132,11 @@ fn report_tables_and_plots() {
         assert!(names.iter().any(|n| n == c), "column {c} missing: {names:?}");
     }
     assert_eq!(
-        &names[names.len() - 6..],
-        ["steps", "world_size", "nodes", "train_seconds", "final_loss", "samples_per_s"]
+        &names[names.len() - 7..],
+        ["parameters", "steps", "world_size", "nodes", "train_seconds", "final_loss", "samples_per_s"]
     );
+    let params = col::<Int64Array>(&batch, "parameters");
+    assert_eq!((params.value(0), params.value(3), params.is_null(5)), (1000, 1001, true), "from train.json");
     // Nodes from each run's world.json (null for the point still running).
     let nodes = col::<Int64Array>(&batch, "nodes");
     assert!((0..nodes.len()).any(|i| nodes.is_valid(i) && nodes.value(i) == 2), "{nodes:?}");
@@ -168,14 +179,18 @@ fn report_tables_and_plots() {
     // Markdown: axes, family, state, default + requested metrics, train seconds.
     let stdout = String::from_utf8_lossy(&out.stdout);
     let rows: Vec<&str> = stdout.lines().filter(|l| l.starts_with('|')).collect();
-    assert_eq!(rows[0], "| kind | num_negatives | family | state | nDCG@10 | R@100 | memorization_R@1 | train s |");
+    assert_eq!(
+        rows[0],
+        "| kind | num_negatives | family | state | nDCG@10 | R@100 | Brier | memorization_R@1 | train s |"
+    );
     assert_eq!(rows.len(), 8, "{stdout}");
-    assert_eq!(rows[2], format!("| dual | 4 | dr | done | {:.4} | 0.7000 | - | 60.0 |", ndcg(0, 4)));
-    assert_eq!(rows[7], "| generative | 64 | gr-atomic | running | - | - | - | - |");
+    assert_eq!(rows[2], format!("| dual | 4 | dr | done | {:.4} | 0.7000 | {:.4} | - | 60.0 |", ndcg(0, 4), brier(4)));
+    assert_eq!(rows[7], "| generative | 64 | gr-atomic | running | - | - | - | - | - |");
     assert!(stdout.contains("5 of 6 points done"), "{stdout}");
 
-    // Plots: 3 metrics × 2 axes (model.kind is categorical), PNG + SVG each.
-    for metric in ["nDCG@10", "R@100", "memorization_R@1"] {
+    // Plots: 4 metrics × 2 axes (model.kind is categorical), PNG + SVG each, and nDCG@10
+    // with Brier on a second axis (the sweep computed it).
+    for metric in ["nDCG@10", "R@100", "Brier", "memorization_R@1", "nDCG@10+Brier"] {
         for axis in ["num_negatives", "kind"] {
             let png = report.join(format!("{metric}-vs-{axis}.png"));
             assert_eq!(png_size(&png), (900, 600));
@@ -186,6 +201,11 @@ fn report_tables_and_plots() {
     assert!(svg.starts_with("<svg"));
     let texts = svg_texts(&svg);
     for needle in ["dr", "gr-atomic", "train.num_negatives (log2 scale)", "nDCG@10", "4", "16", "64"] {
+        assert!(texts.iter().any(|t| t == needle), "SVG lacks the text {needle:?}: {texts:?}");
+    }
+    // The twin figure: nDCG@10 on the left, Brier (dashed) on the right, one legend.
+    let texts = svg_texts(&fs::read_to_string(report.join("nDCG@10+Brier-vs-num_negatives.svg")).unwrap());
+    for needle in ["nDCG@10", "Brier (dashed)", "dr", "gr-atomic", "train.num_negatives (log2 scale)"] {
         assert!(texts.iter().any(|t| t == needle), "SVG lacks the text {needle:?}: {texts:?}");
     }
     // Against the categorical axis, the lines are (family, negatives) combinations.

@@ -1,5 +1,5 @@
 //! The views researchers look at, checked with the tools they look with. A real local sweep
-//! (tiny dual encoders on 300 SciFact documents: 2 learning rates × 2 seeds) is
+//! (tiny dual encoders on 700 SciFact documents: 2 learning rates × 2 seeds) is
 //! - read by TensorBoard's own reader over the whole sweep directory
 //!   (`scripts/tb_reference.py`): one event file per point, under its point name, holding
 //!   its metrics.jsonl;
@@ -70,10 +70,10 @@ fn assert_links_resolve(page: &Path) {
     }
 }
 
-/// 2 learning rates × 2 seeds of tiny dual encoders on 300 documents.
+/// 2 learning rates × 2 seeds of tiny dual encoders on 700 documents.
 fn sweep_spec() -> String {
     format!(
-        "name = \"html-report\"\nranks = 1\n\n{TINY_DUAL_SWEEP_SET}data.corpus_docs = 300\ntrain.max_steps = 12\nlog.interval = 2\n{}",
+        "name = \"html-report\"\nranks = 1\n\n{TINY_DUAL_SWEEP_SET}data.corpus_docs = 700\ntrain.max_steps = 12\nlog.interval = 2\n{}",
         r#"
 [[axis]]
 key = "train.lr"

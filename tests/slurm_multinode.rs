@@ -106,7 +106,7 @@ fn two_nodes_train_evaluate_sweep_fail_and_preempt() {
     ];
     let submit = cluster.cmd(bin()).args(args).current_dir(repo()).output().unwrap();
     assert!(submit.status.success(), "grdr sweep failed:\n{}", String::from_utf8_lossy(&submit.stderr));
-    let names = ["p00-corpus_docs=500", "p01-corpus_docs=1000"];
+    let names = ["p00-corpus_docs=700", "p01-corpus_docs=1000"];
     let point = |name: &str| sweep.join("points").join(name);
     let state = |name: &str| read_json(&point(name).join("state.json")).unwrap_or_default();
     let dump = || dump_sweep(&sweep) + &cluster.dump();

@@ -35,10 +35,10 @@ fn data_set() -> String {
 fn shipped_presets_expand_into_valid_configs() {
     let out = Path::new("/nonexistent/sweepdir");
     let expected = [
-        ("negatives-dr-scifact.toml", 6),
-        ("dim-dr-scifact.toml", 5),
-        ("corpus-size-dr-vs-gr-scifact.toml", 10),
-        ("model-size-gr-scifact.toml", 4),
+        ("negatives-dr-scifact.toml", 12),
+        ("dim-dr-scifact.toml", 9),
+        ("corpus-size-dr-vs-gr-scifact.toml", 8),
+        ("model-size-dr-vs-gr-scifact.toml", 18),
         ("tiny-test.toml", 2),
     ];
     let mut seen = 0;
@@ -56,28 +56,37 @@ fn shipped_presets_expand_into_valid_configs() {
         }
         match name.as_str() {
             "negatives-dr-scifact.toml" => {
-                assert_eq!(points[2].name(), "p02-num_negatives=7");
-                assert_eq!(points[2].config.train.num_negatives, Some(7));
-                assert_eq!(points[2].config.train.batch_size, 16, "the base's value");
-                assert_eq!(points[2].config.data.path, scifact());
-                assert_eq!((points[2].family.as_str(), points[2].ranks), ("dr", Some(2)));
+                assert_eq!(points[5].name(), "p05-num_negatives=3-seed=3");
+                assert_eq!(points[5].config.train.num_negatives, Some(3));
+                assert_eq!(points[5].config.train.seed, 3);
+                assert!(points[5].config.eval.calibration, "Brier at every point");
+                assert_eq!(points[5].config.train.batch_size, 16, "the base's value");
+                assert_eq!(points[5].config.data.path, scifact());
+                assert_eq!((points[5].family.as_str(), points[5].ranks), ("dr", Some(2)));
             }
-            "model-size-gr-scifact.toml" => {
-                let sizes: Vec<_> =
-                    points.iter().map(|p| (p.config.model.d_model, p.config.model.num_layers)).collect();
-                assert_eq!(sizes, vec![(128, 2), (256, 4), (384, 6), (512, 8)]);
-                assert_eq!(points[1].name(), "p01-d_model=256");
-                assert_eq!(points[1].config.model.kind, ModelKind::Generative);
+            "model-size-dr-vs-gr-scifact.toml" => {
+                // DR and GR at the same sizes, seed by seed: points 0..9 DR, 9..18 GR.
+                for (dr, gr) in points[..9].iter().zip(&points[9..]) {
+                    assert_eq!((dr.config.model.kind, gr.config.model.kind), (ModelKind::Dual, ModelKind::Generative));
+                    let shape = |p: &grdr::sweep::resolve::ResolvedPoint| {
+                        let m = &p.config.model;
+                        (m.d_model, m.num_layers, m.num_heads, m.d_ff, m.tokenizer.clone(), p.config.train.seed)
+                    };
+                    assert_eq!(shape(dr), shape(gr));
+                    assert_eq!(dr.config.data.query_max_len, gr.config.data.query_max_len);
+                }
+                assert_eq!(points[4].name(), "p04-base=dr-t5-scratch-scifact-d_model=128-seed=2");
+                assert_eq!(points[4].config.model.d_model, 128);
             }
             "corpus-size-dr-vs-gr-scifact.toml" => {
-                assert_eq!(points[0].name(), "p00-base=dr-minilm-scifact-corpus_docs=500");
-                assert_eq!(points[0].config.data.path, out.join("data/docs-500"));
-                let gr = &points[5];
+                assert_eq!(points[0].name(), "p00-base=dr-minilm-scifact-corpus_docs=667");
+                assert_eq!(points[0].config.data.path, out.join("data/docs-667"));
+                let gr = &points[4];
                 assert_eq!(gr.config.model.kind, ModelKind::Generative);
-                assert_eq!(gr.config.data.path, out.join("data/docs-500"), "DR and GR share the sample");
+                assert_eq!(gr.config.data.path, out.join("data/docs-667"), "DR and GR share the sample");
                 assert_eq!(
                     gr.config.docids.path.as_deref(),
-                    Some(out.join("data/docs-500/docids-atomic.parquet").as_path())
+                    Some(out.join("data/docs-667/docids-atomic.parquet").as_path())
                 );
                 assert!(gr.family.starts_with("gr"), "{}", gr.family);
             }
@@ -103,7 +112,7 @@ fn shipped_presets_expand_into_valid_configs() {
         "--output",
         target.to_str().unwrap(),
     ]);
-    assert!(o.contains("6 point(s)") && o.contains("p05-num_negatives=63") && o.contains("grdr-launch"), "{o}");
+    assert!(o.contains("12 point(s)") && o.contains("p11-num_negatives=63-seed=3") && o.contains("grdr-launch"), "{o}");
     assert!(!target.exists());
 }
 
@@ -141,11 +150,11 @@ fn bad_sweep_files_name_the_file_and_the_key() {
 
 fn tiny() -> String {
     format!(
-        "{TINY_DUAL_SWEEP_SET}train.max_steps = 40\ntrain.lr = 1e-3\nlog.interval = 1\n{}",
+        "{TINY_DUAL_SWEEP_SET}train.max_steps = 40\ntrain.lr = 1e-3\nlog.interval = 1\neval.calibration = true\n{}",
         r#"
 [[axis]]
 key = "data.corpus_docs"
-values = [300]
+values = [700]
 "#
     )
 }
@@ -156,7 +165,7 @@ fn local_backend_resumes_skips_finished_points_and_refuses_changed_ones() {
     let spec = write_spec(dir.path(), &format!("name = \"local-one\"\nranks = 1\n{}", tiny()));
     let out = dir.path().join("sw");
     let args = ["sweep", spec.to_str().unwrap(), "--set", &data_set(), "--output", out.to_str().unwrap()];
-    let name = "p00-corpus_docs=300";
+    let name = "p00-corpus_docs=700";
     let point = out.join("points").join(name);
     let read = |p: &Path| -> serde_json::Value { serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap() };
     let t0 = std::time::Instant::now();
@@ -197,7 +206,7 @@ fn local_backend_resumes_skips_finished_points_and_refuses_changed_ones() {
     let p = &manifest["points"][0];
     assert_eq!((p["name"].as_str(), p["index"].as_u64(), p["family"].as_str()), (Some(name), Some(0), Some("dr")));
     assert_eq!((p["ranks"].as_u64(), p["dir"].as_str()), (Some(1), Some(format!("points/{name}").as_str())));
-    assert_eq!(p["values"], serde_json::json!({"data.corpus_docs": 300}));
+    assert_eq!(p["values"], serde_json::json!({"data.corpus_docs": 700}));
     assert_eq!(std::fs::read_to_string(out.join("sweep.toml")).unwrap(), std::fs::read_to_string(&spec).unwrap());
 
     let state = read(&point.join("state.json"));
@@ -207,10 +216,43 @@ fn local_backend_resumes_skips_finished_points_and_refuses_changed_ones() {
     );
     assert!(point.join("run/eval/metrics.json").exists());
     let config = grdr::config::RunConfig::load(&point.join("config.toml"), &[]).unwrap();
-    assert_eq!(config.data.path, out.join("data/docs-300"));
-    let sample = grdr::data::Dataset::open(&out.join("data/docs-300")).unwrap();
-    assert_eq!(sample.manifest.docs, 300);
+    assert_eq!(config.data.path, out.join("data/docs-700"));
+    let sample = grdr::data::Dataset::open(&out.join("data/docs-700")).unwrap();
+    assert_eq!(sample.manifest.docs, 700);
+    // The sample changes the corpus only: every judged document of SciFact is inside, and
+    // its queries and judgements are SciFact's, unchanged.
+    let full = grdr::data::Dataset::open(&scifact()).unwrap();
+    let qrels = full.qrels(None).unwrap();
+    assert_eq!(sample.qrels(None).unwrap(), qrels);
+    assert_eq!(sample.queries().unwrap(), full.queries().unwrap());
+    assert_eq!(sample.manifest.splits, full.manifest.splits);
+    let inside: std::collections::HashSet<String> = sample.docs().unwrap().into_iter().map(|d| d.doc_id).collect();
+    let judged: std::collections::HashSet<&str> = qrels.iter().map(|q| q.doc_id.as_str()).collect();
+    assert!(judged.iter().all(|d| inside.contains(*d)), "a judged document left the sample");
+    assert_eq!(judged.len(), 667, "SciFact's judged documents (train + test qrels)");
     assert!(stdout.contains(name) && stdout.contains("done"), "{stdout}");
+
+    // The point's Brier (end-of-run evaluation, `eval.calibration`) is what `grdr eval
+    // --calibration` computes from the same run.
+    let point_metrics = read(&point.join("run/eval/metrics.json"));
+    let again = dir.path().join("eval-again");
+    grdr_ok(&[
+        "eval",
+        "--run",
+        point.join("run").to_str().unwrap(),
+        "--calibration",
+        "--output",
+        again.to_str().unwrap(),
+    ]);
+    let eval_metrics = read(&again.join("metrics.json"));
+    let (a, b) = (point_metrics["Brier"].as_f64().unwrap(), eval_metrics["Brier"].as_f64().unwrap());
+    assert!((a - b).abs() <= 1e-9 * b.abs().max(1.0), "sweep point Brier {a} vs grdr eval {b}");
+    assert!((0.0..=2.0).contains(&a), "{a}");
+    assert_eq!(point_metrics["Brier_exact"], true, "DR normalises over the whole corpus");
+    for k in ["gap@16", "gap@64", "gap@256", "gap@1024"] {
+        assert_eq!(point_metrics[k], eval_metrics[k], "{k}");
+    }
+    assert!(read(&point.join("run/train.json"))["parameters"].as_u64().unwrap() > 0, "parameters counted");
     if out.join("report").exists() {
         assert!(out.join("report/results.parquet").exists());
     }
@@ -240,5 +282,5 @@ fn local_backend_resumes_skips_finished_points_and_refuses_changed_ones() {
     assert!(point.join("run/eval/metrics.json").exists(), "a dry run changes nothing");
 
     let table = grdr_ok(&["sweep", "status", out.to_str().unwrap()]);
-    assert!(table.contains(name) && table.contains("| done") && table.contains("corpus_docs=300"), "{table}");
+    assert!(table.contains(name) && table.contains("| done") && table.contains("corpus_docs=700"), "{table}");
 }

@@ -43,7 +43,7 @@ fn a_two_point_sweep_survives_a_preemption_on_a_real_slurm_cluster() {
     let grdr_bin = env!("CARGO_BIN_EXE_grdr");
     let submit = cluster.cmd(grdr_bin).args(args).current_dir(repo()).output().unwrap();
     assert!(submit.status.success(), "grdr sweep failed:\n{}", stderr(&submit));
-    let names = ["p00-corpus_docs=500", "p01-corpus_docs=1000"];
+    let names = ["p00-corpus_docs=700", "p01-corpus_docs=1000"];
     let state = |name: &str| read_json(&sweep.join("points").join(name).join("state.json")).unwrap_or_default();
 
     // Preempt whichever point trains first, a few steps in.

@@ -303,6 +303,7 @@ fn draw(dir: &std::path::Path, plot: &Plot) -> Result<()> {
                     .iter()
                     .map(|(label, points)| Series::new(label.clone(), label.clone(), points.clone()))
                     .collect(),
+                secondary: None,
             };
             write_figure(dir, &fig)?;
         }

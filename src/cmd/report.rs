@@ -91,10 +91,14 @@ impl ReportArgs {
         Ok(())
     }
 
-    /// The default metrics, then `--metric`s in order, without repeats. A `--metric` that
-    /// no point reports is a typo rather than a pending result once any point has metrics.
+    /// The default metrics, Brier when the sweep computed it, then `--metric`s in order,
+    /// without repeats. A `--metric` that no point reports is a typo rather than a pending
+    /// result once any point has metrics.
     fn metric_list(&self, results: &report::Results) -> Result<Vec<String>> {
         let mut list: Vec<String> = DEFAULT_METRICS.map(String::from).to_vec();
+        if results.has_metric(report::plot::SECONDARY_METRIC) {
+            list.push(report::plot::SECONDARY_METRIC.into());
+        }
         for m in &self.metrics {
             if !results.metric_names.is_empty() && !results.metric_names.contains(m) {
                 return Err(Error::usage(

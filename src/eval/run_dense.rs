@@ -104,6 +104,11 @@ pub fn dual(ctx: &Context, info: &mut Info, metrics: &mut Info) -> Result<Vec<Ve
         }
         let summary = calibration::summarize(&per_query, "the whole corpus (full softmax)");
         metrics.insert("Brier".into(), summary["Brier"].clone());
+        metrics.insert("Brier_exact".into(), json!(true));
+        // The in-batch gaps too, so that a sweep's table and plots can show them.
+        if let Some(gaps) = summary["in_batch_gap"].as_object() {
+            metrics.extend(gaps.iter().map(|(k, v)| (k.clone(), v.clone())));
+        }
         let mut s = summary;
         s["temperature"] = json!(opts.temperature);
         info.insert("calibration".into(), s);

@@ -108,6 +108,9 @@ pub fn generative(ctx: &Context, info: &mut Info, metrics: &mut Info) -> Result<
         };
         let summary = calibration::summarize(&per_query, how);
         metrics.insert("Brier".into(), summary["Brier"].clone());
+        // A beam narrower than the docid set normalises over what it returned: flagged, so a
+        // sweep table never mixes approximate and exact Brier scores unseen.
+        metrics.insert("Brier_exact".into(), json!(exhaustive));
         info.insert("calibration".into(), summary);
     }
     Ok(hits)

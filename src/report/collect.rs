@@ -22,6 +22,8 @@ struct TrainFile {
     #[serde(default)]
     world_size: Option<i64>,
     #[serde(default)]
+    parameters: Option<i64>,
+    #[serde(default)]
     train_seconds: Option<f64>,
 }
 
@@ -35,6 +37,8 @@ struct WorldFile {
 /// Training figures of one point; each is null when its file is not there yet.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Training {
+    /// Trained parameters (`train.json`; runs of older versions have none).
+    pub parameters: Option<i64>,
     pub steps: Option<i64>,
     pub world_size: Option<i64>,
     /// Distinct hosts the run's ranks ran on (`world.json`).
@@ -140,6 +144,7 @@ fn read_point(sweep_dir: &Path, spec: PointEntry) -> Result<PointRow> {
         attempts,
         metrics,
         training: Training {
+            parameters: train.parameters,
             steps: train.steps,
             world_size: train.world_size,
             nodes: world.nodes,

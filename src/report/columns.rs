@@ -88,8 +88,8 @@ fn json_text(v: &Value) -> String {
 }
 
 /// Names of the training columns, after the metrics.
-pub const TRAINING_COLUMNS: [&str; 6] =
-    ["steps", "world_size", "nodes", "train_seconds", "final_loss", "samples_per_s"];
+pub const TRAINING_COLUMNS: [&str; 7] =
+    ["parameters", "steps", "world_size", "nodes", "train_seconds", "final_loss", "samples_per_s"];
 
 /// The table: `point`, `family`, one column per axis (its full key), `state`, `attempts`,
 /// every metric, then the training figures. A metric whose name is already taken by an
@@ -116,7 +116,9 @@ pub fn columns(results: &Results) -> Vec<Column> {
         out.push(Column { name, data: ColumnData::infer(&values) });
     }
     let t = |f: fn(&super::Training) -> Option<f64>| ColumnData::Float(rows.iter().map(|r| f(&r.training)).collect());
-    let [steps, world_size, nodes, train_seconds, final_loss, samples_per_s] = TRAINING_COLUMNS.map(String::from);
+    let [parameters, steps, world_size, nodes, train_seconds, final_loss, samples_per_s] =
+        TRAINING_COLUMNS.map(String::from);
+    out.push(Column { name: parameters, data: ColumnData::Int(rows.iter().map(|r| r.training.parameters).collect()) });
     out.push(Column { name: steps, data: ColumnData::Int(rows.iter().map(|r| r.training.steps).collect()) });
     out.push(Column { name: world_size, data: ColumnData::Int(rows.iter().map(|r| r.training.world_size).collect()) });
     out.push(Column { name: nodes, data: ColumnData::Int(rows.iter().map(|r| r.training.nodes).collect()) });

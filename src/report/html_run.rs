@@ -45,6 +45,7 @@ fn curves(run_name: &str, records: &[Record]) -> Vec<Figure> {
                 title: format!("{y} ({run_name})"),
                 x: XAxis::linear(&steps),
                 series: vec![Series::new("run".into(), label.to_string(), points)],
+                secondary: None,
             })
         })
         .collect()

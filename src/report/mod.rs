@@ -3,7 +3,7 @@
 //! ```text
 //! SWEEPDIR/sweep.json                     points: name, family, axis values, dir (grdr sweep)
 //! SWEEPDIR/points/<name>/state.json       pending|submitted|running|preempted|done|failed
-//! SWEEPDIR/points/<name>/run/train.json   steps, world_size, train_seconds
+//! SWEEPDIR/points/<name>/run/train.json   parameters, steps, world_size, train_seconds
 //! SWEEPDIR/points/<name>/run/world.json   nodes (distinct hosts of the ranks)
 //! SWEEPDIR/points/<name>/run/metrics.jsonl  one record per log interval (loss, samples/s)
 //! SWEEPDIR/points/<name>/run/eval/metrics.json  nDCG@10, R@k, ...

@@ -84,7 +84,22 @@ pub struct Figure {
     pub title: String,
     pub x: XAxis,
     pub series: Vec<Series>,
+    /// A second metric on a right-hand y axis, drawn dashed (Zhang et al.'s Fig. 1 puts
+    /// DR's Brier score beside its retrieval metric this way).
+    pub secondary: Option<Secondary>,
 }
+
+/// The right-hand axis of a figure: its metric and its lines (the same families and
+/// labels as the left-hand ones, so one legend serves both).
+#[derive(Debug, Clone)]
+pub struct Secondary {
+    pub metric: String,
+    pub series: Vec<Series>,
+}
+
+/// The calibration metric drawn on the right-hand axis of the headline metric's figures,
+/// when the sweep computed it (`eval.calibration`).
+pub const SECONDARY_METRIC: &str = "Brier";
 
 /// Keeps file names portable: anything but letters, digits and `@._=+-` becomes `_`.
 fn file_safe(name: &str) -> String {
@@ -149,9 +164,26 @@ pub fn plan(results: &Results, columns: &[Column], metrics: &[String]) -> Vec<Fi
                 axis: results.axes[a].clone(),
                 stem: file_safe(&format!("{metric}-vs-{}", short[a])),
                 title: format!("{metric} vs {} (sweep {}{over_seeds})", short[a], results.sweep),
-                x,
-                series,
+                x: x.clone(),
+                series: series.clone(),
+                secondary: None,
             });
+            // The headline metric with Brier on a second axis, as Zhang et al.'s Fig. 1.
+            if *metric == super::DEFAULT_METRICS[0] && results.has_metric(SECONDARY_METRIC) {
+                let twin = series_for(results, columns, SECONDARY_METRIC, a, &varying, &short, &x);
+                figures.push(Figure {
+                    metric: metric.clone(),
+                    axis: results.axes[a].clone(),
+                    stem: file_safe(&format!("{metric}+{SECONDARY_METRIC}-vs-{}", short[a])),
+                    title: format!(
+                        "{metric} and {SECONDARY_METRIC} (dashed) vs {} (sweep {}{over_seeds})",
+                        short[a], results.sweep
+                    ),
+                    x,
+                    series,
+                    secondary: Some(Secondary { metric: SECONDARY_METRIC.into(), series: twin }),
+                });
+            }
         }
     }
     figures
@@ -237,16 +269,20 @@ fn fixed_by_family(results: &Results, col: &Column) -> bool {
 /// The y range: the data padded, with head room for the legend (more series, more room),
 /// and not below 0 for metrics that cannot be negative.
 fn y_range(fig: &Figure) -> (f64, f64) {
+    series_y_range(&fig.series, fig.series.len())
+}
+
+/// The y range of `series`, with head room for a legend of `legend_lines` lines.
+fn series_y_range(series: &[Series], legend_lines: usize) -> (f64, f64) {
     // The ends of the error bars count as data.
-    let ends = |sign: f64| {
-        fig.series.iter().flat_map(move |s| s.points.iter().zip(&s.spread).map(move |(p, e)| p.1 + sign * e))
-    };
+    let ends =
+        |sign: f64| series.iter().flat_map(move |s| s.points.iter().zip(&s.spread).map(move |(p, e)| p.1 + sign * e));
     let (lo, hi) = (ends(-1.0).fold(f64::INFINITY, f64::min), ends(1.0).fold(f64::NEG_INFINITY, f64::max));
     let span = if hi > lo { hi - lo } else { hi.abs().max(0.01) * 0.2 };
     let bottom = if lo >= 0.0 { (lo - span * 0.08).max(0.0) } else { lo - span * 0.08 };
     // The legend takes ~19 px a line of the ~470 px plot area; keep that fraction of the
     // height above the data (at most 60%: past that it overlaps rather than squash).
-    let legend = ((19.0 * fig.series.len() as f64 + 20.0) / 470.0).min(0.6);
+    let legend = ((19.0 * legend_lines as f64 + 20.0) / 470.0).min(0.6);
     let top = legend * (hi + span * 0.05 - bottom) / (1.0 - legend) + span * 0.05;
     (bottom, hi + top)
 }
@@ -300,12 +336,54 @@ fn draw<DB: DrawingBackend>(
 ) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
     root.fill(&WHITE)?;
     let (ylo, yhi) = y_range(fig);
-    let mut chart = ChartBuilder::on(root)
-        .caption(&fig.title, (FAMILY, 24))
-        .margin(18)
-        .x_label_area_size(56)
-        .y_label_area_size(72)
-        .build_cartesian_2d(fig.x.clone(), ylo..yhi)?;
+    // Long titles (a twin-axis figure's) get a smaller font rather than run off the page.
+    let caption = if fig.title.chars().count() > 72 { 20 } else { 24 };
+    let mut builder = ChartBuilder::on(root);
+    builder.caption(&fig.title, (FAMILY, caption)).margin(18).x_label_area_size(56).y_label_area_size(72);
+    let Some(twin) = &fig.secondary else {
+        let mut chart = builder.build_cartesian_2d(fig.x.clone(), ylo..yhi)?;
+        draw_primary(&mut chart, fig)?;
+        return finish(&mut chart, fig, root);
+    };
+    // The secondary coordinates first: they take the right-hand label area, so the primary
+    // mesh labels the left side only.
+    builder.right_y_label_area_size(72);
+    let (lo, hi) = series_y_range(&twin.series, fig.series.len());
+    let mut chart = builder.build_cartesian_2d(fig.x.clone(), ylo..yhi)?.set_secondary_coord(fig.x.clone(), lo..hi);
+    draw_primary(&mut chart, fig)?;
+    chart
+        .configure_secondary_axes()
+        .y_desc(format!("{} (dashed)", twin.metric))
+        .axis_desc_style((FAMILY, 17))
+        .label_style((FAMILY, 14))
+        .draw()?;
+    // The right-hand metric: the same colours (a line's family), dashed, hollow markers.
+    let categorical = matches!(fig.x.scale, Scale::Categorical(_));
+    for s in &twin.series {
+        let j = fig.series.iter().position(|p| p.label == s.label).unwrap_or(0);
+        let line = series_color(fig, j).stroke_width(2);
+        let points = placed(fig, j, s, categorical);
+        if s.has_spread() {
+            let bars = points.iter().zip(&s.spread).filter(|(_, e)| **e > 0.0);
+            chart
+                .draw_secondary_series(bars.map(|(&(x, y), e)| ErrorBar::new_vertical(x, y - e, y, y + e, line, 10)))?;
+        }
+        if !categorical {
+            chart.draw_secondary_series(DashedLineSeries::new(points.iter().copied(), 8, 5, line))?;
+        }
+        chart.draw_secondary_series(points.iter().map(|&p| Circle::new(p, 5, line)))?;
+    }
+    // The legend lives on the primary chart (every label was given there).
+    finish(&mut chart, fig, root)
+}
+
+type Chart<'a, DB> = ChartContext<'a, DB, Cartesian2d<XAxis, plotters::coord::types::RangedCoordf64>>;
+
+/// The mesh and the left-hand metric's lines (with their legend entries).
+fn draw_primary<'a, DB: DrawingBackend + 'a>(
+    chart: &mut Chart<'a, DB>,
+    fig: &Figure,
+) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
     chart
         .configure_mesh()
         .x_desc(x_title(fig))
@@ -315,13 +393,11 @@ fn draw<DB: DrawingBackend>(
         // A grid at the ticks only, as the seeds' figures have.
         .max_light_lines(0)
         .draw()?;
-
     let categorical = matches!(fig.x.scale, Scale::Categorical(_));
     for (j, s) in fig.series.iter().enumerate() {
         let color = series_color(fig, j);
         let line = color.stroke_width(2);
-        let points: Vec<(f64, f64)> =
-            s.points.iter().map(|&(x, y)| (if categorical { x + nudge(fig, j, x) } else { x }, y)).collect();
+        let points = placed(fig, j, s, categorical);
         // A dense line (a training curve) is the line alone; a sweep's few points are marked.
         let marked = points.len() <= MAX_MARKED;
         let markers = points.iter().filter(|_| marked).map(|&p| Circle::new(p, 5, color.filled()));
@@ -343,6 +419,20 @@ fn draw<DB: DrawingBackend>(
             chart.draw_series(markers)?;
         }
     }
+    Ok(())
+}
+
+/// A series' points where they are drawn: categories nudged apart per series.
+fn placed(fig: &Figure, j: usize, s: &Series, categorical: bool) -> Vec<(f64, f64)> {
+    s.points.iter().map(|&(x, y)| (if categorical { x + nudge(fig, j, x) } else { x }, y)).collect()
+}
+
+/// The legend, then the page.
+fn finish<'a, DB: DrawingBackend + 'a>(
+    chart: &mut Chart<'a, DB>,
+    fig: &Figure,
+    root: &DrawingArea<DB, Shift>,
+) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
     chart
         .configure_series_labels()
         .position(legend_position(fig))
@@ -419,6 +509,7 @@ mod tests {
             title: "t".into(),
             x: XAxis::numeric(&[1.0, 2.0]),
             series: vec![Series::new("dr".into(), "dr".into(), vec![(1.0, 0.2), (2.0, 0.6)])],
+            secondary: None,
         };
         let (lo, hi) = y_range(&fig);
         assert!((0.0..0.2).contains(&lo) && hi > 0.6, "{lo} {hi}");

@@ -162,16 +162,19 @@ pub fn write(
 fn write_sample(c: &CorpusSample, seed: u64, overwrite: bool) -> Result<bool> {
     let existing: Option<SubsampleInfo> =
         std::fs::read_to_string(c.dir.join(SUBSAMPLE_JSON)).ok().and_then(|t| serde_json::from_str(&t).ok());
-    let same = existing
-        .as_ref()
-        .is_some_and(|i| i.docs == c.docs && i.seed == seed && i.source == c.source.display().to_string());
+    let same = existing.as_ref().is_some_and(|i| {
+        i.docs == c.docs && i.seed == seed && i.source == c.source.display().to_string() && i.rule == subsample::RULE
+    });
     if same {
         return Ok(false);
     }
     if existing.is_some() && !overwrite {
         return Err(Error::usage(
             "--output",
-            format!("{} is a sample of another corpus or seed (pass --overwrite to rebuild it)", c.dir.display()),
+            format!(
+                "{} is a sample of another corpus, seed or sampling rule (pass --overwrite to rebuild it)",
+                c.dir.display()
+            ),
         ));
     }
     tracing::info!("sampling {} documents of {} → {}", c.docs, c.source.display(), c.dir.display());

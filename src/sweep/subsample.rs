@@ -1,15 +1,17 @@
-//! Nested corpus subsamples for corpus-size sweeps (Zhang et al. vary the corpus N).
+//! Corpus subsamples for corpus-size sweeps (Zhang et al. vary the corpus N) that change
+//! nothing but the number of distractors.
 //!
-//! The documents of a subsample of size N are the first N of one fixed permutation of the
-//! corpus (keyed by the sweep's `corpus_seed`), so a larger sample always contains every
-//! smaller one: a curve over N changes only the corpus, never which documents are "in".
-//! Inside a sample, documents keep their corpus order and get dense `doc_idx` 0..N.
-//!
-//! Queries: per split, a query is kept when at least one document it judges relevant
-//! (relevance > 0) is in the sample, and its judgements of documents outside are dropped —
-//! a query whose relevant documents all left the corpus cannot be answered, and recall is
-//! counted over the documents that exist. (Keeping only queries whose relevant documents
-//! are *all* inside would bias small samples towards single-answer queries.)
+//! Every sample keeps **every judged document** (any split, any relevance) and **every
+//! query with all its judgements**; only unjudged documents — distractors — are dropped.
+//! The distractors of a sample of size N are the first N − J (J judged documents) of one
+//! fixed permutation of the unjudged documents (keyed by the sweep's `corpus_seed`), so a
+//! larger sample contains every smaller one. A curve over N then moves the corpus alone:
+//! the training examples, the test queries and what is relevant are the same at every
+//! point. (Sampling documents uniformly instead drops the queries whose relevant documents
+//! left, so "worse with more documents" would also mean "more training queries" and
+//! "other test queries".) N ranges from J (the judged documents alone) to the corpus.
+//! Inside a sample, documents keep their corpus order and get dense `doc_idx` 0..N;
+//! queries keep theirs.
 //!
 //! GR runs need docids of the sample: atomic ids are rebuilt (one token per document of
 //! the sample); other schemes keep each document's id from the full corpus's file (ids stay
@@ -32,46 +34,68 @@ const TAG_CORPUS_SUBSAMPLE: u64 = 0x636f_7270_7573; // "corpus"
 /// Written beside the manifest: how the sample was drawn.
 pub const SUBSAMPLE_JSON: &str = "subsample.json";
 
+/// The rule of this module, recorded in `subsample.json` (a sample drawn by another rule
+/// is rebuilt, never reused).
+pub const RULE: &str = "every judged document and every query kept; the first N - judged of a seeded permutation of the unjudged documents";
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SubsampleInfo {
     pub source: String,
     pub source_docs: usize,
     pub docs: usize,
+    /// Documents judged by some query (all kept).
+    #[serde(default)]
+    pub judged_docs: usize,
+    /// Unjudged documents kept: `docs - judged_docs`.
+    #[serde(default)]
+    pub distractors: usize,
     pub seed: u64,
-    /// Queries kept per split.
+    /// Queries per split (the source's, all kept).
     pub queries: BTreeMap<String, usize>,
     pub rule: String,
 }
 
-/// Corpus positions of the sample of `n` out of `total`, ascending: the first `n` of the
-/// seeded permutation (so the sample of n ⊂ the sample of m for n ≤ m).
-pub fn sample_positions(total: usize, n: usize, seed: u64) -> Result<Vec<usize>> {
-    if n == 0 || n > total {
-        return Err(Error::usage(
-            "data.corpus_docs",
-            format!("{n} documents asked for, the corpus has {total} (1..={total} possible)"),
-        ));
-    }
-    let mut order: Vec<u32> = (0..total as u32).collect();
-    SplitMix64::keyed(&[seed, TAG_CORPUS_SUBSAMPLE]).shuffle(&mut order);
-    let mut picked: Vec<usize> = order[..n].iter().map(|&i| i as usize).collect();
+/// Corpus positions of the sample of `n` out of `total` documents, ascending: every position
+/// in `judged`, then the first `n - judged.len()` of the seeded permutation of the others
+/// (so the sample of n ⊂ the sample of m for n ≤ m).
+pub fn sample_positions(total: usize, judged: &HashSet<usize>, n: usize, seed: u64) -> Result<Vec<usize>> {
+    check_n(n, judged.len(), total, "the corpus")?;
+    let mut distractors: Vec<u32> = (0..total as u32).filter(|p| !judged.contains(&(*p as usize))).collect();
+    SplitMix64::keyed(&[seed, TAG_CORPUS_SUBSAMPLE]).shuffle(&mut distractors);
+    let mut picked: Vec<usize> = judged.iter().copied().collect();
+    picked.extend(distractors[..n - judged.len()].iter().map(|&p| p as usize));
     picked.sort_unstable();
     Ok(picked)
 }
 
-/// Checks that the dataset at `source` has at least `n` documents (manifest only: cheap).
+/// `n` must lie in judged..=total.
+fn check_n(n: usize, judged: usize, total: usize, what: &str) -> Result<()> {
+    if n < judged.max(1) || n > total {
+        return Err(Error::usage(
+            "data.corpus_docs",
+            format!(
+                "{n} documents asked for: {what} has {total}, {judged} of them judged, and every sample keeps \
+                 the judged ones ({}..={total} possible)",
+                judged.max(1)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The distinct documents the qrels of `ds` judge (any split, any relevance).
+fn judged_doc_ids(ds: &Dataset) -> Result<HashSet<String>> {
+    Ok(ds.qrels(None)?.into_iter().map(|q| q.doc_id).collect())
+}
+
+/// Checks that a sample of `n` documents of the dataset at `source` can be drawn (manifest
+/// and qrels only: cheap).
 pub fn check_size(source: &Path, n: usize) -> Result<()> {
     let ds = Dataset::open(source).map_err(|e| match e {
         Error::Usage { message, .. } => Error::usage("data.path", message),
         other => other,
     })?;
-    if n > ds.manifest.docs {
-        return Err(Error::usage(
-            "data.corpus_docs",
-            format!("{n} documents asked for, {} has {}", source.display(), ds.manifest.docs),
-        ));
-    }
-    Ok(())
+    check_n(n, judged_doc_ids(&ds)?.len(), ds.manifest.docs, &source.display().to_string())
 }
 
 /// Writes the sample of `n` documents of `source` to `dest` (temp dir + rename); returns the
@@ -79,7 +103,10 @@ pub fn check_size(source: &Path, n: usize) -> Result<()> {
 pub fn write_subsample(source: &Path, n: usize, seed: u64, dest: &Path) -> Result<Vec<String>> {
     let ds = Dataset::open(source)?;
     let docs = ds.docs()?;
-    let keep = sample_positions(docs.len(), n, seed)?;
+    let judged_ids = judged_doc_ids(&ds)?;
+    let judged: HashSet<usize> =
+        docs.iter().enumerate().filter(|(_, d)| judged_ids.contains(&d.doc_id)).map(|(p, _)| p).collect();
+    let keep = sample_positions(docs.len(), &judged, n, seed)?;
     let with_tokens = ds.manifest.tokenizer.is_some();
 
     // Documents: corpus order, dense doc_idx; stored token ids travel with their rows.
@@ -87,29 +114,11 @@ pub fn write_subsample(source: &Path, n: usize, seed: u64, dest: &Path) -> Resul
     let new_docs: Vec<Doc> =
         keep.iter().enumerate().map(|(i, &p)| Doc { doc_idx: i as i64, ..docs[p].clone() }).collect();
     let new_doc_tokens: Option<Vec<Vec<u32>>> = doc_tokens.map(|t| keep.iter().map(|&p| t[p].clone()).collect());
-    let inside: HashSet<&str> = new_docs.iter().map(|d| d.doc_id.as_str()).collect();
 
-    // Judgements: per (split, query), only when a relevant document is inside.
-    let qrels = ds.qrels(None)?;
-    let answerable: HashSet<(&str, &str)> = qrels
-        .iter()
-        .filter(|q| q.relevance > 0 && inside.contains(q.doc_id.as_str()))
-        .map(|q| (q.split.as_str(), q.query_id.as_str()))
-        .collect();
-    let new_qrels: Vec<Qrel> = qrels
-        .iter()
-        .filter(|q| inside.contains(q.doc_id.as_str()) && answerable.contains(&(q.split.as_str(), q.query_id.as_str())))
-        .cloned()
-        .collect();
-
-    // Queries: those still judged somewhere, in their order, dense query_idx.
-    let judged: HashSet<&str> = new_qrels.iter().map(|q| q.query_id.as_str()).collect();
-    let queries = ds.queries()?;
+    // Queries and judgements: all of them, as they are (every judged document is inside).
+    let qrels: Vec<Qrel> = ds.qrels(None)?;
+    let queries: Vec<Query> = ds.queries()?;
     let query_tokens = if with_tokens { Some(corpus::read_input_ids(&ds.queries_path())?) } else { None };
-    let kept_q: Vec<usize> = (0..queries.len()).filter(|&i| judged.contains(queries[i].query_id.as_str())).collect();
-    let new_queries: Vec<Query> =
-        kept_q.iter().enumerate().map(|(i, &p)| Query { query_idx: i as i64, ..queries[p].clone() }).collect();
-    let new_query_tokens: Option<Vec<Vec<u32>>> = query_tokens.map(|t| kept_q.iter().map(|&p| t[p].clone()).collect());
 
     // Enough row groups that a sample still shards over ranks (row groups are the unit).
     let row_group_rows = ds.manifest.row_group_rows.min(n.div_ceil(16)).max(1);
@@ -118,8 +127,8 @@ pub fn write_subsample(source: &Path, n: usize, seed: u64, dest: &Path) -> Resul
     let source_info = crate::data::import::Source { kind: "subsample", path: source };
     let m = crate::data::import::write_files(
         dir,
-        (&new_docs, &new_queries, &new_qrels),
-        (new_doc_tokens.as_deref(), new_query_tokens.as_deref()),
+        (&new_docs, &queries, &qrels),
+        (new_doc_tokens.as_deref(), query_tokens.as_deref()),
         row_group_rows,
         ds.manifest.tokenizer.clone(),
         &source_info,
@@ -128,9 +137,11 @@ pub fn write_subsample(source: &Path, n: usize, seed: u64, dest: &Path) -> Resul
         source: source.display().to_string(),
         source_docs: docs.len(),
         docs: n,
+        judged_docs: judged.len(),
+        distractors: n - judged.len(),
         seed,
         queries: m.splits.iter().map(|(k, c)| (k.clone(), c.queries)).collect(),
-        rule: "first N of a seeded permutation; queries with >= 1 relevant document inside".into(),
+        rule: RULE.into(),
     };
     write_json(&dir.join(SUBSAMPLE_JSON), &info)?;
     out.commit()?;
@@ -170,10 +181,10 @@ mod tests {
     use super::*;
     use crate::data::import::{write_dataset, Collection, PrepareOptions};
 
-    /// 40 docs; query q{i} (train for even i, test for odd) judges d{i} and d{i+20} relevant
-    /// and d{i+1} not relevant.
+    /// 60 docs; query q{i} (train for even i, test for odd) judges d{i} and d{i+20} relevant
+    /// and d{i+1} not relevant: d0..d39 are judged, d40..d59 are distractors.
     fn toy(dir: &Path) -> std::path::PathBuf {
-        let docs = (0..40)
+        let docs = (0..60)
             .map(|i| Doc { doc_idx: i, doc_id: format!("d{i}"), title: String::new(), text: format!("text {i}") })
             .collect();
         let queries =
@@ -197,47 +208,45 @@ mod tests {
     }
 
     #[test]
-    fn samples_are_nested_and_judged_inside() {
+    fn samples_are_nested_and_keep_every_judged_document_and_query() {
         let dir = tempfile::tempdir().unwrap();
         let src = toy(dir.path());
-        let small = write_subsample(&src, 10, 7, &dir.path().join("s10")).unwrap();
-        let big = write_subsample(&src, 25, 7, &dir.path().join("s25")).unwrap();
-        assert_eq!((small.len(), big.len()), (10, 25));
+        let small = write_subsample(&src, 45, 7, &dir.path().join("s45")).unwrap();
+        let big = write_subsample(&src, 52, 7, &dir.path().join("s52")).unwrap();
+        assert_eq!((small.len(), big.len()), (45, 52));
         assert!(small.iter().all(|d| big.contains(d)), "{small:?} ⊄ {big:?}");
-        assert_ne!(write_subsample(&src, 10, 8, &dir.path().join("o")).unwrap(), small, "the seed matters");
+        assert_ne!(write_subsample(&src, 45, 8, &dir.path().join("o")).unwrap(), small, "the seed matters");
 
-        let ds = Dataset::open(&dir.path().join("s10")).unwrap();
+        let source = Dataset::open(&src).unwrap();
+        let ds = Dataset::open(&dir.path().join("s45")).unwrap();
         ds.manifest.verify(&ds.dir).unwrap();
         let docs = ds.docs().unwrap();
         assert!(docs.iter().enumerate().all(|(i, d)| d.doc_idx == i as i64), "dense doc_idx");
         let inside: HashSet<String> = docs.iter().map(|d| d.doc_id.clone()).collect();
-        let qrels = ds.qrels(None).unwrap();
-        assert!(qrels.iter().all(|q| inside.contains(&q.doc_id)));
-        let queries = ds.queries().unwrap();
-        for q in &queries {
-            assert!(
-                qrels.iter().any(|r| r.query_id == q.query_id && r.relevance > 0),
-                "{} has no relevant doc",
-                q.query_id
-            );
-        }
-        // Every query with a relevant doc inside survived.
-        let expect =
-            (0..20).filter(|i| inside.contains(&format!("d{i}")) || inside.contains(&format!("d{}", i + 20))).count();
-        assert_eq!(queries.len(), expect);
-        assert_eq!(ds.manifest.splits.values().map(|s| s.queries).sum::<usize>(), expect);
+        assert!((0..40).all(|i| inside.contains(&format!("d{i}"))), "every judged document is kept");
+        assert_eq!((40..60).filter(|i| inside.contains(&format!("d{i}"))).count(), 5, "5 distractors");
+        // Queries and judgements are the source's, unchanged.
+        assert_eq!(ds.queries().unwrap(), source.queries().unwrap());
+        assert_eq!(ds.qrels(None).unwrap(), source.qrels(None).unwrap());
+        assert_eq!(ds.manifest.splits, source.manifest.splits);
         assert!(ds.manifest.row_group_rows <= 8);
+        let info: SubsampleInfo =
+            serde_json::from_str(&std::fs::read_to_string(ds.dir.join(SUBSAMPLE_JSON)).unwrap()).unwrap();
+        assert_eq!((info.docs, info.judged_docs, info.distractors, info.rule.as_str()), (45, 40, 5, RULE));
     }
 
     #[test]
-    fn sizes_beyond_the_corpus_are_refused() {
+    fn sizes_outside_judged_to_corpus_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let src = toy(dir.path());
-        let err = check_size(&src, 41).unwrap_err().to_string();
-        assert!(err.contains("data.corpus_docs") && err.contains("41") && err.contains("40"), "{err}");
-        assert!(write_subsample(&src, 41, 1, &dir.path().join("x")).is_err());
-        assert!(!dir.path().join("x").exists());
-        assert_eq!(write_subsample(&src, 40, 1, &dir.path().join("all")).unwrap().len(), 40);
+        for (n, named) in [(61, "61"), (39, "39")] {
+            let err = check_size(&src, n).unwrap_err().to_string();
+            assert!(err.contains("data.corpus_docs") && err.contains(named) && err.contains("40..=60"), "{err}");
+            assert!(write_subsample(&src, n, 1, &dir.path().join("x")).is_err());
+            assert!(!dir.path().join("x").exists());
+        }
+        assert_eq!(write_subsample(&src, 40, 1, &dir.path().join("judged")).unwrap().len(), 40);
+        assert_eq!(write_subsample(&src, 60, 1, &dir.path().join("all")).unwrap().len(), 60);
     }
 
     #[test]

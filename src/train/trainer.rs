@@ -628,10 +628,13 @@ fn finish(
     let world = comm.world();
     if world.is_coordinator() {
         super::export::export(&trainee.task, cfg, &run_dir.join("model"))?;
+        // Trained parameters (the model-size axis of a sweep is read against this).
+        let parameters: usize = trainee.ddp.parameters().iter().map(|p| p.numel()).sum();
         crate::atomic::write_json(
             &run_dir.join("train.json"),
             &serde_json::json!({"steps": plan.total, "resumed_at": plan.start, "world_size": world.size,
-                "global_batch": plan.global_batch, "train_seconds": train_seconds, "grdr_version": crate::VERSION}),
+                "global_batch": plan.global_batch, "parameters": parameters, "train_seconds": train_seconds,
+                "grdr_version": crate::VERSION}),
         )?;
     }
     comm.barrier()?;
