@@ -286,6 +286,21 @@ pub enum ContrastiveLoss {
     Pairwise,
 }
 
+/// Where DR's negatives come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NegativeBank {
+    /// The global batch: in-batch, cross-rank and hard negatives (`num_negatives` of them).
+    None,
+    /// A softmax over every document of the corpus: the positive encoded fresh (with its
+    /// gradient), every other document from the bank (Zhang et al.'s global normalisation,
+    /// for a dual encoder).
+    Full,
+    /// `num_negatives` documents per query drawn uniformly from the bank (any number up to
+    /// the corpus size minus one), besides the fresh positive.
+    Sampled,
+}
+
 /// `[train]`: the optimisation.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -321,6 +336,14 @@ pub struct TrainConfig {
     pub num_negatives: Option<usize>,
     /// DR/ColBERT: `in-batch` (default) or `pairwise` (ColBERTv1: own hard negatives only).
     pub loss: ContrastiveLoss,
+    /// DR: `none` (default: negatives from the global batch), `full` (softmax over the whole
+    /// corpus) or `sampled` (`num_negatives` per query from the whole corpus), through a bank
+    /// of every document's embedding, encoded with the current model (no dropout, sharded
+    /// over ranks) at step 0 and every `bank_refresh_steps` steps. Bank negatives carry no
+    /// gradient (the query and the positive do) and are as stale as the last refresh.
+    pub negative_bank: NegativeBank,
+    /// Re-encode the bank every this many steps (0: once, at step 0). Default 50.
+    pub bank_refresh_steps: u64,
     /// Seed of everything: data order, negatives, initialisation, dropout (per rank). Default 42.
     pub seed: u64,
     /// `fp32` or `bf16` (autocast: CUDA, or a CPU with AVX512-BF16/AMX). Default fp32.
@@ -358,6 +381,8 @@ impl Default for TrainConfig {
             temperature: 0.05,
             num_negatives: None,
             loss: ContrastiveLoss::InBatch,
+            negative_bank: NegativeBank::None,
+            bank_refresh_steps: 50,
             seed: 42,
             precision: Precision::Fp32,
             length_sorted: true,
@@ -611,6 +636,7 @@ impl RunConfig {
                 return Err(Error::usage("train.num_negatives", "does not apply to train.loss = \"pairwise\""));
             }
         }
+        self.check_negative_bank()?;
         if !(0.0..=1.0).contains(&d.retrieval_fraction) {
             return Err(Error::usage("data.retrieval_fraction", "must lie in [0, 1]"));
         }
@@ -643,6 +669,41 @@ impl RunConfig {
             return Err(Error::usage("log.interval", "must be at least 1"));
         }
         Ok(())
+    }
+
+    /// A negative bank is a dual encoder's, with its positive and the bank's documents as the
+    /// only candidates (no hard negatives in the batch), and `num_negatives` only when sampled.
+    fn check_negative_bank(&self) -> Result<()> {
+        let t = &self.train;
+        if t.negative_bank == NegativeBank::None {
+            return Ok(());
+        }
+        let key = "train.negative_bank";
+        if self.model.kind != ModelKind::Dual {
+            return Err(Error::usage(
+                key,
+                "a negative bank is for single-vector dual encoders (model.kind = \"dual\")",
+            ));
+        }
+        if t.loss != ContrastiveLoss::InBatch {
+            return Err(Error::usage(key, "the bank replaces the batch's negatives: use train.loss = \"in-batch\""));
+        }
+        if self.data.hard_negatives > 0 {
+            return Err(Error::usage(
+                key,
+                "the bank supplies the negatives: set data.hard_negatives = 0 (the batch holds positives only)",
+            ));
+        }
+        match (t.negative_bank, t.num_negatives) {
+            (NegativeBank::Sampled, None | Some(0)) => {
+                Err(Error::usage("train.num_negatives", "a sampled bank needs the number of negatives per query (≥ 1)"))
+            }
+            (NegativeBank::Full, Some(_)) => Err(Error::usage(
+                "train.num_negatives",
+                "a full bank uses every document; set train.negative_bank = \"sampled\" for a number of them",
+            )),
+            _ => Ok(()),
+        }
     }
 
     /// The resolved config as TOML (every default spelled out): what `config.toml` holds.

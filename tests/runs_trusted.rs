@@ -205,6 +205,18 @@ fn misuse_exits_2_naming_what_is_wrong() {
     let counted =
         write_config(dir.path(), "pwk.toml", &pairwise.replace("threads = 1", "threads = 1\nnum_negatives = 2"));
     usage_error(&train(&counted, &run, &[]), "train.num_negatives");
+    // A negative bank: a dual encoder's, without batch hard negatives, a count only when
+    // sampled, and no more negatives than the corpus has other documents.
+    let bank = text.replace("hard_negatives = 1", "hard_negatives = 0");
+    let with = |name: &str, base: &str, keys: &str| {
+        train(&write_config(dir.path(), name, &base.replace("threads = 1", &format!("threads = 1\n{keys}"))), &run, &[])
+    };
+    usage_error(&with("bk1.toml", &text, "negative_bank = \"full\""), "train.negative_bank");
+    usage_error(&with("bk2.toml", &bank, "negative_bank = \"sampled\""), "train.num_negatives");
+    usage_error(&with("bk3.toml", &bank, "negative_bank = \"full\"\nnum_negatives = 5"), "train.num_negatives");
+    usage_error(&with("bk4.toml", &bank, "negative_bank = \"sampled\"\nnum_negatives = 5183"), "train.num_negatives");
+    let colbert = bank.replace("kind = \"dual\"", "kind = \"colbert\"");
+    usage_error(&with("bk5.toml", &colbert, "negative_bank = \"full\""), "train.negative_bank");
     // Token alignment belongs to ColBERT (the tiny config is a dual encoder), and only
     // the three directions parse.
     usage_error(&train_with("al.toml", "d_ff = 64", "d_ff = 64\nalignment = \"d2q-soft\""), "model.alignment");

@@ -36,6 +36,7 @@ fn shipped_presets_expand_into_valid_configs() {
     let out = Path::new("/nonexistent/sweepdir");
     let expected = [
         ("negatives-dr-scifact.toml", 12),
+        ("negatives-bank-dr-scifact.toml", 9),
         ("dim-dr-scifact.toml", 9),
         ("corpus-size-dr-vs-gr-scifact.toml", 8),
         ("model-size-dr-vs-gr-scifact.toml", 18),
@@ -63,6 +64,12 @@ fn shipped_presets_expand_into_valid_configs() {
                 assert_eq!(points[5].config.train.batch_size, 16, "the base's value");
                 assert_eq!(points[5].config.data.path, scifact());
                 assert_eq!((points[5].family.as_str(), points[5].ranks), ("dr", Some(2)));
+            }
+            "negatives-bank-dr-scifact.toml" => {
+                // The last K is every other document of SciFact: the full softmax.
+                let last = &points[8].config;
+                assert_eq!(last.train.negative_bank, grdr::config::NegativeBank::Sampled);
+                assert_eq!((last.train.num_negatives, last.data.hard_negatives), (Some(5182), 0));
             }
             "model-size-dr-vs-gr-scifact.toml" => {
                 // DR and GR at the same sizes, seed by seed: points 0..9 DR, 9..18 GR.

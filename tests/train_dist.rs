@@ -181,3 +181,70 @@ fn generative_export_evaluates_as_its_run() {
         assert_eq!(by_model, by_run, "{decoder}: eval --model of the export differs from eval --run");
     }
 }
+
+/// A tiny dual encoder whose negatives come from a bank of the whole corpus.
+fn tiny_bank(mode: &str, extra: &str) -> String {
+    tiny_dual(dataset())
+        .replace("hard_negatives = 1", "hard_negatives = 0")
+        .replace("threads = 1", &format!("threads = 1\nnegative_bank = \"{mode}\"\nbank_refresh_steps = 2\n{extra}"))
+}
+
+#[test]
+fn full_bank_two_ranks_equal_one() {
+    two_equal_one(&tiny_bank("full", ""), 4);
+}
+
+#[test]
+fn sampled_bank_two_ranks_equal_one() {
+    two_equal_one(&tiny_bank("sampled", "num_negatives = 300"), 4);
+}
+
+/// The full bank's loss at step 1 is the softmax over every document of the corpus: one
+/// step over all of SciFact's training pairs with lr 1e-12 (AdamW then moves each parameter
+/// by ~1e-12: the exported model is, to far below the tolerance, the one the loss saw) against the same loss written out in f64 from `grdr encode`'s embeddings of
+/// every document and query.
+#[test]
+fn full_bank_loss_is_the_softmax_over_the_whole_corpus() {
+    let dir = tempfile::tempdir().unwrap();
+    let ds = grdr::data::Dataset::open(dataset()).unwrap();
+    let pairs = grdr::data::examples::training_pairs(&ds, "train").unwrap();
+    let text = tiny_bank("full", "")
+        .replace("d_ff = 64", "d_ff = 64\nno_dropout = true")
+        .replace("max_steps = 6", "max_steps = 1")
+        .replace("batch_size = 8", &format!("batch_size = {}", pairs.len()))
+        .replace("lr = 1e-3", "lr = 1e-12");
+    let cfg = write_config(dir.path(), "run.toml", &text);
+    let run = dir.path().join("run");
+    ok(&train(&cfg, &run, &[]));
+    let logged = losses(&run)[0].1;
+
+    let encode = |what: &str, max_len: &str| {
+        let out = dir.path().join(format!("{what}.parquet"));
+        let model = run.join("model");
+        ok(&std::process::Command::new(bin())
+            .args(["encode", "--model", model.to_str().unwrap(), "--data", dataset().to_str().unwrap()])
+            .args(["--what", what, "--max-len", max_len, "--output", out.to_str().unwrap()])
+            .env("CI", "1")
+            .output()
+            .unwrap());
+        let e = grdr::data::embeddings::read_embeddings(&out).unwrap();
+        assert!(e.idx.iter().enumerate().all(|(i, &x)| x == i as i64), "{what} in dataset order");
+        e.embeddings.to_kind(tch::Kind::Double)
+    };
+    let docs = encode("docs", "32"); // (N, d)
+    let queries = encode("queries", "16"); // (all queries, d)
+    let tau = 0.05;
+    let mut sum = 0.0;
+    for &(q, d) in &pairs {
+        let logits: Vec<f64> = Vec::try_from(docs.mv(&queries.get(q as i64)) / tau).unwrap();
+        let m = logits.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let lse = m + logits.iter().map(|l| (l - m).exp()).sum::<f64>().ln();
+        sum += lse - logits[d as usize];
+    }
+    let explicit = sum / pairs.len() as f64;
+    eprintln!("full-bank loss {logged} vs the explicit softmax over {} documents {explicit}", docs.size()[0]);
+    assert!((logged - explicit).abs() <= 1e-5 * explicit.abs().max(1.0), "bank loss {logged} vs explicit {explicit}");
+    // Not a softmax over a batch: log(corpus size) is the loss of an untrained model's
+    // near-uniform scores, far above log of a batch's size.
+    assert!(explicit > (pairs.len() as f64).ln() * 0.9, "{explicit}");
+}

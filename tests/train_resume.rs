@@ -45,6 +45,19 @@ fn np_resume_from_a_checkpoint_equals_the_uninterrupted_run() {
     resume_equals_uninterrupted(dir.path(), &tiny_np(dataset(), dir.path(), 0.0025));
 }
 
+/// A sampled negative bank re-encoded at steps 0, 2 and 4: resumed at 3, the run continues
+/// with the bank of its checkpoint (encoded at step 2) and re-encodes at 4 as the
+/// uninterrupted run does.
+#[test]
+fn negative_bank_resume_from_a_checkpoint_equals_the_uninterrupted_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = tiny_dual(dataset()).replace("hard_negatives = 1", "hard_negatives = 0").replace(
+        "threads = 1",
+        "threads = 1\nnegative_bank = \"sampled\"\nnum_negatives = 200\nbank_refresh_steps = 2",
+    );
+    resume_equals_uninterrupted(dir.path(), &text);
+}
+
 /// The run of config `text` resumed from its step-3 checkpoint ends bit for bit where the
 /// uninterrupted one does.
 fn resume_equals_uninterrupted(dir: &std::path::Path, text: &str) {

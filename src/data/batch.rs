@@ -109,6 +109,8 @@ pub struct PairBatch {
     pub d_ids: Tensor,
     pub d_mask: Tensor,
     pub group: i64,
+    /// The doc_idx of each query's positive, in batch order (a negative bank needs it).
+    pub positives: Vec<i64>,
     /// Real (unpadded) input tokens, counted on the host.
     pub tokens: i64,
 }
@@ -143,6 +145,7 @@ impl Batcher {
     pub fn pairs(&mut self, examples: &[Example]) -> Result<PairBatch> {
         let mut qs = Vec::with_capacity(examples.len());
         let mut ds = Vec::new();
+        let mut positives = Vec::with_capacity(examples.len());
         let mut group = 0;
         for e in examples {
             let Example::Pair { query_idx, doc_idx, negatives } = e else {
@@ -150,6 +153,7 @@ impl Batcher {
             };
             qs.push(self.queries[*query_idx as usize].clone());
             ds.push(self.docs.text(*doc_idx)?);
+            positives.push(i64::from(*doc_idx));
             for &n in negatives {
                 ds.push(self.docs.text(n)?);
             }
@@ -160,7 +164,7 @@ impl Batcher {
         let tokens = (q.iter().chain(&d).map(Vec::len).sum::<usize>()) as i64;
         let (q_ids, q_mask) = self.query_tok.batch(&q, self.device);
         let (d_ids, d_mask) = self.doc_tok.batch(&d, self.device);
-        Ok(PairBatch { q_ids, q_mask, d_ids, d_mask, group, tokens })
+        Ok(PairBatch { q_ids, q_mask, d_ids, d_mask, group, positives, tokens })
     }
 
     /// `step`/`slot0` key the random span of `index_view = span` (slot = position in batch).

@@ -74,6 +74,7 @@ pub mod tag {
     pub const SPAN: u64 = 6;
     pub const TORCH: u64 = 7;
     pub const SUBSAMPLE: u64 = 8;
+    pub const BANK: u64 = 9;
 }
 
 /// A permutation of `0..n` keyed by `parts`.

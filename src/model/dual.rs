@@ -89,4 +89,9 @@ impl<E: Encoder> DualEncoder<E> {
         let hidden = self.encoder.encode(input_ids, attention_mask, train);
         self.head.embed(&hidden, attention_mask)
     }
+
+    /// The width d of an embedding: the projection's, else the encoder's.
+    pub fn output_dim(&self) -> i64 {
+        self.head.projection.as_ref().map(|p| p.ws.size()[0]).unwrap_or_else(|| self.encoder.hidden_size())
+    }
 }

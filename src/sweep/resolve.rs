@@ -96,8 +96,9 @@ pub fn resolve_all(spec: &SweepSpec, cli_sets: &[String], sweep_dir: &Path, cwd:
         }
     }
 
-    // Each axis row alone on the base first, so a bad key or value is reported as the axis's,
-    // not as some combination's. With a `base` axis, a row is bad when no base accepts it.
+    // Each axis row on the base first (the other axes at their first row, since a value may
+    // need another axis's to be valid), so a bad key or value is reported as the axis's, not
+    // as some combination's. With a `base` axis, a row is bad when no base accepts it.
     let bases: Vec<PathBuf> = match &spec.base {
         Some(b) => vec![b.clone()],
         None => spec
@@ -107,10 +108,18 @@ pub fn resolve_all(spec: &SweepSpec, cli_sets: &[String], sweep_dir: &Path, cwd:
             .flat_map(|(a, i)| a.rows.iter().map(move |r| spec.dir().join(r[i].as_str().unwrap_or_default())))
             .collect(),
     };
-    for a in &spec.axes {
+    let plain = |k: &str| ![KEY_BASE, KEY_RANKS, KEY_CORPUS_DOCS].contains(&k);
+    for (ai, a) in spec.axes.iter().enumerate() {
+        let others: Vec<String> = (spec.axes.iter().enumerate())
+            .filter(|(j, _)| *j != ai)
+            .flat_map(|(_, o)| o.keys.iter().zip(&o.rows[0]))
+            .filter(|(k, _)| plain(k))
+            .map(|(k, v)| set_arg(k, v))
+            .collect();
         for row in &a.rows {
             let mut row_bases = bases.clone();
             let mut sets = fixed.clone();
+            sets.extend(others.iter().cloned());
             for (k, v) in a.keys.iter().zip(row) {
                 match k.as_str() {
                     KEY_BASE => row_bases = vec![spec.dir().join(v.as_str().unwrap_or_default())],

@@ -57,7 +57,8 @@ impl ExportInfo {
 }
 
 pub fn export(task: &Task, config: &RunConfig, out: &Path) -> Result<()> {
-    let skip = [format!("{HEAD_PREFIX}.")];
+    // The head goes to its own file; a negative bank is training state, not model.
+    let skip = [format!("{HEAD_PREFIX}."), format!("{}.", super::bank::VAR_PREFIX)];
     let skip: Vec<&str> = skip.iter().map(String::as_str).collect();
     let tok = Some(task.tokenizer_json.as_path());
     let encoder = match &task.net {

@@ -1,5 +1,6 @@
 //! Training: the step loop (trainer.rs, a later issue), losses, optimizer and schedule,
 //! checkpoints. See docs/ARCHITECTURE.md.
+pub mod bank;
 pub mod checkpoint;
 pub mod evaluate;
 pub mod export;

@@ -4,8 +4,9 @@
 //! the model (`model::task` builds the networks and never calls collectives).
 use tch::{Device, Kind, Tensor};
 
+use super::bank::Bank;
 use super::loss;
-use crate::config::ContrastiveLoss;
+use crate::config::{ContrastiveLoss, NegativeBank};
 use crate::data::batch::{GenBatch, PairBatch};
 use crate::data::shard::{tag, SplitMix64};
 use crate::dist::gather::{all_gather_padded_with_grad, all_gather_with_grad, global_mean_share};
@@ -43,10 +44,20 @@ pub fn pair_loss(
     comm: &dyn Comm,
     b: &PairBatch,
     s: LossSettings,
+    bank: Option<&Bank>,
     step: u64,
     micro: u64,
 ) -> Result<Tensor> {
     let train = task.dropout;
+    if let (Some(bank), Net::Dual(m)) = (bank, &task.net) {
+        let embed = |ids: &Tensor, mask: &Tensor| m.embed(ids, mask, train);
+        let q = encode_batch(s.length_sorted, &b.q_ids, &b.q_mask, embed); // (B, d)
+        let d = encode_batch(s.length_sorted, &b.d_ids, &b.d_mask, embed); // (B, d): positives only
+        let q = all_gather_with_grad(comm, &q)?; // (Q, d)
+        let d = all_gather_with_grad(comm, &d)?; // (Q, d)
+        let positives = all_gather_i64(comm, &b.positives)?; // (Q,) doc_idx
+        return Ok(bank_loss(bank, &q, &d, &positives, s, step, micro));
+    }
     let scores = match &task.net {
         Net::Dual(m) => {
             let embed = |ids: &Tensor, mask: &Tensor| m.embed(ids, mask, train);
@@ -78,6 +89,45 @@ pub fn pair_loss(
         _ => scores,
     };
     Ok(loss::info_nce_from_scores(&scores, &labels, s.temperature))
+}
+
+/// The contrastive loss against the bank (see `bank.rs`): the fresh positive's score beside
+/// bank scores of every other document (`full`) or of sampled ones (`sampled`).
+/// `q (Q, d)`, `d (Q, d)` the positives, `positives (Q,)` their doc_idx.
+fn bank_loss(bank: &Bank, q: &Tensor, d: &Tensor, positives: &[i64], s: LossSettings, step: u64, micro: u64) -> Tensor {
+    let q = q.to_kind(Kind::Float);
+    let fresh = (&q * d.to_kind(Kind::Float)).sum_dim_intlist(-1, true, Kind::Float); // (Q, 1)
+    let nq = positives.len() as i64;
+    let device = q.device();
+    match bank.mode {
+        NegativeBank::Full => {
+            let pos = Tensor::from_slice(positives).to_device(device); // (Q,)
+            let scores = q.matmul(&bank.vectors.tr()); // (Q, N)
+            let scores = scores.scatter(1, &pos.unsqueeze(1), &fresh); // the positive's column: fresh
+            loss::info_nce_from_scores(&scores, &pos, s.temperature)
+        }
+        NegativeBank::Sampled => {
+            let k = bank.negatives as i64;
+            let neg = Tensor::from_slice(&bank.sample(positives, s.seed, step, micro)).to_device(device); // (Q·K,)
+            let dim = bank.vectors.size()[1];
+            let negs = bank.vectors.index_select(0, &neg).view([nq, k, dim]); // (Q, K, d)
+            let neg_scores = negs.bmm(&q.unsqueeze(2)).squeeze_dim(2); // (Q, K)
+            let scores = Tensor::cat(&[fresh, neg_scores], 1); // (Q, 1 + K)
+            let labels = Tensor::zeros([nq], (Kind::Int64, device));
+            loss::info_nce_from_scores(&scores, &labels, s.temperature)
+        }
+        NegativeBank::None => unreachable!("no bank without a mode"),
+    }
+}
+
+/// Every rank's values, concatenated in rank order (small host data).
+fn all_gather_i64(comm: &dyn Comm, local: &[i64]) -> Result<Vec<i64>> {
+    let bytes: Vec<u8> = local.iter().flat_map(|x| x.to_le_bytes()).collect();
+    let parts = comm.all_gather_bytes(&bytes)?;
+    Ok(parts
+        .iter()
+        .flat_map(|p| p.chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes"))))
+        .collect())
 }
 
 /// GR micro-batch: (this rank's share to back-propagate, NLL sum / global tokens).

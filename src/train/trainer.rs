@@ -15,6 +15,7 @@ use std::time::Instant;
 
 use tch::{Device, Tensor};
 
+use super::bank::Bank;
 use super::checkpoint::{self, TrainState};
 use super::metrics_log::{self, MetricsLog, Record};
 use super::objective::{generative_loss, pair_loss, LossSettings};
@@ -23,7 +24,7 @@ use super::run_dir;
 use super::schedule::Schedule;
 use super::signal;
 use super::tensorboard::TbLog;
-use crate::config::{DecoderKind, IndexView, ModelKind, Precision, RunConfig};
+use crate::config::{DecoderKind, IndexView, ModelKind, NegativeBank, Precision, RunConfig};
 use crate::data::batch::{Batcher, DocStore};
 use crate::data::docid::DocidTable;
 use crate::data::examples::{training_pairs, Sampler, Source, Targets};
@@ -201,6 +202,8 @@ impl Inputs {
 
 struct Trainee<'c> {
     task: Task,
+    /// DR's negative bank (`train.negative_bank`), its vectors in the task's VarStore.
+    bank: Option<Bank>,
     optimizer: AdamW,
     ddp: Ddp<'c>,
     sampler: Sampler,
@@ -218,6 +221,14 @@ impl<'c> Trainee<'c> {
         let t = &cfg.train;
         tch::manual_seed(t.seed as i64);
         let task = Task::build(&cfg.model, device, inputs.docids.as_ref())?;
+        // Before a checkpoint is loaded: the checkpoint holds the bank it had.
+        let bank = match t.negative_bank {
+            NegativeBank::None => None,
+            mode => {
+                let n_docs = inputs.groups.iter().map(|g| g.rows as usize).sum();
+                Some(Bank::new(&task, n_docs, mode, t.num_negatives, t.bank_refresh_steps)?)
+            }
+        };
         let eval_doc_len = cfg.eval.doc_max_len.unwrap_or(cfg.data.doc_max_len);
         task.check_lengths(&[
             ("data.query_max_len", cfg.data.query_max_len),
@@ -263,7 +274,7 @@ impl<'c> Trainee<'c> {
             device,
             seed: t.seed,
         };
-        Ok(Trainee { task, optimizer, ddp, sampler, batcher })
+        Ok(Trainee { task, bank, optimizer, ddp, sampler, batcher })
     }
 }
 
@@ -431,6 +442,18 @@ fn step_loop(
             }
         }
 
+        // 5a'. DR's negative bank: every document re-encoded at step 0 and every
+        //      `bank_refresh_steps`; a resumed run has the bank of its checkpoint.
+        if let Some(bank) = trainee.bank.as_ref().filter(|b| b.due(step)) {
+            let t0 = Instant::now();
+            bank.refresh(comm, &trainee.task, &mut trainee.batcher)?;
+            if lead {
+                bar.suspend(|| {
+                    tracing::info!("negative bank: re-encoded at step {step} in {:.1}s", t0.elapsed().as_secs_f64())
+                });
+            }
+        }
+
         // 5b. This step's randomness (dropout) and learning rate.
         tch::manual_seed((SplitMix64::keyed(&[t.seed, tag::TORCH, world.rank as u64, step]).next_u64() >> 1) as i64);
         let lr = plan.schedule.lr(step);
@@ -538,7 +561,7 @@ fn forward_backward(
                 let b = trainee.batcher.pairs(ex)?;
                 tokens += b.tokens;
                 let loss = bf16_autocast(plan.device, plan.autocast, || {
-                    pair_loss(task, comm, &b, plan.losses, step, a as u64)
+                    pair_loss(task, comm, &b, plan.losses, trainee.bank.as_ref(), step, a as u64)
                 })?;
                 // Every rank holds the global loss; each back-propagates its own slice,
                 // scaled so DDP's mean of gradients is the global gradient.

@@ -1,0 +1,193 @@
+//! DR's negative bank: every document's embedding, so that a query's softmax can reach past
+//! the global batch — over the whole corpus (`negative_bank = "full"`, the globally
+//! normalised control of Zhang et al.'s local-vs-global argument) or over `num_negatives`
+//! documents drawn from it (`"sampled"`, any number up to the corpus).
+//!
+//! ```text
+//! refresh (step 0, then every bank_refresh_steps), no dropout, no gradient:
+//!   documents in chunks of CHUNK by doc_idx; chunk j encoded by rank j mod W
+//!   ─all-gather→ every rank holds vectors (N, d) in doc_idx order
+//! loss (objective.rs): fresh q (Q, d) and positive d⁺ (Q, d), gathered over ranks
+//!   full     scores = q · vectorsᵀ (Q, N), column pos(i) ← q_i · d⁺_i ; CE at pos(i)
+//!   sampled  scores = [q_i · d⁺_i, q_i · vectors[neg_ik] for k < K] (Q, 1 + K) ; CE at 0
+//! ```
+//! A chunk's documents, padding and encoder call are the same whichever rank encodes it,
+//! so the bank is the same on N ranks as on one. Bank negatives carry no gradient (the
+//! query and the positive do) and are as stale as the last refresh (at most
+//! `bank_refresh_steps − 1` optimizer steps old). The vectors are an untrained variable
+//! of the model's VarStore: checkpoints carry them, so a resumed run continues with the
+//! bank it had (resume ≡ uninterrupted); exports leave them out ([`VAR_PREFIX`]).
+use tch::{Kind, Tensor};
+
+use crate::config::NegativeBank;
+use crate::data::batch::Batcher;
+use crate::data::shard::tag;
+use crate::dist::Comm;
+use crate::error::{Error, Result};
+use crate::model::task::{Net, Task};
+use crate::rng::SplitMix64;
+
+/// Variables under this prefix are training state, not model: exports skip them.
+pub const VAR_PREFIX: &str = "grdr_bank";
+
+/// Documents per encoder call of a refresh (and the unit dealt to ranks).
+const CHUNK: usize = 64;
+
+pub struct Bank {
+    pub mode: NegativeBank,
+    /// `sampled`: negatives per query.
+    pub negatives: usize,
+    pub refresh_steps: u64,
+    /// (N, d) f32 by doc_idx.
+    pub vectors: Tensor,
+}
+
+impl Bank {
+    /// A bank of `n_docs` zero vectors of the dual encoder's width, registered in `task`'s
+    /// VarStore (before a checkpoint is loaded into it).
+    pub fn new(
+        task: &Task,
+        n_docs: usize,
+        mode: NegativeBank,
+        negatives: Option<usize>,
+        refresh_steps: u64,
+    ) -> Result<Bank> {
+        let Net::Dual(m) = &task.net else {
+            return Err(Error::usage("train.negative_bank", "a negative bank is for dual encoders"));
+        };
+        let k = negatives.unwrap_or(0);
+        if mode == NegativeBank::Sampled && k + 1 > n_docs {
+            return Err(Error::usage(
+                "train.num_negatives",
+                format!(
+                    "{k} negatives per query asked for; the corpus has {n_docs} documents ({} possible)",
+                    n_docs.saturating_sub(1)
+                ),
+            ));
+        }
+        let dim = m.output_dim();
+        let vectors = (task.vs.root() / VAR_PREFIX).zeros_no_train("vectors", &[n_docs as i64, dim]);
+        Ok(Bank { mode, negatives: k, refresh_steps, vectors })
+    }
+
+    /// Whether the bank is re-encoded before `step`: at 0, then every `refresh_steps`.
+    pub fn due(&self, step: u64) -> bool {
+        step == 0 || (self.refresh_steps > 0 && step.is_multiple_of(self.refresh_steps))
+    }
+
+    /// Re-encodes every document with the current model (no dropout), sharded by chunk.
+    pub fn refresh(&self, comm: &dyn Comm, task: &Task, batcher: &mut Batcher) -> Result<()> {
+        let Net::Dual(m) = &task.net else { unreachable!("checked in Bank::new") };
+        let w = comm.world();
+        let n = self.vectors.size()[0] as usize;
+        let dim = self.vectors.size()[1];
+        let chunks: Vec<(usize, usize)> = (0..n).step_by(CHUNK).map(|lo| (lo, (lo + CHUNK).min(n))).collect();
+        // This rank's chunks, in order, as one f32 block.
+        let mut mine: Vec<f32> = Vec::new();
+        tch::no_grad(|| -> Result<()> {
+            for &(lo, hi) in chunks.iter().skip(w.rank).step_by(w.size) {
+                let texts: Vec<String> = (lo..hi).map(|d| batcher.docs.text(d as u32)).collect::<Result<_>>()?;
+                let ids = batcher.doc_tok.encode(&texts.iter().map(String::as_str).collect::<Vec<_>>())?;
+                let (ids, mask) = batcher.doc_tok.batch(&ids, batcher.device);
+                let e = m.embed(&ids, &mask, false).to_kind(Kind::Float).to_device(tch::Device::Cpu); // (hi-lo, d)
+                mine.extend(Vec::<f32>::try_from(e.reshape([-1])).expect("f32"));
+            }
+            Ok(())
+        })?;
+        let bytes: Vec<u8> = mine.iter().flat_map(|x| x.to_le_bytes()).collect();
+        let parts = comm.all_gather_bytes(&bytes)?;
+        // Chunk j is the (j / W)-th chunk of rank j mod W.
+        let mut all = vec![0f32; n * dim as usize];
+        let mut read = vec![0usize; w.size]; // bytes consumed per rank
+        for (j, &(lo, hi)) in chunks.iter().enumerate() {
+            let r = j % w.size;
+            let len = (hi - lo) * dim as usize * 4;
+            let src = parts[r].get(read[r]..read[r] + len).ok_or_else(|| {
+                Error::dist(
+                    r,
+                    format!("rank {r} sent {} bytes of bank vectors, fewer than its chunks need", parts[r].len()),
+                )
+            })?;
+            for (k, b) in src.chunks_exact(4).enumerate() {
+                all[lo * dim as usize + k] = f32::from_le_bytes(b.try_into().expect("4 bytes"));
+            }
+            read[r] += len;
+        }
+        let full = Tensor::from_slice(&all).view([n as i64, dim]).to_device(self.vectors.device());
+        tch::no_grad(|| self.vectors.shallow_clone().copy_(&full));
+        Ok(())
+    }
+
+    /// `sampled`: for each global query row i with positive `positives[i]`, `negatives`
+    /// distinct documents other than it, drawn uniformly (Floyd's algorithm) with a stream
+    /// keyed by (seed, step, micro-batch, row): the same on every rank. (Q·K,) doc_idx.
+    pub fn sample(&self, positives: &[i64], seed: u64, step: u64, micro: u64) -> Vec<i64> {
+        let n = self.vectors.size()[0] as u64;
+        let k = self.negatives as u64;
+        let mut out = Vec::with_capacity(positives.len() * self.negatives);
+        for (i, &pos) in positives.iter().enumerate() {
+            let mut rng = SplitMix64::keyed(&[seed, tag::BANK, step, micro, i as u64]);
+            // K distinct values of 0..n−1, then shifted past the positive.
+            let mut picked: std::collections::BTreeSet<u64> = Default::default();
+            for j in (n - 1 - k)..(n - 1) {
+                let t = rng.below(j + 1);
+                if !picked.insert(t) {
+                    picked.insert(j);
+                }
+            }
+            out.extend(picked.into_iter().map(|d| if d as i64 >= pos { d as i64 + 1 } else { d as i64 }));
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bank(n: i64, k: usize) -> Bank {
+        Bank {
+            mode: NegativeBank::Sampled,
+            negatives: k,
+            refresh_steps: 0,
+            vectors: Tensor::zeros([n, 2], (Kind::Float, tch::Device::Cpu)),
+        }
+    }
+
+    #[test]
+    fn sampled_negatives_are_distinct_and_never_the_positive() {
+        for (n, k) in [(10, 9), (10, 3), (1000, 50), (2, 1)] {
+            let b = bank(n, k);
+            let pos = [0i64, n - 1, n / 2];
+            let s = b.sample(&pos, 7, 3, 0);
+            assert_eq!(s.len(), pos.len() * k);
+            for (i, &p) in pos.iter().enumerate() {
+                let row = &s[i * k..(i + 1) * k];
+                let set: std::collections::HashSet<_> = row.iter().collect();
+                assert_eq!(set.len(), k, "distinct");
+                assert!(row.iter().all(|&d| d != p && (0..n).contains(&d)), "{row:?} vs {p}");
+            }
+            assert_eq!(s, b.sample(&pos, 7, 3, 0), "keyed: the same on every rank");
+        }
+        // k = n − 1: every other document.
+        let all = bank(6, 5).sample(&[2], 1, 0, 0);
+        assert_eq!(all, vec![0, 1, 3, 4, 5]);
+        // Uniform: over many draws every non-positive document comes up about equally.
+        let b = bank(5, 1);
+        let mut counts = [0usize; 5];
+        for step in 0..4000 {
+            counts[b.sample(&[0], 1, step, 0)[0] as usize] += 1;
+        }
+        assert_eq!(counts[0], 0);
+        assert!(counts[1..].iter().all(|&c| (850..1150).contains(&c)), "{counts:?}");
+    }
+
+    #[test]
+    fn refresh_schedule() {
+        let mut b = bank(4, 1);
+        b.refresh_steps = 3;
+        assert_eq!((0..8).filter(|&s| b.due(s)).collect::<Vec<_>>(), vec![0, 3, 6]);
+        b.refresh_steps = 0;
+        assert_eq!((0..8).filter(|&s| b.due(s)).collect::<Vec<_>>(), vec![0]);
+    }
+}
