@@ -332,7 +332,8 @@ pub struct TrainConfig {
     pub temperature: f64,
     /// DR/ColBERT: negatives per query; none = every other document of the global batch
     /// (in-batch, cross-rank and hard negatives). A number keeps that many, drawn per step
-    /// (the negative-count sweeps of Zhang et al.).
+    /// (the negative-count sweeps of Zhang et al.): from the global batch, or with
+    /// `negative_bank = "sampled"` from the whole corpus.
     pub num_negatives: Option<usize>,
     /// DR/ColBERT: `in-batch` (default) or `pairwise` (ColBERTv1: own hard negatives only).
     pub loss: ContrastiveLoss,

@@ -228,7 +228,7 @@ fn local_backend_resumes_skips_finished_points_and_refuses_changed_ones() {
     assert_eq!(sample.manifest.docs, 700);
     // The sample changes the corpus only: every judged document of SciFact is inside, and
     // its queries and judgements are SciFact's, unchanged.
-    let full = grdr::data::Dataset::open(&scifact()).unwrap();
+    let full = grdr::data::Dataset::open(scifact()).unwrap();
     let qrels = full.qrels(None).unwrap();
     assert_eq!(sample.qrels(None).unwrap(), qrels);
     assert_eq!(sample.queries().unwrap(), full.queries().unwrap());
