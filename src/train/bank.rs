@@ -24,6 +24,7 @@ use crate::data::batch::Batcher;
 use crate::data::shard::tag;
 use crate::dist::Comm;
 use crate::error::{Error, Result};
+use crate::model::encoder::encode_length_sorted;
 use crate::model::task::{Net, Task};
 use crate::rng::SplitMix64;
 
@@ -89,7 +90,9 @@ impl Bank {
                 let texts: Vec<String> = (lo..hi).map(|d| batcher.docs.text(d as u32)).collect::<Result<_>>()?;
                 let ids = batcher.doc_tok.encode(&texts.iter().map(String::as_str).collect::<Vec<_>>())?;
                 let (ids, mask) = batcher.doc_tok.batch(&ids, batcher.device);
-                let e = m.embed(&ids, &mask, false).to_kind(Kind::Float).to_device(tch::Device::Cpu); // (hi-lo, d)
+                // Length-sorted sub-batches inside the chunk: less padding, the same function.
+                let e = encode_length_sorted(&ids, &mask, |i, k| m.embed(i, k, false));
+                let e = e.to_kind(Kind::Float).to_device(tch::Device::Cpu); // (hi - lo, d)
                 mine.extend(Vec::<f32>::try_from(e.reshape([-1])).expect("f32"));
             }
             Ok(())
