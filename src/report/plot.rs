@@ -363,11 +363,7 @@ fn draw<DB: DrawingBackend>(
         let j = fig.series.iter().position(|p| p.label == s.label).unwrap_or(0);
         let line = series_color(fig, j).stroke_width(2);
         let points = placed(fig, j, s, categorical);
-        if s.has_spread() {
-            let bars = points.iter().zip(&s.spread).filter(|(_, e)| **e > 0.0);
-            chart
-                .draw_secondary_series(bars.map(|(&(x, y), e)| ErrorBar::new_vertical(x, y - e, y, y + e, line, 10)))?;
-        }
+        chart.draw_secondary_series(error_bars(&points, &s.spread, line))?;
         if !categorical {
             chart.draw_secondary_series(DashedLineSeries::new(points.iter().copied(), 8, 5, line))?;
         }
@@ -401,10 +397,7 @@ fn draw_primary<'a, DB: DrawingBackend + 'a>(
         // A dense line (a training curve) is the line alone; a sweep's few points are marked.
         let marked = points.len() <= MAX_MARKED;
         let markers = points.iter().filter(|_| marked).map(|&p| Circle::new(p, 5, color.filled()));
-        if s.has_spread() {
-            let bars = points.iter().zip(&s.spread).filter(|(_, e)| **e > 0.0);
-            chart.draw_series(bars.map(|(&(x, y), e)| ErrorBar::new_vertical(x, y - e, y, y + e, line, 10)))?;
-        }
+        chart.draw_series(error_bars(&points, &s.spread, line))?;
         // The legend shows what the plot draws: a line, or a marker alone.
         if categorical {
             chart
@@ -420,6 +413,16 @@ fn draw_primary<'a, DB: DrawingBackend + 'a>(
         }
     }
     Ok(())
+}
+
+/// ±1 s.d. error bars at the points with a spread (none for single runs).
+fn error_bars<'p>(
+    points: &'p [(f64, f64)],
+    spread: &'p [f64],
+    style: ShapeStyle,
+) -> impl Iterator<Item = ErrorBar<f64, f64, plotters::element::ErrorBarOrientV<f64, f64>>> + 'p {
+    let bars = points.iter().zip(spread).filter(|(_, e)| **e > 0.0);
+    bars.map(move |(&(x, y), e)| ErrorBar::new_vertical(x, y - e, y, y + e, style, 10))
 }
 
 /// A series' points where they are drawn: categories nudged apart per series.

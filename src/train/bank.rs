@@ -83,41 +83,33 @@ impl Bank {
         let n = self.vectors.size()[0] as usize;
         let dim = self.vectors.size()[1];
         let chunks: Vec<(usize, usize)> = (0..n).step_by(CHUNK).map(|lo| (lo, (lo + CHUNK).min(n))).collect();
-        // This rank's chunks, in order, as one f32 block.
-        let mut mine: Vec<f32> = Vec::new();
-        tch::no_grad(|| -> Result<()> {
+        // This rank's chunks, in order, as one (rows, d) block.
+        let local = tch::no_grad(|| -> Result<Tensor> {
+            let mut parts = Vec::new();
             for &(lo, hi) in chunks.iter().skip(w.rank).step_by(w.size) {
                 let texts: Vec<String> = (lo..hi).map(|d| batcher.docs.text(d as u32)).collect::<Result<_>>()?;
                 let ids = batcher.doc_tok.encode(&texts.iter().map(String::as_str).collect::<Vec<_>>())?;
                 let (ids, mask) = batcher.doc_tok.batch(&ids, batcher.device);
                 // Length-sorted sub-batches inside the chunk: less padding, the same function.
-                let e = encode_length_sorted(&ids, &mask, |i, k| m.embed(i, k, false));
-                let e = e.to_kind(Kind::Float).to_device(tch::Device::Cpu); // (hi - lo, d)
-                mine.extend(Vec::<f32>::try_from(e.reshape([-1])).expect("f32"));
+                parts.push(encode_length_sorted(&ids, &mask, |i, k| m.embed(i, k, false)).to_kind(Kind::Float));
             }
-            Ok(())
+            Ok(if parts.is_empty() {
+                Tensor::zeros([0, dim], (Kind::Float, self.vectors.device()))
+            } else {
+                Tensor::cat(&parts, 0)
+            })
         })?;
-        let bytes: Vec<u8> = mine.iter().flat_map(|x| x.to_le_bytes()).collect();
-        let parts = comm.all_gather_bytes(&bytes)?;
-        // Chunk j is the (j / W)-th chunk of rank j mod W.
-        let mut all = vec![0f32; n * dim as usize];
-        let mut read = vec![0usize; w.size]; // bytes consumed per rank
+        let (all, sizes) = comm.all_gather_varsize(&local)?; // rank order
+                                                             // Chunk j is the (j / W)-th chunk of rank j mod W: its rows' place in `all`.
+        let mut next: Vec<i64> = sizes.iter().scan(0, |at, &s| Some(std::mem::replace(at, *at + s))).collect();
+        let mut rows = Vec::with_capacity(n);
         for (j, &(lo, hi)) in chunks.iter().enumerate() {
             let r = j % w.size;
-            let len = (hi - lo) * dim as usize * 4;
-            let src = parts[r].get(read[r]..read[r] + len).ok_or_else(|| {
-                Error::dist(
-                    r,
-                    format!("rank {r} sent {} bytes of bank vectors, fewer than its chunks need", parts[r].len()),
-                )
-            })?;
-            for (k, b) in src.chunks_exact(4).enumerate() {
-                all[lo * dim as usize + k] = f32::from_le_bytes(b.try_into().expect("4 bytes"));
-            }
-            read[r] += len;
+            rows.extend(next[r]..next[r] + (hi - lo) as i64);
+            next[r] += (hi - lo) as i64;
         }
-        let full = Tensor::from_slice(&all).view([n as i64, dim]).to_device(self.vectors.device());
-        tch::no_grad(|| self.vectors.shallow_clone().copy_(&full));
+        let order = Tensor::from_slice(&rows).to_device(all.device());
+        tch::no_grad(|| self.vectors.shallow_clone().copy_(&all.index_select(0, &order)));
         Ok(())
     }
 
