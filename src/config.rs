@@ -299,6 +299,10 @@ pub enum NegativeBank {
     /// `num_negatives` documents per query drawn uniformly from the bank (any number up to
     /// the corpus size minus one), besides the fresh positive.
     Sampled,
+    /// The `num_negatives` bank documents that score highest against the query (ANCE-style
+    /// hard negatives from a periodically refreshed index), every document the training
+    /// qrels judge relevant to the query left out.
+    Hard,
 }
 
 /// `[train]`: the optimisation.
@@ -338,13 +342,20 @@ pub struct TrainConfig {
     /// DR/ColBERT: `in-batch` (default) or `pairwise` (ColBERTv1: own hard negatives only).
     pub loss: ContrastiveLoss,
     /// DR: `none` (default: negatives from the global batch), `full` (softmax over the whole
-    /// corpus) or `sampled` (`num_negatives` per query from the whole corpus), through a bank
+    /// corpus), `sampled` (`num_negatives` per query drawn from the whole corpus) or `hard`
+    /// (the `num_negatives` highest-scoring non-relevant documents), through a bank
     /// of every document's embedding, encoded with the current model (no dropout, sharded
     /// over ranks) at step 0 and every `bank_refresh_steps` steps. Bank negatives carry no
     /// gradient (the query and the positive do) and are as stale as the last refresh.
     pub negative_bank: NegativeBank,
     /// Re-encode the bank every this many steps (0: once, at step 0). Default 50.
     pub bank_refresh_steps: u64,
+    /// DR dual encoders: GradCache (Gao et al., 2021). Encode each micro-batch's queries and
+    /// documents in chunks of this many rows without keeping activations, take the loss of
+    /// the whole batch on those representations, then re-encode chunk by chunk and
+    /// back-propagate each chunk's cached gradient: the gradient of the whole batch at the
+    /// activation memory of one chunk. None (default): one pass over the whole batch.
+    pub grad_cache_chunk: Option<usize>,
     /// Seed of everything: data order, negatives, initialisation, dropout (per rank). Default 42.
     pub seed: u64,
     /// `fp32` or `bf16` (autocast: CUDA, or a CPU with AVX512-BF16/AMX). Default fp32.
@@ -384,6 +395,7 @@ impl Default for TrainConfig {
             loss: ContrastiveLoss::InBatch,
             negative_bank: NegativeBank::None,
             bank_refresh_steps: 50,
+            grad_cache_chunk: None,
             seed: 42,
             precision: Precision::Fp32,
             length_sorted: true,
@@ -638,6 +650,7 @@ impl RunConfig {
             }
         }
         self.check_negative_bank()?;
+        self.check_grad_cache()?;
         if !(0.0..=1.0).contains(&d.retrieval_fraction) {
             return Err(Error::usage("data.retrieval_fraction", "must lie in [0, 1]"));
         }
@@ -696,14 +709,34 @@ impl RunConfig {
             ));
         }
         match (t.negative_bank, t.num_negatives) {
-            (NegativeBank::Sampled, None | Some(0)) => {
-                Err(Error::usage("train.num_negatives", "a sampled bank needs the number of negatives per query (≥ 1)"))
-            }
+            (NegativeBank::Sampled | NegativeBank::Hard, None | Some(0)) => Err(Error::usage(
+                "train.num_negatives",
+                "a sampled or hard bank needs the number of negatives per query (≥ 1)",
+            )),
             (NegativeBank::Full, Some(_)) => Err(Error::usage(
                 "train.num_negatives",
                 "a full bank uses every document; set train.negative_bank = \"sampled\" for a number of them",
             )),
             _ => Ok(()),
+        }
+    }
+
+    /// GradCache chunks a dual encoder's batch: at least one row, and only where the loss
+    /// couples the examples of a batch (GR's per-token loss is already exact under
+    /// `grad_accum`; ColBERT's token matrices are not chunked yet).
+    fn check_grad_cache(&self) -> Result<()> {
+        match self.train.grad_cache_chunk {
+            None => Ok(()),
+            Some(0) => Err(Error::usage("train.grad_cache_chunk", "must be at least 1 row")),
+            Some(_) if self.model.kind == ModelKind::Generative => Err(Error::usage(
+                "train.grad_cache_chunk",
+                "GR's loss is a sum over examples: use train.grad_accum for a larger batch",
+            )),
+            Some(_) if self.model.kind == ModelKind::Colbert => Err(Error::usage(
+                "train.grad_cache_chunk",
+                "GradCache is for single-vector dual encoders (model.kind = \"dual\"); ColBERT is not chunked",
+            )),
+            Some(_) => Ok(()),
         }
     }
 

@@ -217,6 +217,11 @@ fn misuse_exits_2_naming_what_is_wrong() {
     usage_error(&with("bk4.toml", &bank, "negative_bank = \"sampled\"\nnum_negatives = 5183"), "train.num_negatives");
     let colbert = bank.replace("kind = \"dual\"", "kind = \"colbert\"");
     usage_error(&with("bk5.toml", &colbert, "negative_bank = \"full\""), "train.negative_bank");
+    usage_error(&with("bk6.toml", &bank, "negative_bank = \"hard\""), "train.num_negatives");
+    usage_error(&with("bk7.toml", &bank, "negative_bank = \"hard\"\nnum_negatives = 5183"), "train.num_negatives");
+    // GradCache: chunks of at least one row, for dual encoders only.
+    usage_error(&with("gc1.toml", &text, "grad_cache_chunk = 0"), "train.grad_cache_chunk");
+    usage_error(&with("gc2.toml", &colbert, "grad_cache_chunk = 4"), "train.grad_cache_chunk");
     // Token alignment belongs to ColBERT (the tiny config is a dual encoder), and only
     // the three directions parse.
     usage_error(&train_with("al.toml", "d_ff = 64", "d_ff = 64\nalignment = \"d2q-soft\""), "model.alignment");

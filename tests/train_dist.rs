@@ -199,16 +199,21 @@ fn sampled_bank_two_ranks_equal_one() {
     two_equal_one(&tiny_bank("sampled", "num_negatives = 300"), 4);
 }
 
-/// The full bank's loss at step 1 is the softmax over every document of the corpus: one
-/// step over all of SciFact's training pairs with lr 1e-12 (AdamW then moves each parameter
-/// by ~1e-12: the exported model is, to far below the tolerance, the one the loss saw) against the same loss written out in f64 from `grdr encode`'s embeddings of
-/// every document and query.
 #[test]
-fn full_bank_loss_is_the_softmax_over_the_whole_corpus() {
+fn hard_bank_two_ranks_equal_one() {
+    two_equal_one(&tiny_bank("hard", "num_negatives = 20"), 4);
+}
+
+/// A bank's loss at step 1 against the same loss written out in f64 from `grdr encode`'s
+/// embeddings of every document and query: one step over all of SciFact's training pairs
+/// with lr 1e-12 (AdamW then moves each parameter by ~1e-12: the exported model is, to far
+/// below the tolerance, the one the loss saw). `candidates(query, positive, scores)` lists
+/// the documents of a pair's softmax, the positive among them; returns the explicit loss.
+fn bank_loss_equals_explicit(mode: &str, extra: &str, candidates: impl Fn(u32, u32, &[f64]) -> Vec<usize>) -> f64 {
     let dir = tempfile::tempdir().unwrap();
     let ds = grdr::data::Dataset::open(dataset()).unwrap();
     let pairs = grdr::data::examples::training_pairs(&ds, "train").unwrap();
-    let text = tiny_bank("full", "")
+    let text = tiny_bank(mode, extra)
         .replace("d_ff = 64", "d_ff = 64\nno_dropout = true")
         .replace("max_steps = 6", "max_steps = 1")
         .replace("batch_size = 8", &format!("batch_size = {}", pairs.len()))
@@ -236,15 +241,71 @@ fn full_bank_loss_is_the_softmax_over_the_whole_corpus() {
     let tau = 0.05;
     let mut sum = 0.0;
     for &(q, d) in &pairs {
-        let logits: Vec<f64> = Vec::try_from(docs.mv(&queries.get(q as i64)) / tau).unwrap();
+        let scores: Vec<f64> = Vec::try_from(docs.mv(&queries.get(q as i64))).unwrap();
+        let logits: Vec<f64> = candidates(q, d, &scores).iter().map(|&c| scores[c] / tau).collect();
         let m = logits.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
         let lse = m + logits.iter().map(|l| (l - m).exp()).sum::<f64>().ln();
-        sum += lse - logits[d as usize];
+        sum += lse - scores[d as usize] / tau;
     }
     let explicit = sum / pairs.len() as f64;
-    eprintln!("full-bank loss {logged} vs the explicit softmax over {} documents {explicit}", docs.size()[0]);
+    eprintln!("{mode} bank loss {logged} vs the explicit loss over {} documents {explicit}", docs.size()[0]);
     assert!((logged - explicit).abs() <= 1e-5 * explicit.abs().max(1.0), "bank loss {logged} vs explicit {explicit}");
+    explicit
+}
+
+/// The full bank's loss is the softmax over every document of the corpus.
+#[test]
+fn full_bank_loss_is_the_softmax_over_the_whole_corpus() {
+    let explicit = bank_loss_equals_explicit("full", "", |_, _, scores| (0..scores.len()).collect());
     // Not a softmax over a batch: log(corpus size) is the loss of an untrained model's
     // near-uniform scores, far above log of a batch's size.
-    assert!(explicit > (pairs.len() as f64).ln() * 0.9, "{explicit}");
+    let ds = grdr::data::Dataset::open(dataset()).unwrap();
+    let batch = grdr::data::examples::training_pairs(&ds, "train").unwrap().len();
+    assert!(explicit > (batch as f64).ln() * 0.9, "{explicit}");
+}
+
+/// The hard bank's negatives are a brute-force top-K over a fresh encoding: at step 0 the
+/// bank was just encoded, so the softmax runs over each positive and the K documents of
+/// the highest exact score that no training qrel judges relevant to the query.
+#[test]
+fn hard_bank_negatives_are_the_brute_force_top_k_of_a_fresh_encoding() {
+    const K: usize = 10;
+    let ds = grdr::data::Dataset::open(dataset()).unwrap();
+    let pairs = grdr::data::examples::training_pairs(&ds, "train").unwrap();
+    let mut relevant: std::collections::HashMap<u32, Vec<usize>> = Default::default();
+    for &(q, d) in &pairs {
+        relevant.entry(q).or_default().push(d as usize);
+    }
+    bank_loss_equals_explicit("hard", &format!("num_negatives = {K}"), |q, d, scores| {
+        let mut others: Vec<usize> = (0..scores.len()).filter(|c| !relevant[&q].contains(c)).collect();
+        others.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
+        std::iter::once(d as usize).chain(others.into_iter().take(K)).collect()
+    });
+}
+
+/// GradCache (`train.grad_cache_chunk`) computes the gradient of the whole batch: chunked
+/// training on 1 rank and on 2 ranks ends with the parameters and losses of plain
+/// training at the same global batch (DR with a BM25 hard negative per query, so the
+/// document side has twice the rows, in chunks that do not divide the batch).
+#[test]
+fn grad_cache_training_equals_plain_training() {
+    let dir = tempfile::tempdir().unwrap();
+    let steps = 3;
+    let text = tiny_dual(dataset())
+        .replace("d_ff = 64", "d_ff = 64\nno_dropout = true")
+        .replace("max_steps = 6", &format!("max_steps = {steps}"));
+    let cfg = write_config(dir.path(), "run.toml", &text);
+    let (plain, one, two) = (dir.path().join("plain"), dir.path().join("one"), dir.path().join("two"));
+    ok(&train(&cfg, &plain, &["--set", "train.batch_size=16"]));
+    ok(&train(&cfg, &one, &["--set", "train.batch_size=16", "--set", "train.grad_cache_chunk=5"]));
+    ok(&train_ranks(2, &cfg, &two, &["--set", "train.batch_size=8", "--set", "train.grad_cache_chunk=3"]));
+    for (name, run) in [("1 rank, chunks of 5", &one), ("2 ranks, chunks of 3", &two)] {
+        let (rel, max_abs) = param_distance(&params(run, steps), &params(&plain, steps));
+        assert!(rel <= TOL && max_abs <= 1e-4, "{name} vs plain: parameter distance {rel:e} (largest {max_abs:e})");
+        let (a, b) = (losses(&plain), losses(run));
+        assert_eq!(a.len(), b.len());
+        for ((s, x, _), (_, y, _)) in a.iter().zip(&b) {
+            assert!((x - y).abs() <= 1e-5 * x.abs().max(1.0), "{name}, step {s}: loss {x} vs plain {y}");
+        }
+    }
 }

@@ -111,6 +111,8 @@ pub struct PairBatch {
     pub group: i64,
     /// The doc_idx of each query's positive, in batch order (a negative bank needs it).
     pub positives: Vec<i64>,
+    /// The query_idx of each row, in batch order (a hard bank leaves out its relevant documents).
+    pub queries: Vec<i64>,
     /// Real (unpadded) input tokens, counted on the host.
     pub tokens: i64,
 }
@@ -146,6 +148,7 @@ impl Batcher {
         let mut qs = Vec::with_capacity(examples.len());
         let mut ds = Vec::new();
         let mut positives = Vec::with_capacity(examples.len());
+        let mut queries = Vec::with_capacity(examples.len());
         let mut group = 0;
         for e in examples {
             let Example::Pair { query_idx, doc_idx, negatives } = e else {
@@ -154,6 +157,7 @@ impl Batcher {
             qs.push(self.queries[*query_idx as usize].clone());
             ds.push(self.docs.text(*doc_idx)?);
             positives.push(i64::from(*doc_idx));
+            queries.push(i64::from(*query_idx));
             for &n in negatives {
                 ds.push(self.docs.text(n)?);
             }
@@ -164,7 +168,7 @@ impl Batcher {
         let tokens = (q.iter().chain(&d).map(Vec::len).sum::<usize>()) as i64;
         let (q_ids, q_mask) = self.query_tok.batch(&q, self.device);
         let (d_ids, d_mask) = self.doc_tok.batch(&d, self.device);
-        Ok(PairBatch { q_ids, q_mask, d_ids, d_mask, group, positives, tokens })
+        Ok(PairBatch { q_ids, q_mask, d_ids, d_mask, group, positives, queries, tokens })
     }
 
     /// `step`/`slot0` key the random span of `index_view = span` (slot = position in batch).

@@ -75,6 +75,7 @@ pub mod tag {
     pub const TORCH: u64 = 7;
     pub const SUBSAMPLE: u64 = 8;
     pub const BANK: u64 = 9;
+    pub const GRAD_CACHE: u64 = 10;
 }
 
 /// A permutation of `0..n` keyed by `parts`.

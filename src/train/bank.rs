@@ -1,7 +1,9 @@
 //! DR's negative bank: every document's embedding, so that a query's softmax can reach past
 //! the global batch — over the whole corpus (`negative_bank = "full"`, the globally
-//! normalised control of Zhang et al.'s local-vs-global argument) or over `num_negatives`
-//! documents drawn from it (`"sampled"`, any number up to the corpus).
+//! normalised control of Zhang et al.'s local-vs-global argument), over `num_negatives`
+//! documents drawn from it (`"sampled"`, any number up to the corpus), or over the
+//! `num_negatives` that score highest against the query (`"hard"`, ANCE-style: the index is
+//! the bank, the query fresh; documents the training qrels judge relevant are left out).
 //!
 //! ```text
 //! refresh (step 0, then every bank_refresh_steps), no dropout, no gradient:
@@ -10,6 +12,7 @@
 //! loss (objective.rs): fresh q (Q, d) and positive d⁺ (Q, d), gathered over ranks
 //!   full     scores = q · vectorsᵀ (Q, N), column pos(i) ← q_i · d⁺_i ; CE at pos(i)
 //!   sampled  scores = [q_i · d⁺_i, q_i · vectors[neg_ik] for k < K] (Q, 1 + K) ; CE at 0
+//!   hard     neg_i = top-K of q_i · vectorsᵀ over documents not relevant to q_i ; as sampled
 //! ```
 //! A chunk's documents, padding and encoder call are the same whichever rank encodes it,
 //! so the bank is the same on N ranks as on one. Bank negatives carry no gradient (the
@@ -17,6 +20,8 @@
 //! `bank_refresh_steps − 1` optimizer steps old). The vectors are an untrained variable
 //! of the model's VarStore: checkpoints carry them, so a resumed run continues with the
 //! bank it had (resume ≡ uninterrupted); exports leave them out ([`VAR_PREFIX`]).
+use std::collections::HashMap;
+
 use tch::{Kind, Tensor};
 
 use crate::config::NegativeBank;
@@ -41,14 +46,18 @@ pub struct Bank {
     pub refresh_steps: u64,
     /// (N, d) f32 by doc_idx.
     pub vectors: Tensor,
+    /// `hard`: query_idx → the doc_idx its training qrels judge relevant (never negatives).
+    pub relevant: HashMap<i64, Vec<i64>>,
 }
 
 impl Bank {
     /// A bank of `n_docs` zero vectors of the dual encoder's width, registered in `task`'s
     /// VarStore (before a checkpoint is loaded into it).
+    /// `pairs` are the training (query_idx, doc_idx) pairs: a hard bank's relevance.
     pub fn new(
         task: &Task,
         n_docs: usize,
+        pairs: &[(u32, u32)],
         mode: NegativeBank,
         negatives: Option<usize>,
         refresh_steps: u64,
@@ -57,18 +66,26 @@ impl Bank {
             return Err(Error::usage("train.negative_bank", "a negative bank is for dual encoders"));
         };
         let k = negatives.unwrap_or(0);
-        if mode == NegativeBank::Sampled && k + 1 > n_docs {
+        let mut relevant: HashMap<i64, Vec<i64>> = HashMap::new();
+        if mode == NegativeBank::Hard {
+            for &(q, d) in pairs {
+                relevant.entry(i64::from(q)).or_default().push(i64::from(d));
+            }
+        }
+        // A query needs K documents besides its positive (hard: besides all its relevant ones).
+        let most_relevant = relevant.values().map(Vec::len).max().unwrap_or(1);
+        if matches!(mode, NegativeBank::Sampled | NegativeBank::Hard) && k + most_relevant > n_docs {
             return Err(Error::usage(
                 "train.num_negatives",
                 format!(
                     "{k} negatives per query asked for; the corpus has {n_docs} documents ({} possible)",
-                    n_docs.saturating_sub(1)
+                    n_docs.saturating_sub(most_relevant)
                 ),
             ));
         }
         let dim = m.output_dim();
         let vectors = (task.vs.root() / VAR_PREFIX).zeros_no_train("vectors", &[n_docs as i64, dim]);
-        Ok(Bank { mode, negatives: k, refresh_steps, vectors })
+        Ok(Bank { mode, negatives: k, refresh_steps, vectors, relevant })
     }
 
     /// Whether the bank is re-encoded before `step`: at 0, then every `refresh_steps`.
@@ -134,6 +151,21 @@ impl Bank {
         }
         out
     }
+
+    /// `hard`: (Q, N) bool, true where a document may not be query row i's negative — the
+    /// documents relevant to `queries[i]` and its positive `positives[i]`.
+    pub fn not_negatives(&self, queries: &[i64], positives: &[i64]) -> Tensor {
+        let n = self.vectors.size()[0];
+        let mut mask = vec![false; queries.len() * n as usize];
+        for (i, (q, &pos)) in queries.iter().zip(positives).enumerate() {
+            let row = &mut mask[i * n as usize..(i + 1) * n as usize];
+            row[pos as usize] = true;
+            for &d in self.relevant.get(q).into_iter().flatten() {
+                row[d as usize] = true;
+            }
+        }
+        Tensor::from_slice(&mask).view([queries.len() as i64, n]).to_device(self.vectors.device())
+    }
 }
 
 #[cfg(test)]
@@ -146,6 +178,7 @@ mod tests {
             negatives: k,
             refresh_steps: 0,
             vectors: Tensor::zeros([n, 2], (Kind::Float, tch::Device::Cpu)),
+            relevant: HashMap::new(),
         }
     }
 
@@ -175,6 +208,14 @@ mod tests {
         }
         assert_eq!(counts[0], 0);
         assert!(counts[1..].iter().all(|&c| (850..1150).contains(&c)), "{counts:?}");
+    }
+
+    #[test]
+    fn hard_negatives_never_include_a_relevant_document() {
+        let mut b = bank(5, 2);
+        b.relevant.insert(7, vec![1, 3]);
+        let m: Vec<bool> = Vec::try_from(b.not_negatives(&[7, 8], &[1, 4]).view([-1])).unwrap();
+        assert_eq!(m, [false, true, false, true, false, false, false, false, false, true]);
     }
 
     #[test]

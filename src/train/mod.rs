@@ -4,6 +4,7 @@ pub mod bank;
 pub mod checkpoint;
 pub mod evaluate;
 pub mod export;
+pub mod grad_cache;
 pub mod loss;
 pub mod metrics_log;
 pub mod objective;

@@ -5,7 +5,7 @@
 use tch::{Device, Kind, Tensor};
 
 use super::bank::Bank;
-use super::loss;
+use super::{grad_cache, loss};
 use crate::config::{ContrastiveLoss, NegativeBank};
 use crate::data::batch::{GenBatch, PairBatch};
 use crate::data::shard::{tag, SplitMix64};
@@ -25,6 +25,8 @@ pub struct LossSettings {
     /// `train.length_sorted`: encoders run on length-sorted sub-batches.
     pub length_sorted: bool,
     pub loss: ContrastiveLoss,
+    /// `train.grad_cache_chunk`: rows per GradCache chunk (dual encoders).
+    pub grad_cache_chunk: Option<usize>,
 }
 
 /// `encode(ids, mask)` in length-sorted sub-batches when `sorted`, else of the whole batch.
@@ -36,10 +38,52 @@ fn encode_batch(sorted: bool, ids: &Tensor, mask: &Tensor, encode: impl Fn(&Tens
     }
 }
 
-/// DR/ColBERT micro-batch loss over the global batch (every rank's queries and
-/// documents gathered): the same value on every rank; the trainer scales it by
-/// `backward_scale / grad_accum` before `backward`.
-pub fn pair_loss(
+/// DR/ColBERT micro-batch: the loss over the global batch (every rank's queries and
+/// documents gathered: the same value on every rank), back-propagated scaled by `scale`
+/// (the trainer's `backward_scale / grad_accum`) — through GradCache's chunks when
+/// `train.grad_cache_chunk` is set. Returns the loss, detached.
+#[allow(clippy::too_many_arguments)]
+pub fn pair_forward_backward(
+    task: &Task,
+    comm: &dyn Comm,
+    b: &PairBatch,
+    s: LossSettings,
+    bank: Option<&Bank>,
+    step: u64,
+    micro: u64,
+    scale: f64,
+) -> Result<Tensor> {
+    let train = task.dropout;
+    match (&task.net, s.grad_cache_chunk) {
+        (Net::Dual(m), Some(chunk)) => {
+            let rank = comm.world().rank as u64;
+            let sides = [
+                grad_cache::Side { ids: &b.q_ids, mask: &b.q_mask },
+                grad_cache::Side { ids: &b.d_ids, mask: &b.d_mask },
+            ];
+            grad_cache::forward_backward(
+                &sides,
+                chunk,
+                s.length_sorted,
+                |ids, mask| m.embed(ids, mask, train),
+                |side, c| {
+                    let key = [s.seed, tag::GRAD_CACHE, rank, step, micro, side as u64, c as u64];
+                    (SplitMix64::keyed(&key).next_u64() >> 1) as i64
+                },
+                |reps| dual_loss(comm, &reps[0], &reps[1], b, s, bank, step, micro),
+                scale,
+            )
+        }
+        _ => {
+            let loss = pair_loss(task, comm, b, s, bank, step, micro)?;
+            (&loss * scale).backward();
+            Ok(loss.detach())
+        }
+    }
+}
+
+/// DR/ColBERT micro-batch loss over the global batch, with its graph.
+fn pair_loss(
     task: &Task,
     comm: &dyn Comm,
     b: &PairBatch,
@@ -49,56 +93,94 @@ pub fn pair_loss(
     micro: u64,
 ) -> Result<Tensor> {
     let train = task.dropout;
-    if let (Some(bank), Net::Dual(m)) = (bank, &task.net) {
-        let embed = |ids: &Tensor, mask: &Tensor| m.embed(ids, mask, train);
-        let q = encode_batch(s.length_sorted, &b.q_ids, &b.q_mask, embed); // (B, d)
-        let d = encode_batch(s.length_sorted, &b.d_ids, &b.d_mask, embed); // (B, d): positives only
-        let q = all_gather_with_grad(comm, &q)?; // (Q, d)
-        let d = all_gather_with_grad(comm, &d)?; // (Q, d)
-        let positives = all_gather_i64(comm, &b.positives)?; // (Q,) doc_idx
-        return Ok(bank_loss(bank, &q, &d, &positives, s, step, micro));
-    }
-    let scores = match &task.net {
+    match &task.net {
         Net::Dual(m) => {
             let embed = |ids: &Tensor, mask: &Tensor| m.embed(ids, mask, train);
             let q = encode_batch(s.length_sorted, &b.q_ids, &b.q_mask, embed); // (B, d)
             let d = encode_batch(s.length_sorted, &b.d_ids, &b.d_mask, embed); // (B·group, d)
-            let q = all_gather_with_grad(comm, &q)?; // (Q, d), Q = ΣB
-            let d = all_gather_with_grad(comm, &d)?; // (Q·group, d)
-            q.matmul(&d.tr()) // (Q, Q·group)
+            dual_loss(comm, &q, &d, b, s, bank, step, micro)
         }
         Net::Colbert(m) => {
             let (q, qm) = m.embed_queries(&b.q_ids, &b.q_mask, train); // (B, Lq, dim)
             let (d, dm) = m.embed_docs(&b.d_ids, &b.d_mask, train); // (B·group, Ld, dim)
             let (q, qm) = all_gather_padded_with_grad(comm, &q, &qm)?;
             let (d, dm) = all_gather_padded_with_grad(comm, &d, &dm)?;
-            late_interaction(&q, &qm.to_kind(Kind::Bool), &d, &dm.to_kind(Kind::Bool), m.head.config.interaction)
+            let scores =
+                late_interaction(&q, &qm.to_kind(Kind::Bool), &d, &dm.to_kind(Kind::Bool), m.head.config.interaction);
+            Ok(batch_scores_loss(&scores, b.group, s, step, micro))
         }
-        Net::Generative { .. } => return Err(Error::usage("model.kind", "generative models take GR batches")),
-    };
+        Net::Generative { .. } => Err(Error::usage("model.kind", "generative models take GR batches")),
+    }
+}
+
+/// A dual encoder's loss from this rank's embeddings `q (B, d)` and `d (B·group, d)`:
+/// against the bank when there is one, else over the global batch.
+#[allow(clippy::too_many_arguments)]
+fn dual_loss(
+    comm: &dyn Comm,
+    q: &Tensor,
+    d: &Tensor,
+    b: &PairBatch,
+    s: LossSettings,
+    bank: Option<&Bank>,
+    step: u64,
+    micro: u64,
+) -> Result<Tensor> {
+    let q = all_gather_with_grad(comm, q)?; // (Q, d), Q = ΣB
+    let d = all_gather_with_grad(comm, d)?; // (Q·group, d)
+    match bank {
+        Some(bank) => {
+            let positives = all_gather_i64(comm, &b.positives)?; // (Q,) doc_idx
+            let queries = all_gather_i64(comm, &b.queries)?; // (Q,) query_idx
+            Ok(bank_loss(bank, &q, &d, &positives, &queries, s, step, micro))
+        }
+        None => Ok(batch_scores_loss(&q.matmul(&d.tr()), b.group, s, step, micro)), // scores (Q, Q·group)
+    }
+}
+
+/// InfoNCE over the global batch's `scores (Q, Q·group)`, restricted to the query's own
+/// group (`pairwise`) or to `num_negatives` drawn negatives when asked.
+fn batch_scores_loss(scores: &Tensor, group: i64, s: LossSettings, step: u64, micro: u64) -> Tensor {
     let (nq, nd) = scores.size2().expect("(Q, N) scores");
-    let labels = loss::positive_rows(nq, b.group, scores.device());
+    let labels = loss::positive_rows(nq, group, scores.device());
     let scores = match (s.loss, s.num_negatives) {
         (ContrastiveLoss::Pairwise, _) => {
-            scores.masked_fill(&loss::outside_own_group(nq, nd, b.group).to_device(scores.device()), f64::NEG_INFINITY)
+            scores.masked_fill(&loss::outside_own_group(nq, nd, group).to_device(scores.device()), f64::NEG_INFINITY)
         }
         (_, Some(k)) if (k as i64) < nd - 1 => scores.masked_fill(
-            &negative_subsample(nq, nd, b.group, k, s.seed, step, micro, scores.device()),
+            &negative_subsample(nq, nd, group, k, s.seed, step, micro, scores.device()),
             f64::NEG_INFINITY,
         ),
-        _ => scores,
+        _ => scores.shallow_clone(),
     };
-    Ok(loss::info_nce_from_scores(&scores, &labels, s.temperature))
+    loss::info_nce_from_scores(&scores, &labels, s.temperature)
 }
 
 /// The contrastive loss against the bank (see `bank.rs`): the fresh positive's score beside
-/// bank scores of every other document (`full`) or of sampled ones (`sampled`).
-/// `q (Q, d)`, `d (Q, d)` the positives, `positives (Q,)` their doc_idx.
-fn bank_loss(bank: &Bank, q: &Tensor, d: &Tensor, positives: &[i64], s: LossSettings, step: u64, micro: u64) -> Tensor {
+/// bank scores of every other document (`full`), of sampled ones (`sampled`) or of the
+/// highest-scoring non-relevant ones (`hard`). `q (Q, d)`, `d (Q, d)` the positives,
+/// `positives (Q,)` their doc_idx, `queries (Q,)` the query_idx.
+#[allow(clippy::too_many_arguments)]
+fn bank_loss(
+    bank: &Bank,
+    q: &Tensor,
+    d: &Tensor,
+    positives: &[i64],
+    queries: &[i64],
+    s: LossSettings,
+    step: u64,
+    micro: u64,
+) -> Tensor {
     let q = q.to_kind(Kind::Float);
     let fresh = (&q * d.to_kind(Kind::Float)).sum_dim_intlist(-1, true, Kind::Float); // (Q, 1)
     let nq = positives.len() as i64;
     let device = q.device();
+    let k = bank.negatives as i64;
+    // The fresh positive in column 0 beside K bank negatives; CE at column 0.
+    let against = |neg_scores: Tensor| {
+        let scores = Tensor::cat(&[fresh.shallow_clone(), neg_scores], 1); // (Q, 1 + K)
+        loss::info_nce_from_scores(&scores, &Tensor::zeros([nq], (Kind::Int64, device)), s.temperature)
+    };
     match bank.mode {
         NegativeBank::Full => {
             let pos = Tensor::from_slice(positives).to_device(device); // (Q,)
@@ -107,14 +189,16 @@ fn bank_loss(bank: &Bank, q: &Tensor, d: &Tensor, positives: &[i64], s: LossSett
             loss::info_nce_from_scores(&scores, &pos, s.temperature)
         }
         NegativeBank::Sampled => {
-            let k = bank.negatives as i64;
             let neg = Tensor::from_slice(&bank.sample(positives, s.seed, step, micro)).to_device(device); // (Q·K,)
             let dim = bank.vectors.size()[1];
             let negs = bank.vectors.index_select(0, &neg).view([nq, k, dim]); // (Q, K, d)
-            let neg_scores = negs.bmm(&q.unsqueeze(2)).squeeze_dim(2); // (Q, K)
-            let scores = Tensor::cat(&[fresh, neg_scores], 1); // (Q, 1 + K)
-            let labels = Tensor::zeros([nq], (Kind::Int64, device));
-            loss::info_nce_from_scores(&scores, &labels, s.temperature)
+            against(negs.bmm(&q.unsqueeze(2)).squeeze_dim(2)) // (Q, K)
+        }
+        NegativeBank::Hard => {
+            let scores = q.matmul(&bank.vectors.tr()); // (Q, N)
+            let eligible = scores.detach().masked_fill(&bank.not_negatives(queries, positives), f64::NEG_INFINITY);
+            let (_, top) = eligible.topk(k, 1, true, true); // (Q, K) doc_idx
+            against(scores.gather(1, &top, false)) // (Q, K)
         }
         NegativeBank::None => unreachable!("no bank without a mode"),
     }

@@ -18,7 +18,7 @@ use tch::{Device, Tensor};
 use super::bank::Bank;
 use super::checkpoint::{self, TrainState};
 use super::metrics_log::{self, MetricsLog, Record};
-use super::objective::{generative_loss, pair_loss, LossSettings};
+use super::objective::{generative_loss, pair_forward_backward, LossSettings};
 use super::optim::{AdamW, AdamWConfig};
 use super::run_dir;
 use super::schedule::Schedule;
@@ -226,7 +226,7 @@ impl<'c> Trainee<'c> {
             NegativeBank::None => None,
             mode => {
                 let n_docs = inputs.groups.iter().map(|g| g.rows as usize).sum();
-                Some(Bank::new(&task, n_docs, mode, t.num_negatives, t.bank_refresh_steps)?)
+                Some(Bank::new(&task, n_docs, &inputs.pairs, mode, t.num_negatives, t.bank_refresh_steps)?)
             }
         };
         let eval_doc_len = cfg.eval.doc_max_len.unwrap_or(cfg.data.doc_max_len);
@@ -330,6 +330,7 @@ impl Plan {
                 seed: t.seed,
                 length_sorted: t.length_sorted,
                 loss: t.loss,
+                grad_cache_chunk: t.grad_cache_chunk,
             },
             autocast,
             device,
@@ -560,12 +561,12 @@ fn forward_backward(
             for (a, ex) in micro.iter().enumerate() {
                 let b = trainee.batcher.pairs(ex)?;
                 tokens += b.tokens;
-                let loss = bf16_autocast(plan.device, plan.autocast, || {
-                    pair_loss(task, comm, &b, plan.losses, trainee.bank.as_ref(), step, a as u64)
-                })?;
                 // Every rank holds the global loss; each back-propagates its own slice,
                 // scaled so DDP's mean of gradients is the global gradient.
-                (&loss * (world.backward_scale() / t.grad_accum as f64)).backward();
+                let scale = world.backward_scale() / t.grad_accum as f64;
+                let loss = bf16_autocast(plan.device, plan.autocast, || {
+                    pair_forward_backward(task, comm, &b, plan.losses, trainee.bank.as_ref(), step, a as u64, scale)
+                })?;
                 loss_sum += loss.detach().to_kind(tch::Kind::Double) / (t.grad_accum * world.size) as f64;
             }
         }
