@@ -336,8 +336,10 @@ fn draw<DB: DrawingBackend>(
 ) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
     root.fill(&WHITE)?;
     let (ylo, yhi) = y_range(fig);
-    // Long titles (a twin-axis figure's) get a smaller font rather than run off the page.
-    let caption = if fig.title.chars().count() > 72 { 20 } else { 24 };
+    // Long titles (a twin-axis figure's, a long sweep name) get a smaller font rather than
+    // run off the page: a sans-serif character is about 0.55 of the font size wide.
+    let fits = (SIZE.0 as f64 - 40.0) / (0.55 * fig.title.chars().count().max(1) as f64);
+    let caption = fits.clamp(11.0, 24.0);
     let mut builder = ChartBuilder::on(root);
     builder.caption(&fig.title, (FAMILY, caption)).margin(18).x_label_area_size(56).y_label_area_size(72);
     let Some(twin) = &fig.secondary else {
