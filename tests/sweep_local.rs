@@ -37,6 +37,7 @@ fn shipped_presets_expand_into_valid_configs() {
     let expected = [
         ("negatives-dr-scifact.toml", 12),
         ("negatives-bank-dr-scifact.toml", 9),
+        ("full-softmax-dr-scifact.toml", 6),
         ("dim-dr-scifact.toml", 9),
         ("corpus-size-dr-vs-gr-scifact.toml", 24),
         ("model-size-dr-vs-gr-scifact.toml", 18),
@@ -70,6 +71,13 @@ fn shipped_presets_expand_into_valid_configs() {
                 let last = &points[8].config;
                 assert_eq!(last.train.negative_bank, grdr::config::NegativeBank::Sampled);
                 assert_eq!((last.train.num_negatives, last.data.hard_negatives), (Some(5182), 0));
+            }
+            "full-softmax-dr-scifact.toml" => {
+                // In-batch against the exact full softmax (a bank re-encoded every step).
+                let full = &points[3].config.train;
+                assert_eq!(points[3].name(), "p03-corpus_docs=667-softmax=full-seed=1");
+                assert_eq!((full.negative_bank, full.bank_refresh_steps), (grdr::config::NegativeBank::Full, 1));
+                assert_eq!(points[0].config.train.negative_bank, grdr::config::NegativeBank::None);
             }
             "model-size-dr-vs-gr-scifact.toml" => {
                 // DR and GR at the same sizes, seed by seed: points 0..9 DR, 9..18 GR.
