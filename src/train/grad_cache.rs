@@ -82,8 +82,8 @@ pub fn forward_backward(
     //    into the parameters.
     for (side, rep) in reps.iter().enumerate() {
         let grad = rep.grad(); // (B_side, d)
-        for c in 0..plans[side].len() {
-            let rows = Tensor::from_slice(&plans[side][c].0).to_device(grad.device());
+        for (c, (rows, _)) in plans[side].iter().enumerate() {
+            let rows = Tensor::from_slice(rows).to_device(grad.device());
             let out = run_chunk(side, c); // (b, d)
             let kind = out.kind();
             (out * grad.index_select(0, &rows).to_kind(kind)).sum(Kind::Float).backward();

@@ -38,25 +38,26 @@ fn encode_batch(sorted: bool, ids: &Tensor, mask: &Tensor, encode: impl Fn(&Tens
     }
 }
 
+/// One DR/ColBERT micro-batch of a step and what its loss needs besides the model.
+pub struct PairStep<'a> {
+    pub comm: &'a dyn Comm,
+    pub batch: &'a PairBatch,
+    pub settings: LossSettings,
+    pub bank: Option<&'a Bank>,
+    pub step: u64,
+    /// The micro-batch's index within the step (keys its negative draws).
+    pub micro: u64,
+}
+
 /// DR/ColBERT micro-batch: the loss over the global batch (every rank's queries and
 /// documents gathered: the same value on every rank), back-propagated scaled by `scale`
 /// (the trainer's `backward_scale / grad_accum`) — through GradCache's chunks when
 /// `train.grad_cache_chunk` is set. Returns the loss, detached.
-#[allow(clippy::too_many_arguments)]
-pub fn pair_forward_backward(
-    task: &Task,
-    comm: &dyn Comm,
-    b: &PairBatch,
-    s: LossSettings,
-    bank: Option<&Bank>,
-    step: u64,
-    micro: u64,
-    scale: f64,
-) -> Result<Tensor> {
-    let train = task.dropout;
+pub fn pair_forward_backward(task: &Task, p: &PairStep, scale: f64) -> Result<Tensor> {
+    let (b, s, train) = (p.batch, p.settings, task.dropout);
     match (&task.net, s.grad_cache_chunk) {
         (Net::Dual(m), Some(chunk)) => {
-            let rank = comm.world().rank as u64;
+            let rank = p.comm.world().rank as u64;
             let sides = [
                 grad_cache::Side { ids: &b.q_ids, mask: &b.q_mask },
                 grad_cache::Side { ids: &b.d_ids, mask: &b.d_mask },
@@ -67,15 +68,15 @@ pub fn pair_forward_backward(
                 s.length_sorted,
                 |ids, mask| m.embed(ids, mask, train),
                 |side, c| {
-                    let key = [s.seed, tag::GRAD_CACHE, rank, step, micro, side as u64, c as u64];
+                    let key = [s.seed, tag::GRAD_CACHE, rank, p.step, p.micro, side as u64, c as u64];
                     (SplitMix64::keyed(&key).next_u64() >> 1) as i64
                 },
-                |reps| dual_loss(comm, &reps[0], &reps[1], b, s, bank, step, micro),
+                |reps| dual_loss(p, &reps[0], &reps[1]),
                 scale,
             )
         }
         _ => {
-            let loss = pair_loss(task, comm, b, s, bank, step, micro)?;
+            let loss = pair_loss(task, p)?;
             (&loss * scale).backward();
             Ok(loss.detach())
         }
@@ -83,31 +84,23 @@ pub fn pair_forward_backward(
 }
 
 /// DR/ColBERT micro-batch loss over the global batch, with its graph.
-fn pair_loss(
-    task: &Task,
-    comm: &dyn Comm,
-    b: &PairBatch,
-    s: LossSettings,
-    bank: Option<&Bank>,
-    step: u64,
-    micro: u64,
-) -> Result<Tensor> {
-    let train = task.dropout;
+fn pair_loss(task: &Task, p: &PairStep) -> Result<Tensor> {
+    let (b, s, train) = (p.batch, p.settings, task.dropout);
     match &task.net {
         Net::Dual(m) => {
             let embed = |ids: &Tensor, mask: &Tensor| m.embed(ids, mask, train);
             let q = encode_batch(s.length_sorted, &b.q_ids, &b.q_mask, embed); // (B, d)
             let d = encode_batch(s.length_sorted, &b.d_ids, &b.d_mask, embed); // (B·group, d)
-            dual_loss(comm, &q, &d, b, s, bank, step, micro)
+            dual_loss(p, &q, &d)
         }
         Net::Colbert(m) => {
             let (q, qm) = m.embed_queries(&b.q_ids, &b.q_mask, train); // (B, Lq, dim)
             let (d, dm) = m.embed_docs(&b.d_ids, &b.d_mask, train); // (B·group, Ld, dim)
-            let (q, qm) = all_gather_padded_with_grad(comm, &q, &qm)?;
-            let (d, dm) = all_gather_padded_with_grad(comm, &d, &dm)?;
+            let (q, qm) = all_gather_padded_with_grad(p.comm, &q, &qm)?;
+            let (d, dm) = all_gather_padded_with_grad(p.comm, &d, &dm)?;
             let scores =
                 late_interaction(&q, &qm.to_kind(Kind::Bool), &d, &dm.to_kind(Kind::Bool), m.head.config.interaction);
-            Ok(batch_scores_loss(&scores, b.group, s, step, micro))
+            Ok(batch_scores_loss(p, &scores))
         }
         Net::Generative { .. } => Err(Error::usage("model.kind", "generative models take GR batches")),
     }
@@ -115,32 +108,23 @@ fn pair_loss(
 
 /// A dual encoder's loss from this rank's embeddings `q (B, d)` and `d (B·group, d)`:
 /// against the bank when there is one, else over the global batch.
-#[allow(clippy::too_many_arguments)]
-fn dual_loss(
-    comm: &dyn Comm,
-    q: &Tensor,
-    d: &Tensor,
-    b: &PairBatch,
-    s: LossSettings,
-    bank: Option<&Bank>,
-    step: u64,
-    micro: u64,
-) -> Result<Tensor> {
-    let q = all_gather_with_grad(comm, q)?; // (Q, d), Q = ΣB
-    let d = all_gather_with_grad(comm, d)?; // (Q·group, d)
-    match bank {
+fn dual_loss(p: &PairStep, q: &Tensor, d: &Tensor) -> Result<Tensor> {
+    let q = all_gather_with_grad(p.comm, q)?; // (Q, d), Q = ΣB
+    let d = all_gather_with_grad(p.comm, d)?; // (Q·group, d)
+    match p.bank {
         Some(bank) => {
-            let positives = all_gather_i64(comm, &b.positives)?; // (Q,) doc_idx
-            let queries = all_gather_i64(comm, &b.queries)?; // (Q,) query_idx
-            Ok(bank_loss(bank, &q, &d, &positives, &queries, s, step, micro))
+            let positives = all_gather_i64(p.comm, &p.batch.positives)?; // (Q,) doc_idx
+            let queries = all_gather_i64(p.comm, &p.batch.queries)?; // (Q,) query_idx
+            Ok(bank_loss(p, bank, &q, &d, &positives, &queries))
         }
-        None => Ok(batch_scores_loss(&q.matmul(&d.tr()), b.group, s, step, micro)), // scores (Q, Q·group)
+        None => Ok(batch_scores_loss(p, &q.matmul(&d.tr()))), // scores (Q, Q·group)
     }
 }
 
 /// InfoNCE over the global batch's `scores (Q, Q·group)`, restricted to the query's own
 /// group (`pairwise`) or to `num_negatives` drawn negatives when asked.
-fn batch_scores_loss(scores: &Tensor, group: i64, s: LossSettings, step: u64, micro: u64) -> Tensor {
+fn batch_scores_loss(p: &PairStep, scores: &Tensor) -> Tensor {
+    let (s, group) = (p.settings, p.batch.group);
     let (nq, nd) = scores.size2().expect("(Q, N) scores");
     let labels = loss::positive_rows(nq, group, scores.device());
     let scores = match (s.loss, s.num_negatives) {
@@ -148,7 +132,7 @@ fn batch_scores_loss(scores: &Tensor, group: i64, s: LossSettings, step: u64, mi
             scores.masked_fill(&loss::outside_own_group(nq, nd, group).to_device(scores.device()), f64::NEG_INFINITY)
         }
         (_, Some(k)) if (k as i64) < nd - 1 => scores.masked_fill(
-            &negative_subsample(nq, nd, group, k, s.seed, step, micro, scores.device()),
+            &negative_subsample(nq, nd, group, k, s.seed, p.step, p.micro, scores.device()),
             f64::NEG_INFINITY,
         ),
         _ => scores.shallow_clone(),
@@ -160,17 +144,8 @@ fn batch_scores_loss(scores: &Tensor, group: i64, s: LossSettings, step: u64, mi
 /// bank scores of every other document (`full`), of sampled ones (`sampled`) or of the
 /// highest-scoring non-relevant ones (`hard`). `q (Q, d)`, `d (Q, d)` the positives,
 /// `positives (Q,)` their doc_idx, `queries (Q,)` the query_idx.
-#[allow(clippy::too_many_arguments)]
-fn bank_loss(
-    bank: &Bank,
-    q: &Tensor,
-    d: &Tensor,
-    positives: &[i64],
-    queries: &[i64],
-    s: LossSettings,
-    step: u64,
-    micro: u64,
-) -> Tensor {
+fn bank_loss(p: &PairStep, bank: &Bank, q: &Tensor, d: &Tensor, positives: &[i64], queries: &[i64]) -> Tensor {
+    let s = p.settings;
     let q = q.to_kind(Kind::Float);
     let fresh = (&q * d.to_kind(Kind::Float)).sum_dim_intlist(-1, true, Kind::Float); // (Q, 1)
     let nq = positives.len() as i64;
@@ -189,7 +164,7 @@ fn bank_loss(
             loss::info_nce_from_scores(&scores, &pos, s.temperature)
         }
         NegativeBank::Sampled => {
-            let neg = Tensor::from_slice(&bank.sample(positives, s.seed, step, micro)).to_device(device); // (Q·K,)
+            let neg = Tensor::from_slice(&bank.sample(positives, s.seed, p.step, p.micro)).to_device(device); // (Q·K,)
             let dim = bank.vectors.size()[1];
             let negs = bank.vectors.index_select(0, &neg).view([nq, k, dim]); // (Q, K, d)
             against(negs.bmm(&q.unsqueeze(2)).squeeze_dim(2)) // (Q, K)

@@ -18,7 +18,7 @@ use tch::{Device, Tensor};
 use super::bank::Bank;
 use super::checkpoint::{self, TrainState};
 use super::metrics_log::{self, MetricsLog, Record};
-use super::objective::{generative_loss, pair_forward_backward, LossSettings};
+use super::objective::{generative_loss, pair_forward_backward, LossSettings, PairStep};
 use super::optim::{AdamW, AdamWConfig};
 use super::run_dir;
 use super::schedule::Schedule;
@@ -565,7 +565,15 @@ fn forward_backward(
                 // scaled so DDP's mean of gradients is the global gradient.
                 let scale = world.backward_scale() / t.grad_accum as f64;
                 let loss = bf16_autocast(plan.device, plan.autocast, || {
-                    pair_forward_backward(task, comm, &b, plan.losses, trainee.bank.as_ref(), step, a as u64, scale)
+                    let p = PairStep {
+                        comm,
+                        batch: &b,
+                        settings: plan.losses,
+                        bank: trainee.bank.as_ref(),
+                        step,
+                        micro: a as u64,
+                    };
+                    pair_forward_backward(task, &p, scale)
                 })?;
                 loss_sum += loss.detach().to_kind(tch::Kind::Double) / (t.grad_accum * world.size) as f64;
             }
