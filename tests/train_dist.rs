@@ -5,6 +5,8 @@
 //! each with gradient accumulation.
 mod train_common;
 
+use grdr::train::grad_cache;
+use tch::Tensor;
 use train_common::*;
 
 const TOL: f64 = 1e-5;
@@ -308,4 +310,47 @@ fn grad_cache_training_equals_plain_training() {
             assert!((x - y).abs() <= 1e-5 * x.abs().max(1.0), "{name}, step {s}: loss {x} vs plain {y}");
         }
     }
+}
+
+/// GradCache with dropout: a chunk's second pass draws the first pass's masks, so the
+/// gradient is the one of a graph built chunk by chunk under the same seeds. (Here, not in
+/// the library's unit tests: torch's global RNG must not be shared with tests running in
+/// parallel threads, and this file's other tests draw nothing in-process.)
+#[test]
+fn a_grad_cache_chunk_draws_the_same_dropout_masks_in_both_passes() {
+    tch::manual_seed(0);
+    let w = Tensor::randn([6, 8], (tch::Kind::Double, tch::Device::Cpu)).set_requires_grad(true);
+    let ids = Tensor::randint(6, [5, 4], (tch::Kind::Int64, tch::Device::Cpu));
+    let mask = Tensor::ones([5, 4], (tch::Kind::Int64, tch::Device::Cpu));
+    let encode = |ids: &Tensor, _: &Tensor| {
+        let x = w.index_select(0, &ids.reshape([-1])).view([ids.size()[0], ids.size()[1], 8]);
+        x.dropout(0.5, true).mean_dim(1, false, tch::Kind::Double) // (b, 8)
+    };
+    let seed = |side: usize, c: usize| (100 + side * 10 + c) as i64;
+    let loss_of = |r: &[Tensor]| {
+        (r[0].matmul(&r[0].tr()).log_softmax(-1, tch::Kind::Double)).diagonal(0, 0, 1).sum(tch::Kind::Double)
+    };
+    // The reference: the same chunks (batch order, 2 rows) and seeds, one graph.
+    let chunks: Vec<Tensor> = (0..3)
+        .map(|c| {
+            tch::manual_seed(seed(0, c));
+            encode(&ids.narrow(0, 2 * c as i64, (5 - 2 * c as i64).min(2)), &mask)
+        })
+        .collect();
+    loss_of(&[Tensor::cat(&chunks, 0)]).backward();
+    let expected = w.grad().copy();
+    let _ = w.grad().zero_();
+    let _ = grad_cache::forward_backward(
+        &[grad_cache::Side { ids: &ids, mask: &mask }],
+        2,
+        false,
+        encode,
+        seed,
+        |r| Ok(loss_of(r)),
+        1.0,
+    )
+    .unwrap();
+    let diff = (w.grad() - &expected).abs().max().double_value(&[]);
+    assert!(diff < 1e-12, "dropout masks differ between the passes: {diff:e}");
+    assert!(expected.abs().sum(tch::Kind::Double).double_value(&[]) > 0.0);
 }

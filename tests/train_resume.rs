@@ -58,6 +58,18 @@ fn negative_bank_resume_from_a_checkpoint_equals_the_uninterrupted_run() {
     resume_equals_uninterrupted(dir.path(), &text);
 }
 
+/// GradCache chunks (keyed dropout seeds per chunk) with a hard bank re-encoded every 2
+/// steps: resumed at 3, bit for bit the uninterrupted run.
+#[test]
+fn grad_cache_with_a_hard_bank_resumes_to_the_uninterrupted_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = tiny_dual(dataset()).replace("hard_negatives = 1", "hard_negatives = 0").replace(
+        "threads = 1",
+        "threads = 1\nnegative_bank = \"hard\"\nnum_negatives = 20\nbank_refresh_steps = 2\ngrad_cache_chunk = 3",
+    );
+    resume_equals_uninterrupted(dir.path(), &text);
+}
+
 /// The run of config `text` resumed from its step-3 checkpoint ends bit for bit where the
 /// uninterrupted one does.
 fn resume_equals_uninterrupted(dir: &std::path::Path, text: &str) {
