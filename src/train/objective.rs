@@ -14,6 +14,7 @@ use crate::dist::Comm;
 use crate::error::{Error, Result};
 use crate::model::colbert::late_interaction;
 use crate::model::encoder::encode_length_sorted;
+use crate::model::precision::bf16_autocast;
 use crate::model::task::{Net, Task};
 
 /// Loss settings from `[train]` the task needs.
@@ -47,6 +48,9 @@ pub struct PairStep<'a> {
     pub step: u64,
     /// The micro-batch's index within the step (keys its negative draws).
     pub micro: u64,
+    pub device: Device,
+    /// bf16 autocast for the forward passes (backward passes run outside it, as PyTorch's).
+    pub autocast: bool,
 }
 
 /// DR/ColBERT micro-batch: the loss over the global batch (every rank's queries and
@@ -55,6 +59,7 @@ pub struct PairStep<'a> {
 /// `train.grad_cache_chunk` is set. Returns the loss, detached.
 pub fn pair_forward_backward(task: &Task, p: &PairStep, scale: f64) -> Result<Tensor> {
     let (b, s, train) = (p.batch, p.settings, task.dropout);
+    let forward = |f: &dyn Fn() -> Result<Tensor>| bf16_autocast(p.device, p.autocast, f);
     match (&task.net, s.grad_cache_chunk) {
         (Net::Dual(m), Some(chunk)) => {
             let rank = p.comm.world().rank as u64;
@@ -66,17 +71,17 @@ pub fn pair_forward_backward(task: &Task, p: &PairStep, scale: f64) -> Result<Te
                 &sides,
                 chunk,
                 s.length_sorted,
-                |ids, mask| m.embed(ids, mask, train),
+                |ids, mask| bf16_autocast(p.device, p.autocast, || m.embed(ids, mask, train)),
                 |side, c| {
                     let key = [s.seed, tag::GRAD_CACHE, rank, p.step, p.micro, side as u64, c as u64];
                     (SplitMix64::keyed(&key).next_u64() >> 1) as i64
                 },
-                |reps| dual_loss(p, &reps[0], &reps[1]),
+                |reps| forward(&|| dual_loss(p, &reps[0], &reps[1])),
                 scale,
             )
         }
         _ => {
-            let loss = pair_loss(task, p)?;
+            let loss = forward(&|| pair_loss(task, p))?;
             (&loss * scale).backward();
             Ok(loss.detach())
         }

@@ -564,17 +564,17 @@ fn forward_backward(
                 // Every rank holds the global loss; each back-propagates its own slice,
                 // scaled so DDP's mean of gradients is the global gradient.
                 let scale = world.backward_scale() / t.grad_accum as f64;
-                let loss = bf16_autocast(plan.device, plan.autocast, || {
-                    let p = PairStep {
-                        comm,
-                        batch: &b,
-                        settings: plan.losses,
-                        bank: trainee.bank.as_ref(),
-                        step,
-                        micro: a as u64,
-                    };
-                    pair_forward_backward(task, &p, scale)
-                })?;
+                let p = PairStep {
+                    comm,
+                    batch: &b,
+                    settings: plan.losses,
+                    bank: trainee.bank.as_ref(),
+                    step,
+                    micro: a as u64,
+                    device: plan.device,
+                    autocast: plan.autocast,
+                };
+                let loss = pair_forward_backward(task, &p, scale)?;
                 loss_sum += loss.detach().to_kind(tch::Kind::Double) / (t.grad_accum * world.size) as f64;
             }
         }
