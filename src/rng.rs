@@ -41,6 +41,12 @@ impl SplitMix64 {
         }
     }
 
+    /// A non-negative seed for libtorch's generator (`tch::manual_seed`), keyed by `parts`:
+    /// dropout masks as a pure function of (seed, tag, rank, step, …).
+    pub fn torch_seed(parts: &[u64]) -> i64 {
+        (SplitMix64::keyed(parts).next_u64() >> 1) as i64
+    }
+
     /// Uniform in [0, 1) (53 random bits).
     pub fn unit(&mut self) -> f64 {
         (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64

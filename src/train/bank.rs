@@ -116,8 +116,9 @@ impl Bank {
                 Tensor::cat(&parts, 0)
             })
         })?;
-        let (all, sizes) = comm.all_gather_varsize(&local)?; // rank order
-                                                             // Chunk j is the (j / W)-th chunk of rank j mod W: its rows' place in `all`.
+        // Every rank's block in rank order. Chunk j is the (j / W)-th chunk of rank j mod W:
+        // its rows' place in `all`.
+        let (all, sizes) = comm.all_gather_varsize(&local)?;
         let mut next: Vec<i64> = sizes.iter().scan(0, |at, &s| Some(std::mem::replace(at, *at + s))).collect();
         let mut rows = Vec::with_capacity(n);
         for (j, &(lo, hi)) in chunks.iter().enumerate() {

@@ -73,8 +73,7 @@ pub fn pair_forward_backward(task: &Task, p: &PairStep, scale: f64) -> Result<Te
                 s.length_sorted,
                 |ids, mask| bf16_autocast(p.device, p.autocast, || m.embed(ids, mask, train)),
                 |side, c| {
-                    let key = [s.seed, tag::GRAD_CACHE, rank, p.step, p.micro, side as u64, c as u64];
-                    (SplitMix64::keyed(&key).next_u64() >> 1) as i64
+                    SplitMix64::torch_seed(&[s.seed, tag::GRAD_CACHE, rank, p.step, p.micro, side as u64, c as u64])
                 },
                 |reps| forward(&|| dual_loss(p, &reps[0], &reps[1])),
                 scale,
@@ -119,7 +118,11 @@ fn dual_loss(p: &PairStep, q: &Tensor, d: &Tensor) -> Result<Tensor> {
     match p.bank {
         Some(bank) => {
             let positives = all_gather_i64(p.comm, &p.batch.positives)?; // (Q,) doc_idx
-            let queries = all_gather_i64(p.comm, &p.batch.queries)?; // (Q,) query_idx
+                                                                         // Only a hard bank needs each row's query (to leave out its relevant documents).
+            let queries = match bank.mode {
+                NegativeBank::Hard => all_gather_i64(p.comm, &p.batch.queries)?, // (Q,) query_idx
+                _ => Vec::new(),
+            };
             Ok(bank_loss(p, bank, &q, &d, &positives, &queries))
         }
         None => Ok(batch_scores_loss(p, &q.matmul(&d.tr()))), // scores (Q, Q·group)
@@ -148,7 +151,7 @@ fn batch_scores_loss(p: &PairStep, scores: &Tensor) -> Tensor {
 /// The contrastive loss against the bank (see `bank.rs`): the fresh positive's score beside
 /// bank scores of every other document (`full`), of sampled ones (`sampled`) or of the
 /// highest-scoring non-relevant ones (`hard`). `q (Q, d)`, `d (Q, d)` the positives,
-/// `positives (Q,)` their doc_idx, `queries (Q,)` the query_idx.
+/// `positives (Q,)` their doc_idx, `queries (Q,)` the query_idx (`hard` only; else empty).
 fn bank_loss(p: &PairStep, bank: &Bank, q: &Tensor, d: &Tensor, positives: &[i64], queries: &[i64]) -> Tensor {
     let s = p.settings;
     let q = q.to_kind(Kind::Float);

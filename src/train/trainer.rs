@@ -456,7 +456,7 @@ fn step_loop(
         }
 
         // 5b. This step's randomness (dropout) and learning rate.
-        tch::manual_seed((SplitMix64::keyed(&[t.seed, tag::TORCH, world.rank as u64, step]).next_u64() >> 1) as i64);
+        tch::manual_seed(SplitMix64::torch_seed(&[t.seed, tag::TORCH, world.rank as u64, step]));
         let lr = plan.schedule.lr(step);
 
         // 5c. Forward and backward over this rank's micro-batches of the global batch.
@@ -575,7 +575,8 @@ fn forward_backward(
                     autocast: plan.autocast,
                 };
                 let loss = pair_forward_backward(task, &p, scale)?;
-                loss_sum += loss.detach().to_kind(tch::Kind::Double) / (t.grad_accum * world.size) as f64;
+                loss_sum += loss.to_kind(tch::Kind::Double) / (t.grad_accum * world.size) as f64;
+                // detached
             }
         }
     }
