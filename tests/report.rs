@@ -258,3 +258,72 @@ fn report_errors_name_the_file() {
     expect_error(&["report", s], 3, &["p02-num_negatives=64/run/eval/metrics.json:line 2", "`metrics`"]);
     assert!(!sweep.join("report").exists(), "no report from a sweep with a malformed file");
 }
+
+/// A sweep whose axis `softmax` zips two keys (`[none, 50]`, `[full, 1]`), three seeds each;
+/// `with_groups: false` writes sweep.json as versions before `axis_groups` did.
+fn make_zipped_sweep(root: &Path, with_groups: bool) -> PathBuf {
+    let sweep = root.join(if with_groups { "zipped" } else { "legacy" });
+    let mut points = Vec::new();
+    for (z, (bank, refresh)) in [("none", 50), ("full", 1)].into_iter().enumerate() {
+        for seed in 1..=3i64 {
+            let index = z * 3 + seed as usize - 1;
+            let name = format!("p{index:02}-softmax={bank}-seed={seed}");
+            let run = sweep.join("points").join(&name).join("run");
+            fs::create_dir_all(run.join("eval")).unwrap();
+            let st = json!({"state": "done", "job_id": null, "attempts": 1, "exit_code": 0, "updated": 1763900000});
+            fs::write(run.parent().unwrap().join("state.json"), st.to_string()).unwrap();
+            let m = json!({"nDCG@10": 0.8 + 0.01 * z as f64 + 0.001 * seed as f64, "R@100": 0.9, "Brier": 0.3 + 0.3 * z as f64});
+            fs::write(run.join("eval/metrics.json"), m.to_string()).unwrap();
+            points.push(
+                json!({"name": name, "index": index, "family": "dr", "ranks": 2, "dir": format!("points/{name}"),
+                "values": {"train.negative_bank": bank, "train.bank_refresh_steps": refresh, "train.seed": seed}}),
+            );
+        }
+    }
+    let mut sweep_json = json!({"name": "softmax", "spec": "configs/sweeps/softmax.toml", "backend": "local",
+        "axes": ["train.negative_bank", "train.bank_refresh_steps", "train.seed"], "points": points});
+    if with_groups {
+        sweep_json["axis_groups"] = json!([
+            {"label": "softmax", "keys": ["train.negative_bank", "train.bank_refresh_steps"]},
+            {"label": "seed", "keys": ["train.seed"]}]);
+    }
+    fs::write(sweep.join("sweep.json"), serde_json::to_string_pretty(&sweep_json).unwrap()).unwrap();
+    sweep
+}
+
+fn pngs(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".png"))
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn a_zipped_axis_is_one_x_axis_named_by_its_label() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sweep = make_zipped_sweep(tmp.path(), true);
+    grdr_ok(&["report", sweep.to_str().unwrap()]);
+    let report = sweep.join("report");
+    assert_eq!(
+        pngs(&report),
+        ["Brier-vs-softmax.png", "R@100-vs-softmax.png", "nDCG@10+Brier-vs-softmax.png", "nDCG@10-vs-softmax.png"],
+        "one x axis for the zipped keys, none for the key that moves with the first"
+    );
+    let texts = svg_texts(&fs::read_to_string(report.join("nDCG@10-vs-softmax.svg")).unwrap());
+    let legend: Vec<&String> = texts.iter().filter(|t| t.starts_with("dr")).collect();
+    assert_eq!(legend, ["dr"], "one line through both values, not one per refresh interval: {texts:?}");
+    for needle in ["softmax: train.negative_bank (zipped with bank_refresh_steps)", "none", "full"] {
+        assert!(texts.iter().any(|t| t == needle), "SVG lacks the text {needle:?}: {texts:?}");
+    }
+
+    // A sweep.json without groups: every key is its own axis, as before.
+    let legacy = make_zipped_sweep(tmp.path(), false);
+    grdr_ok(&["report", legacy.to_str().unwrap(), "--metric", "nDCG@10"]);
+    let names = pngs(&legacy.join("report"));
+    assert!(names.contains(&"nDCG@10-vs-negative_bank.png".to_owned()), "{names:?}");
+    assert!(names.contains(&"nDCG@10-vs-bank_refresh_steps.png".to_owned()), "{names:?}");
+}

@@ -13,7 +13,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use crate::error::{Error, Location, Result};
-use crate::sweep::layout::{PointEntry, PointState, SweepManifest, STATE_JSON, SWEEP_JSON};
+use crate::sweep::layout::{AxisGroup, PointEntry, PointState, SweepManifest, STATE_JSON, SWEEP_JSON};
 
 #[derive(Debug, Default, Deserialize)]
 struct TrainFile {
@@ -70,6 +70,8 @@ pub struct PointRow {
 pub struct Results {
     pub sweep: String,
     pub axes: Vec<String>,
+    /// The declared axes (a zipped one holds several of `axes`), covering `axes` in order.
+    pub groups: Vec<AxisGroup>,
     /// Union of the metric keys over all points, in order of first appearance (so the
     /// order of `metrics.json` itself, then keys only some points have).
     pub metric_names: Vec<String>,
@@ -118,7 +120,20 @@ pub fn collect(sweep_dir: &Path) -> Result<Results> {
             unfinished.join(", ")
         );
     }
-    Ok(Results { sweep: sweep.name, axes: sweep.axes, metric_names, rows })
+    let groups = axis_groups(&sweep.axes, sweep.axis_groups);
+    Ok(Results { sweep: sweep.name, axes: sweep.axes, groups, metric_names, rows })
+}
+
+/// The manifest's groups when they cover its keys exactly, in order; else (a sweep.json
+/// written before groups existed) every key its own axis.
+fn axis_groups(axes: &[String], declared: Vec<AxisGroup>) -> Vec<AxisGroup> {
+    let covered: Vec<&String> = declared.iter().flat_map(|g| &g.keys).collect();
+    if !declared.is_empty() && covered.len() == axes.len() && covered.iter().zip(axes).all(|(a, b)| *a == b) {
+        return declared;
+    }
+    axes.iter()
+        .map(|k| AxisGroup { label: k.rsplit('.').next().unwrap_or(k).to_owned(), keys: vec![k.clone()] })
+        .collect()
 }
 
 fn read_point(sweep_dir: &Path, spec: PointEntry) -> Result<PointRow> {

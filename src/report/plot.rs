@@ -77,7 +77,8 @@ fn mean_sd(values: &[f64]) -> (f64, f64) {
 #[derive(Debug, Clone)]
 pub struct Figure {
     pub metric: String,
-    /// The full axis key (`train.num_negatives`), shown as the x title.
+    /// The x title: the full axis key (`train.num_negatives`), or for a zipped axis its
+    /// label, first key and the keys that move with it.
     pub axis: String,
     /// File stem: `<metric>-vs-<short axis name>`.
     pub stem: String,
@@ -125,11 +126,21 @@ pub fn plan(results: &Results, columns: &[Column], metrics: &[String]) -> Vec<Fi
             seen
         })
         .collect();
-    let varying: Vec<usize> =
-        (0..results.axes.len()).filter(|&a| distinct[a].len() > 1 && !is_seed_axis(&results.axes[a])).collect();
+    // A zipped axis is plotted against its first key; the keys that move with it are
+    // neither x axes nor legend labels of their own.
+    let zipped = ZippedAxes::of(results);
+    let varying: Vec<usize> = (0..results.axes.len())
+        .filter(|&a| distinct[a].len() > 1 && !is_seed_axis(&results.axes[a]) && zipped.leads(a))
+        .collect();
     for (a, axis) in results.axes.iter().enumerate() {
         if is_seed_axis(axis) {
             tracing::info!("axis {axis} repeats points: plotted as the mean with ±1 s.d. error bars");
+        } else if let Some(leader) = zipped.leader_of(a) {
+            tracing::info!(
+                "axis {axis} moves with {} (zipped axis {}): plotted against it",
+                results.axes[leader],
+                zipped.label(a)
+            );
         } else if !varying.contains(&a) {
             tracing::info!("axis {axis} takes one value; nothing to plot against it");
         }
@@ -159,11 +170,12 @@ pub fn plan(results: &Results, columns: &[Column], metrics: &[String]) -> Vec<Fi
                 continue;
             }
             let over_seeds = if series.iter().any(Series::has_spread) { ", mean ± s.d. over seeds" } else { "" };
+            let (name, x_title) = zipped.names(a, results, &short);
             figures.push(Figure {
                 metric: metric.clone(),
-                axis: results.axes[a].clone(),
-                stem: file_safe(&format!("{metric}-vs-{}", short[a])),
-                title: format!("{metric} vs {} (sweep {}{over_seeds})", short[a], results.sweep),
+                axis: x_title.clone(),
+                stem: file_safe(&format!("{metric}-vs-{name}")),
+                title: format!("{metric} vs {name} (sweep {}{over_seeds})", results.sweep),
                 x: x.clone(),
                 series: series.clone(),
                 secondary: None,
@@ -173,11 +185,11 @@ pub fn plan(results: &Results, columns: &[Column], metrics: &[String]) -> Vec<Fi
                 let twin = series_for(results, columns, SECONDARY_METRIC, a, &varying, &short, &x);
                 figures.push(Figure {
                     metric: metric.clone(),
-                    axis: results.axes[a].clone(),
-                    stem: file_safe(&format!("{metric}+{SECONDARY_METRIC}-vs-{}", short[a])),
+                    axis: x_title,
+                    stem: file_safe(&format!("{metric}+{SECONDARY_METRIC}-vs-{name}")),
                     title: format!(
-                        "{metric} and {SECONDARY_METRIC} (dashed) vs {} (sweep {}{over_seeds})",
-                        short[a], results.sweep
+                        "{metric} and {SECONDARY_METRIC} (dashed) vs {name} (sweep {}{over_seeds})",
+                        results.sweep
                     ),
                     x,
                     series,
@@ -187,6 +199,50 @@ pub fn plan(results: &Results, columns: &[Column], metrics: &[String]) -> Vec<Fi
         }
     }
     figures
+}
+
+/// Which axis keys belong to a zipped axis (one declared axis setting several keys).
+struct ZippedAxes {
+    /// Per key of `Results::axes`: (index of its group's first key, group label, group size).
+    of_key: Vec<(usize, String, usize)>,
+}
+
+impl ZippedAxes {
+    fn of(results: &Results) -> ZippedAxes {
+        let mut of_key = Vec::with_capacity(results.axes.len());
+        for g in &results.groups {
+            let first = of_key.len();
+            of_key.extend(g.keys.iter().map(|_| (first, g.label.clone(), g.keys.len())));
+        }
+        ZippedAxes { of_key }
+    }
+
+    /// Whether key `a` is plotted as an x axis: it is its axis's first key.
+    fn leads(&self, a: usize) -> bool {
+        self.of_key[a].0 == a
+    }
+
+    /// The first key of `a`'s zipped axis, when `a` only moves with it.
+    fn leader_of(&self, a: usize) -> Option<usize> {
+        (!self.leads(a)).then_some(self.of_key[a].0)
+    }
+
+    fn label(&self, a: usize) -> &str {
+        &self.of_key[a].1
+    }
+
+    /// The name in file names and titles, and the x title, of the axis led by key `a`: a
+    /// plain key as itself; a zipped axis by its label, its x title naming every key.
+    fn names(&self, a: usize, results: &Results, short: &[String]) -> (String, String) {
+        let (first, ref label, len) = self.of_key[a];
+        if len == 1 {
+            return (short[a].clone(), results.axes[a].clone());
+        }
+        let with: Vec<&str> = short[first + 1..first + len].iter().map(String::as_str).collect();
+        let key = &results.axes[first];
+        let lead = if short[first] == *label { key.clone() } else { format!("{label}: {key}") };
+        (label.clone(), format!("{lead} (zipped with {})", with.join(", ")))
+    }
 }
 
 /// Groups the points with a number for `metric` into lines by (family, the other varying

@@ -40,7 +40,19 @@ pub struct SweepManifest {
     pub backend: String,
     /// Every axis key, in axis order.
     pub axes: Vec<String>,
+    /// The axes as the sweep file declares them: a zipped axis moves several keys together
+    /// and is one x axis in the report, named by its label. Absent in sweeps written
+    /// before it existed: each key is then its own axis.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub axis_groups: Vec<AxisGroup>,
     pub points: Vec<PointEntry>,
+}
+
+/// One declared axis: its label (in point names) and the keys it sets, first key first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AxisGroup {
+    pub label: String,
+    pub keys: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

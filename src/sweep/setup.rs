@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use crate::config::RunConfig;
 use crate::data::docid::DocidTable;
 use crate::error::{Error, Result};
-use crate::sweep::layout::{PointState, State, SweepDir, SweepManifest, SWEEP_TOML};
+use crate::sweep::layout::{AxisGroup, PointState, State, SweepDir, SweepManifest, SWEEP_TOML};
 use crate::sweep::resolve::{CorpusSample, ResolvedPoint};
 use crate::sweep::spec::{flatten, SweepSpec};
 use crate::sweep::subsample::{self, SubsampleInfo, SUBSAMPLE_JSON};
@@ -152,6 +152,7 @@ pub fn write(
         spec: spec_path.display().to_string(),
         backend: backend.to_string(),
         axes: spec.axis_keys(),
+        axis_groups: spec.axes.iter().map(|a| AxisGroup { label: a.label.clone(), keys: a.keys.clone() }).collect(),
         points: points.iter().zip(ranks).map(|(p, &r)| p.entry(r)).collect(),
     };
     crate::atomic::write_json(&dir.manifest(), &manifest)?;
