@@ -303,6 +303,13 @@ pub enum NegativeBank {
     /// hard negatives from a periodically refreshed index), every document the training
     /// qrels judge relevant to the query left out.
     Hard,
+    /// The softmax over every document of the corpus, each encoded with the current
+    /// parameters at every micro-batch and back-propagated through: the exact global
+    /// softmax of Zhang et al.'s Theorem 3.1, where `full` has no gradient through the
+    /// negatives. The corpus is the document side of every micro-batch, sharded over ranks
+    /// and run through GradCache's chunks (`grad_cache_chunk`, required). No stored bank:
+    /// `bank_refresh_steps` does not apply.
+    Corpus,
 }
 
 /// `[train]`: the optimisation.
@@ -347,6 +354,8 @@ pub struct TrainConfig {
     /// of every document's embedding, encoded with the current model (no dropout, sharded
     /// over ranks) at step 0 and every `bank_refresh_steps` steps. Bank negatives carry no
     /// gradient (the query and the positive do) and are as stale as the last refresh.
+    /// `corpus`: every document encoded fresh at every micro-batch, with gradient (needs
+    /// `grad_cache_chunk`; costs about three corpus encodings per micro-batch).
     pub negative_bank: NegativeBank,
     /// Re-encode the bank every this many steps (0: once, at step 0). Default 50.
     pub bank_refresh_steps: u64,
@@ -713,9 +722,14 @@ impl RunConfig {
                 "train.num_negatives",
                 "a sampled or hard bank needs the number of negatives per query (≥ 1)",
             )),
-            (NegativeBank::Full, Some(_)) => Err(Error::usage(
+            (NegativeBank::Full | NegativeBank::Corpus, Some(_)) => Err(Error::usage(
                 "train.num_negatives",
-                "a full bank uses every document; set train.negative_bank = \"sampled\" for a number of them",
+                "a full or corpus softmax uses every document; set train.negative_bank = \"sampled\" for a number of them",
+            )),
+            (NegativeBank::Corpus, None) if t.grad_cache_chunk.is_none() => Err(Error::usage(
+                "train.grad_cache_chunk",
+                "negative_bank = \"corpus\" encodes the whole corpus with gradient at every micro-batch, which fits \
+                 in memory only through GradCache's chunks: set train.grad_cache_chunk (e.g. 64)",
             )),
             _ => Ok(()),
         }

@@ -219,6 +219,12 @@ fn misuse_exits_2_naming_what_is_wrong() {
     usage_error(&with("bk5.toml", &colbert, "negative_bank = \"full\""), "train.negative_bank");
     usage_error(&with("bk6.toml", &bank, "negative_bank = \"hard\""), "train.num_negatives");
     usage_error(&with("bk7.toml", &bank, "negative_bank = \"hard\"\nnum_negatives = 5183"), "train.num_negatives");
+    // The corpus softmax runs through GradCache's chunks and takes every document.
+    usage_error(&with("bk8.toml", &bank, "negative_bank = \"corpus\""), "train.grad_cache_chunk");
+    usage_error(
+        &with("bk9.toml", &bank, "negative_bank = \"corpus\"\ngrad_cache_chunk = 8\nnum_negatives = 5"),
+        "train.num_negatives",
+    );
     // GradCache: chunks of at least one row, for dual encoders only.
     usage_error(&with("gc1.toml", &text, "grad_cache_chunk = 0"), "train.grad_cache_chunk");
     usage_error(&with("gc2.toml", &colbert, "grad_cache_chunk = 4"), "train.grad_cache_chunk");

@@ -354,3 +354,84 @@ fn a_grad_cache_chunk_draws_the_same_dropout_masks_in_both_passes() {
     assert!(diff < 1e-12, "dropout masks differ between the passes: {diff:e}");
     assert!(expected.abs().sum(tch::Kind::Double).double_value(&[]) > 0.0);
 }
+
+/// A BEIR directory cut from SciFact: its first `n` training judgements whose query and
+/// document are both new, and only those documents, queries and judgements. Every query has
+/// one relevant document and every document one query, so a global batch of all `n` pairs
+/// holds the whole corpus as its documents.
+fn one_to_one_beir(dir: &std::path::Path, n: usize) -> std::path::PathBuf {
+    use std::collections::HashSet;
+    let src = scifact_dir();
+    let (mut queries, mut docs, mut qrels) = (Vec::new(), Vec::new(), String::from("query-id\tcorpus-id\tscore\n"));
+    let (mut seen_q, mut seen_d) = (HashSet::new(), HashSet::new());
+    for line in std::fs::read_to_string(src.join("qrels/train.tsv")).unwrap().lines().skip(1) {
+        let f: Vec<&str> = line.split('\t').collect();
+        if queries.len() < n && !seen_q.contains(f[0]) && !seen_d.contains(f[1]) {
+            seen_q.insert(f[0].to_owned());
+            seen_d.insert(f[1].to_owned());
+            queries.push(f[0].to_owned());
+            docs.push(f[1].to_owned());
+            qrels.push_str(&format!("{}\t{}\t1\n", f[0], f[1]));
+        }
+    }
+    assert_eq!(queries.len(), n);
+    let keep = |file: &str, ids: &HashSet<String>| -> String {
+        std::fs::read_to_string(src.join(file))
+            .unwrap()
+            .lines()
+            .filter(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                ids.contains(v["_id"].as_str().unwrap())
+            })
+            .map(|l| format!("{l}\n"))
+            .collect()
+    };
+    let out = dir.join("beir");
+    std::fs::create_dir_all(out.join("qrels")).unwrap();
+    std::fs::write(out.join("corpus.jsonl"), keep("corpus.jsonl", &seen_d)).unwrap();
+    std::fs::write(out.join("queries.jsonl"), keep("queries.jsonl", &seen_q)).unwrap();
+    std::fs::write(out.join("qrels/train.tsv"), qrels).unwrap();
+    let data = dir.join("data");
+    ok(&std::process::Command::new(bin())
+        .args(["prepare", "beir", "--input", out.to_str().unwrap(), "--output", data.to_str().unwrap()])
+        .env("CI", "1")
+        .output()
+        .unwrap());
+    data
+}
+
+/// `negative_bank = "corpus"` is the softmax over every document with gradient through
+/// each: where the global batch's documents are exactly the corpus (one document per query,
+/// every query in every batch), in-batch training computes that same loss, so training
+/// through the corpus, on 1 rank with chunks of 5 and on 2 ranks with chunks of 3, ends
+/// with in-batch training's parameters and losses. (A bank without gradient, `full`, has
+/// the same loss but not this gradient.)
+#[test]
+fn corpus_softmax_trains_as_in_batch_training_over_the_whole_corpus() {
+    // 150 documents: chunks [0, 64) and [128, 150) on rank 0, [64, 128) on rank 1 of 2.
+    const N: usize = 150;
+    let dir = tempfile::tempdir().unwrap();
+    let data = one_to_one_beir(dir.path(), N);
+    let steps = 3;
+    let text = tiny_dual(&data)
+        .replace("hard_negatives = 1", "hard_negatives = 0")
+        .replace("d_ff = 64", "d_ff = 64\nno_dropout = true")
+        .replace("max_steps = 6", &format!("max_steps = {steps}"));
+    let cfg = write_config(dir.path(), "run.toml", &text);
+    let (plain, one, two) = (dir.path().join("plain"), dir.path().join("one"), dir.path().join("two"));
+    let batch = |b: usize| format!("train.batch_size={b}");
+    let (all, half) = (batch(N), batch(N / 2));
+    let corpus = ["--set", "train.negative_bank=corpus", "--set"];
+    ok(&train(&cfg, &plain, &["--set", &all]));
+    ok(&train(&cfg, &one, &[&corpus[..], &["train.grad_cache_chunk=5", "--set", &all]].concat()));
+    ok(&train_ranks(2, &cfg, &two, &[&corpus[..], &["train.grad_cache_chunk=3", "--set", &half]].concat()));
+    for (name, run) in [("1 rank, chunks of 5", &one), ("2 ranks, chunks of 3", &two)] {
+        let (rel, max_abs) = param_distance(&params(run, steps), &params(&plain, steps));
+        assert!(rel <= TOL && max_abs <= 1e-4, "{name} vs in-batch: parameter distance {rel:e} (largest {max_abs:e})");
+        let (a, b) = (losses(&plain), losses(run));
+        assert_eq!(a.len(), b.len());
+        for ((s, x, _), (_, y, _)) in a.iter().zip(&b) {
+            assert!((x - y).abs() <= 1e-5 * x.abs().max(1.0), "{name}, step {s}: loss {x} vs in-batch {y}");
+        }
+    }
+}

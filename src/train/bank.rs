@@ -96,17 +96,15 @@ impl Bank {
     /// Re-encodes every document with the current model (no dropout), sharded by chunk.
     pub fn refresh(&self, comm: &dyn Comm, task: &Task, batcher: &mut Batcher) -> Result<()> {
         let Net::Dual(m) = &task.net else { unreachable!("checked in Bank::new") };
-        let w = comm.world();
         let n = self.vectors.size()[0] as usize;
         let dim = self.vectors.size()[1];
-        let chunks: Vec<(usize, usize)> = (0..n).step_by(CHUNK).map(|lo| (lo, (lo + CHUNK).min(n))).collect();
+        let shard = Dealing::new(n, comm.world().rank, comm.world().size);
         // This rank's chunks, in order, as one (rows, d) block.
         let local = tch::no_grad(|| -> Result<Tensor> {
             let mut parts = Vec::new();
-            for &(lo, hi) in chunks.iter().skip(w.rank).step_by(w.size) {
-                let texts: Vec<String> = (lo..hi).map(|d| batcher.docs.text(d as u32)).collect::<Result<_>>()?;
-                let ids = batcher.doc_tok.encode(&texts.iter().map(String::as_str).collect::<Vec<_>>())?;
-                let (ids, mask) = batcher.doc_tok.batch(&ids, batcher.device);
+            for &(lo, hi) in &shard.chunks {
+                let tokens = doc_tokens(batcher, lo, hi)?;
+                let (ids, mask) = batcher.doc_tok.batch(&tokens, batcher.device);
                 // Length-sorted sub-batches inside the chunk: less padding, the same function.
                 parts.push(encode_length_sorted(&ids, &mask, |i, k| m.embed(i, k, false)).to_kind(Kind::Float));
             }
@@ -116,17 +114,8 @@ impl Bank {
                 Tensor::cat(&parts, 0)
             })
         })?;
-        // Every rank's block in rank order. Chunk j is the (j / W)-th chunk of rank j mod W:
-        // its rows' place in `all`.
-        let (all, sizes) = comm.all_gather_varsize(&local)?;
-        let mut next: Vec<i64> = sizes.iter().scan(0, |at, &s| Some(std::mem::replace(at, *at + s))).collect();
-        let mut rows = Vec::with_capacity(n);
-        for (j, &(lo, hi)) in chunks.iter().enumerate() {
-            let r = j % w.size;
-            rows.extend(next[r]..next[r] + (hi - lo) as i64);
-            next[r] += (hi - lo) as i64;
-        }
-        let order = Tensor::from_slice(&rows).to_device(all.device());
+        let (all, _) = comm.all_gather_varsize(&local)?; // (N, d), rank-block order
+        let order = Tensor::from_slice(&shard.order).to_device(all.device());
         tch::no_grad(|| self.vectors.shallow_clone().copy_(&all.index_select(0, &order)));
         Ok(())
     }
@@ -169,9 +158,61 @@ impl Bank {
     }
 }
 
+/// The corpus sharded over ranks: chunks of CHUNK documents by doc_idx, chunk j to rank
+/// j mod W. A chunk's documents are the same whichever rank encodes them, so what is built
+/// from them is the same on N ranks as on one.
+pub struct Dealing {
+    /// This rank's chunks, `[lo, hi)` doc_idx ranges in order.
+    pub chunks: Vec<(usize, usize)>,
+    /// For each doc_idx, its row in the rank-order concatenation of every rank's chunks
+    /// (what an all-gather of the ranks' blocks holds): `index_select` puts it in doc order.
+    pub order: Vec<i64>,
+}
+
+impl Dealing {
+    pub fn new(n_docs: usize, rank: usize, world_size: usize) -> Dealing {
+        let all: Vec<(usize, usize)> = (0..n_docs).step_by(CHUNK).map(|lo| (lo, (lo + CHUNK).min(n_docs))).collect();
+        // Rank r's block starts after the rows of ranks < r; chunk j is the (j / W)-th of
+        // rank j mod W.
+        let mut next = vec![0i64; world_size];
+        for (j, &(lo, hi)) in all.iter().enumerate() {
+            next[j % world_size] += (hi - lo) as i64;
+        }
+        let mut at: Vec<i64> = next.iter().scan(0, |sum, &rows| Some(std::mem::replace(sum, *sum + rows))).collect();
+        let mut order = Vec::with_capacity(n_docs);
+        for (j, &(lo, hi)) in all.iter().enumerate() {
+            let r = j % world_size;
+            order.extend(at[r]..at[r] + (hi - lo) as i64);
+            at[r] += (hi - lo) as i64;
+        }
+        let chunks = all.into_iter().skip(rank).step_by(world_size).collect();
+        Dealing { chunks, order }
+    }
+}
+
+/// The token ids of documents `lo..hi` at the training length.
+pub fn doc_tokens(batcher: &mut Batcher, lo: usize, hi: usize) -> Result<Vec<Vec<i64>>> {
+    let texts: Vec<String> = (lo..hi).map(|d| batcher.docs.text(d as u32)).collect::<Result<_>>()?;
+    batcher.doc_tok.encode(&texts.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dealt_chunks_cover_the_corpus_and_order_restores_doc_order() {
+        for (n, w) in [(1, 1), (150, 1), (150, 2), (300, 3), (64, 4)] {
+            let shards: Vec<Dealing> = (0..w).map(|r| Dealing::new(n, r, w)).collect();
+            // The rank-order concatenation of every rank's doc_idx, then `order` applied.
+            let gathered: Vec<i64> =
+                shards.iter().flat_map(|s| s.chunks.iter().flat_map(|&(lo, hi)| lo as i64..hi as i64)).collect();
+            let restored: Vec<i64> = shards[0].order.iter().map(|&row| gathered[row as usize]).collect();
+            assert_eq!(restored, (0..n as i64).collect::<Vec<_>>(), "n {n}, W {w}");
+            assert!(shards.iter().all(|s| s.order == shards[0].order), "every rank knows the order");
+        }
+        assert_eq!(Dealing::new(150, 1, 2).chunks, vec![(64, 128)]);
+    }
 
     fn bank(n: i64, k: usize) -> Bank {
         Bank {

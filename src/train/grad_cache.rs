@@ -60,19 +60,27 @@ pub fn forward_backward(
     };
 
     // 1. Representations without a graph, back in batch order, as leaves of step 2's graph.
-    let reps: Vec<Tensor> = tch::no_grad(|| {
+    //    A side may have no rows here (a rank whose shard of the corpus is empty): its
+    //    leaf is a (0, …) tensor shaped as the other sides'.
+    let reps: Vec<Option<Tensor>> = tch::no_grad(|| {
         (0..sides.len())
             .map(|side| {
                 let parts: Vec<Tensor> = (0..plans[side].len()).map(|c| run_chunk(side, c)).collect();
+                if parts.is_empty() {
+                    return None;
+                }
                 let mut position = vec![0i64; sides[side].ids.size()[0] as usize]; // row → place in `parts`
                 for (at, &r) in plans[side].iter().flat_map(|(rows, _)| rows).enumerate() {
                     position[r as usize] = at as i64;
                 }
                 let position = Tensor::from_slice(&position).to_device(sides[side].ids.device());
-                Tensor::cat(&parts, 0).index_select(0, &position).detach().set_requires_grad(true)
+                Some(Tensor::cat(&parts, 0).index_select(0, &position).detach().set_requires_grad(true))
             })
             .collect()
     });
+    let like = reps.iter().flatten().next().expect("a batch has rows on some side").narrow(0, 0, 0);
+    let reps: Vec<Tensor> =
+        reps.into_iter().map(|r| r.unwrap_or_else(|| like.detach().copy().set_requires_grad(true))).collect();
 
     // 2. The loss of the whole batch and its gradient with respect to each representation.
     let loss = loss_of(&reps)?;
@@ -140,5 +148,30 @@ mod tests {
         assert!((loss.double_value(&[]) - plain.double_value(&[])).abs() < 1e-12);
         let diff = (w.grad() - expected).abs().max().double_value(&[]);
         assert!(diff < 1e-12, "chunked vs whole-batch gradient: {diff:e}");
+    }
+
+    /// A side without rows (a rank whose shard of the corpus is empty) is a (0, d) leaf.
+    #[test]
+    fn a_side_without_rows_is_an_empty_leaf() {
+        let w = Tensor::ones([4, 3], (Kind::Double, tch::Device::Cpu)).set_requires_grad(true);
+        let encode = |ids: &Tensor, _: &Tensor| w.index_select(0, &ids.select(1, 0)); // (b, 3)
+        let (ids, mask) = (Tensor::from_slice2(&[[1i64], [2]]), Tensor::ones([2, 1], (Kind::Int64, tch::Device::Cpu)));
+        let empty = Tensor::zeros([0, 1], (Kind::Int64, tch::Device::Cpu));
+        let sides = [Side { ids: &ids, mask: &mask }, Side { ids: &empty, mask: &empty }];
+        let loss = forward_backward(
+            &sides,
+            2,
+            false,
+            encode,
+            |_, _| 0,
+            |r| {
+                assert_eq!((r[0].size(), r[1].size()), (vec![2, 3], vec![0, 3]));
+                Ok(Tensor::cat(&[&r[0], &r[1]], 0).sum(Kind::Double))
+            },
+            1.0,
+        )
+        .unwrap();
+        assert_eq!(loss.double_value(&[]), 6.0);
+        assert_eq!(w.grad().sum(Kind::Double).double_value(&[]), 6.0);
     }
 }

@@ -2,6 +2,7 @@
 //! checkpoints. See docs/ARCHITECTURE.md.
 pub mod bank;
 pub mod checkpoint;
+pub mod corpus_softmax;
 pub mod evaluate;
 pub mod export;
 pub mod grad_cache;

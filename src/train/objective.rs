@@ -5,6 +5,7 @@
 use tch::{Device, Kind, Tensor};
 
 use super::bank::Bank;
+use super::corpus_softmax::CorpusSide;
 use super::{grad_cache, loss};
 use crate::config::{ContrastiveLoss, NegativeBank};
 use crate::data::batch::{GenBatch, PairBatch};
@@ -45,6 +46,8 @@ pub struct PairStep<'a> {
     pub batch: &'a PairBatch,
     pub settings: LossSettings,
     pub bank: Option<&'a Bank>,
+    /// `negative_bank = "corpus"`: the corpus is the document side (through GradCache).
+    pub corpus: Option<&'a CorpusSide>,
     pub step: u64,
     /// The micro-batch's index within the step (keys its negative draws).
     pub micro: u64,
@@ -56,17 +59,23 @@ pub struct PairStep<'a> {
 /// DR/ColBERT micro-batch: the loss over the global batch (every rank's queries and
 /// documents gathered: the same value on every rank), back-propagated scaled by `scale`
 /// (the trainer's `backward_scale / grad_accum`) — through GradCache's chunks when
-/// `train.grad_cache_chunk` is set. Returns the loss, detached.
+/// `train.grad_cache_chunk` is set, with the whole corpus as the document side when
+/// `negative_bank = "corpus"` (config checks that it has chunks). Returns the loss, detached.
 pub fn pair_forward_backward(task: &Task, p: &PairStep, scale: f64) -> Result<Tensor> {
     let (b, s, train) = (p.batch, p.settings, task.dropout);
     let forward = |f: &dyn Fn() -> Result<Tensor>| bf16_autocast(p.device, p.autocast, f);
     match (&task.net, s.grad_cache_chunk) {
         (Net::Dual(m), Some(chunk)) => {
             let rank = p.comm.world().rank as u64;
-            let sides = [
-                grad_cache::Side { ids: &b.q_ids, mask: &b.q_mask },
-                grad_cache::Side { ids: &b.d_ids, mask: &b.d_mask },
-            ];
+            let docs = match p.corpus {
+                Some(c) => grad_cache::Side { ids: &c.ids, mask: &c.mask }, // this rank's shard
+                None => grad_cache::Side { ids: &b.d_ids, mask: &b.d_mask },
+            };
+            let sides = [grad_cache::Side { ids: &b.q_ids, mask: &b.q_mask }, docs];
+            let loss_of = |q: &Tensor, d: &Tensor| match p.corpus {
+                Some(c) => c.loss(p.comm, q, d, &b.positives, s.temperature),
+                None => dual_loss(p, q, d),
+            };
             grad_cache::forward_backward(
                 &sides,
                 chunk,
@@ -75,7 +84,7 @@ pub fn pair_forward_backward(task: &Task, p: &PairStep, scale: f64) -> Result<Te
                 |side, c| {
                     SplitMix64::torch_seed(&[s.seed, tag::GRAD_CACHE, rank, p.step, p.micro, side as u64, c as u64])
                 },
-                |reps| forward(&|| dual_loss(p, &reps[0], &reps[1])),
+                |reps| forward(&|| loss_of(&reps[0], &reps[1])),
                 scale,
             )
         }
@@ -183,12 +192,12 @@ fn bank_loss(p: &PairStep, bank: &Bank, q: &Tensor, d: &Tensor, positives: &[i64
             let (_, top) = eligible.topk(k, 1, true, true); // (Q, K) doc_idx
             against(scores.gather(1, &top, false)) // (Q, K)
         }
-        NegativeBank::None => unreachable!("no bank without a mode"),
+        NegativeBank::None | NegativeBank::Corpus => unreachable!("no bank in these modes"),
     }
 }
 
 /// Every rank's values, concatenated in rank order (small host data).
-fn all_gather_i64(comm: &dyn Comm, local: &[i64]) -> Result<Vec<i64>> {
+pub(super) fn all_gather_i64(comm: &dyn Comm, local: &[i64]) -> Result<Vec<i64>> {
     let bytes: Vec<u8> = local.iter().flat_map(|x| x.to_le_bytes()).collect();
     let parts = comm.all_gather_bytes(&bytes)?;
     Ok(parts

@@ -17,6 +17,7 @@ use tch::{Device, Tensor};
 
 use super::bank::Bank;
 use super::checkpoint::{self, TrainState};
+use super::corpus_softmax::CorpusSide;
 use super::metrics_log::{self, MetricsLog, Record};
 use super::objective::{generative_loss, pair_forward_backward, LossSettings, PairStep};
 use super::optim::{AdamW, AdamWConfig};
@@ -204,6 +205,9 @@ struct Trainee<'c> {
     task: Task,
     /// DR's negative bank (`train.negative_bank`), its vectors in the task's VarStore.
     bank: Option<Bank>,
+    /// `negative_bank = "corpus"`: this rank's shard of the corpus, the document side of
+    /// every micro-batch.
+    corpus: Option<CorpusSide>,
     optimizer: AdamW,
     ddp: Ddp<'c>,
     sampler: Sampler,
@@ -223,7 +227,7 @@ impl<'c> Trainee<'c> {
         let task = Task::build(&cfg.model, device, inputs.docids.as_ref())?;
         // Before a checkpoint is loaded: the checkpoint holds the bank it had.
         let bank = match t.negative_bank {
-            NegativeBank::None => None,
+            NegativeBank::None | NegativeBank::Corpus => None,
             mode => {
                 let n_docs = inputs.groups.iter().map(|g| g.rows as usize).sum();
                 Some(Bank::new(&task, n_docs, &inputs.pairs, mode, t.num_negatives, t.bank_refresh_steps)?)
@@ -261,7 +265,7 @@ impl<'c> Trainee<'c> {
         };
         let sampler = Sampler::new(source, t.seed);
         let tokenizer = |max_len| TextTokenizer::from_path(&task.tokenizer_json, max_len);
-        let batcher = Batcher {
+        let mut batcher = Batcher {
             docs: DocStore::new(&inputs.ds.docs_path(), inputs.groups.clone(), cfg.data.doc_cache_row_groups),
             queries: std::mem::take(&mut inputs.queries),
             query_tok: tokenizer(cfg.data.query_max_len)?,
@@ -274,7 +278,14 @@ impl<'c> Trainee<'c> {
             device,
             seed: t.seed,
         };
-        Ok(Trainee { task, bank, optimizer, ddp, sampler, batcher })
+        let corpus = match t.negative_bank {
+            NegativeBank::Corpus => {
+                let n_docs = inputs.groups.iter().map(|g| g.rows as usize).sum();
+                Some(CorpusSide::new(comm, &mut batcher, n_docs)?)
+            }
+            _ => None,
+        };
+        Ok(Trainee { task, bank, corpus, optimizer, ddp, sampler, batcher })
     }
 }
 
@@ -569,6 +580,7 @@ fn forward_backward(
                     batch: &b,
                     settings: plan.losses,
                     bank: trainee.bank.as_ref(),
+                    corpus: trainee.corpus.as_ref(),
                     step,
                     micro: a as u64,
                     device: plan.device,
