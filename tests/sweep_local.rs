@@ -37,7 +37,7 @@ fn shipped_presets_expand_into_valid_configs() {
     let expected = [
         ("negatives-dr-scifact.toml", 12),
         ("negatives-bank-dr-scifact.toml", 9),
-        ("full-softmax-dr-scifact.toml", 6),
+        ("full-softmax-dr-scifact.toml", 9),
         ("dim-dr-scifact.toml", 9),
         ("corpus-size-dr-vs-gr-scifact.toml", 24),
         ("model-size-dr-vs-gr-scifact.toml", 18),
@@ -73,11 +73,15 @@ fn shipped_presets_expand_into_valid_configs() {
                 assert_eq!((last.train.num_negatives, last.data.hard_negatives), (Some(5182), 0));
             }
             "full-softmax-dr-scifact.toml" => {
-                // In-batch against the exact full softmax (a bank re-encoded every step).
+                // In-batch against the full softmax: a bank re-encoded every step, and every
+                // document encoded with gradient at every step (through GradCache's chunks).
                 let full = &points[3].config.train;
                 assert_eq!(points[3].name(), "p03-corpus_docs=667-softmax=full-seed=1");
                 assert_eq!((full.negative_bank, full.bank_refresh_steps), (grdr::config::NegativeBank::Full, 1));
                 assert_eq!(points[0].config.train.negative_bank, grdr::config::NegativeBank::None);
+                let corpus = &points[6].config.train;
+                assert_eq!(points[6].name(), "p06-corpus_docs=667-softmax=corpus-seed=1");
+                assert_eq!((corpus.negative_bank, corpus.grad_cache_chunk), (grdr::config::NegativeBank::Corpus, Some(32)));
             }
             "model-size-dr-vs-gr-scifact.toml" => {
                 // DR and GR at the same sizes, seed by seed: points 0..9 DR, 9..18 GR.

@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! SWEEPDIR/sweep.toml                 copy of the sweep file
-//! SWEEPDIR/sweep.json                 name, spec, backend, axes, points (below)
+//! SWEEPDIR/sweep.json                 name, spec, backend, axes, axis_groups, points (below)
 //! SWEEPDIR/points/<name>/config.toml  the point's resolved run config (every default filled)
 //! SWEEPDIR/points/<name>/run/         its `grdr train` run directory (eval/metrics.json when done)
 //! SWEEPDIR/points/<name>/state.json   pending|submitted|running|preempted|done|failed, job id,
