@@ -97,11 +97,13 @@ fn shipped_presets_expand_into_valid_configs() {
                 assert_eq!(points[4].name(), "p04-base=dr-t5-scratch-scifact-d_model=128-seed=2");
                 assert_eq!(points[4].config.model.d_model, 128);
                 assert_eq!((points[4].config.train.epochs, points[13].config.train.epochs), (20.0, 4.0), "CPU budgets");
+                assert!(points.iter().all(|p| p.config.eval.calibration), "Brier at every point");
             }
             "corpus-size-dr-vs-gr-scifact.toml" => {
                 assert_eq!(points[0].name(), "p00-base=dr-minilm-scifact-corpus_docs=667-seed=1");
                 assert_eq!(points[0].config.data.path, out.join("data/docs-667"));
                 assert_eq!((points[0].config.train.epochs, points[12].config.train.epochs), (1.0, 4.0), "CPU budgets");
+                assert!(points.iter().all(|p| p.config.eval.calibration), "Brier at every point");
                 let gr = &points[12];
                 assert_eq!(gr.config.model.kind, ModelKind::Generative);
                 assert_eq!(gr.config.data.path, out.join("data/docs-667"), "DR and GR share the sample");
