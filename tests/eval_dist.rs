@@ -1,6 +1,6 @@
 //! N ranks ≡ 1 rank for evaluation: `grdr eval` on 2 ranks (launcher/grdr-launch, MPI) writes the same run.trec,
 //! byte for byte, as on 1 rank — for DR (with calibration), ColBERT (token-pool candidates +
-//! MaxSim) and GR (trie-constrained beam search), and for the rerank setting. The corpus is
+//! MaxSim, and over the compressed index) and GR (trie-constrained beam search), and for the rerank setting. The corpus is
 //! synthetic (`grdr synth`: throughput data, not accuracy), split into 6 row groups so both
 //! ranks hold several; the DR/ColBERT model is the real MiniLM, the GR model a tiny random T5
 //! written here with the T5 tokenizer.
@@ -120,6 +120,15 @@ fn two_ranks_write_the_one_rank_run_file() {
     // ColBERT end to end (untrained projection: only the plumbing is under test).
     let cb = [&base[..], &["--model", "minilm", "--kind", "colbert", "--token-k", "8", "--colbert-dim", "16"]].concat();
     same_runs(dir, "colbert", &cb);
+    // ColBERT over the compressed index: the codec's sample, k-means, probing and the
+    // global cut to `ndocs` candidates are the same on any number of ranks.
+    let compressed = [&base[..], &["--model", "minilm", "--kind", "colbert", "--colbert-dim", "16"]].concat();
+    let compressed = [&compressed[..], &["--compress", "--nprobe", "2", "--ndocs", "60"]].concat();
+    same_runs(dir, "colbert-compressed", &compressed);
+    let info: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("colbert-compressed-2/run.json")).unwrap()).unwrap();
+    assert_eq!(info["compression"]["nbits"], 2);
+    assert_eq!(info["candidate_stage"]["mean_candidates"], 60.0, "{info}");
     let info: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.join("colbert-2/run.json")).unwrap()).unwrap();
     let recall = info["candidate_stage"]["recall"].as_f64().unwrap();

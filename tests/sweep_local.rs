@@ -81,7 +81,10 @@ fn shipped_presets_expand_into_valid_configs() {
                 assert_eq!(points[0].config.train.negative_bank, grdr::config::NegativeBank::None);
                 let corpus = &points[6].config.train;
                 assert_eq!(points[6].name(), "p06-corpus_docs=667-softmax=corpus-seed=1");
-                assert_eq!((corpus.negative_bank, corpus.grad_cache_chunk), (grdr::config::NegativeBank::Corpus, Some(32)));
+                assert_eq!(
+                    (corpus.negative_bank, corpus.grad_cache_chunk),
+                    (grdr::config::NegativeBank::Corpus, Some(32))
+                );
             }
             "model-size-dr-vs-gr-scifact.toml" => {
                 // DR and GR at the same sizes, seed by seed: points 0..9 DR, 9..18 GR.

@@ -82,6 +82,23 @@ pub struct EvalArgs {
     /// ColBERT: pool tokens retrieved per query token (candidate stage; default 100).
     #[arg(long)]
     pub token_k: Option<usize>,
+    /// ColBERT end to end over a compressed token index: k-means centroids + b-bit
+    /// residuals (ColBERTv2), candidates by centroid probing and centroid interaction (PLAID),
+    /// MaxSim over decompressed vectors. Memory per token 4 + dim·nbits/8 bytes.
+    #[arg(long)]
+    pub compress: bool,
+    /// --compress: bits per residual dimension, 1, 2, 4 or 8 (default 2).
+    #[arg(long)]
+    pub nbits: Option<i64>,
+    /// --compress: k-means centroids (default 2^⌊log2(2·√tokens)⌋).
+    #[arg(long)]
+    pub centroids: Option<usize>,
+    /// --compress: centroids probed per query token (default 4).
+    #[arg(long)]
+    pub nprobe: Option<usize>,
+    /// --compress: candidates per query kept for the final MaxSim (default 1024).
+    #[arg(long)]
+    pub ndocs: Option<usize>,
     /// ColBERT: token alignment of the final score (default: the model's `model.alignment`).
     #[arg(long, value_enum)]
     pub alignment: Option<AlignArg>,
@@ -227,7 +244,22 @@ impl EvalArgs {
                 return Err(Error::usage(*flag, "applies to generative models only"));
             }
         }
-        let colbert_only = [("--token-k", self.token_k.is_some()), ("--alignment", self.alignment.is_some())];
+        let colbert_only = [
+            ("--token-k", self.token_k.is_some()),
+            ("--alignment", self.alignment.is_some()),
+            ("--compress", self.compress),
+        ];
+        let compress_only = [
+            ("--nbits", self.nbits.is_some()),
+            ("--centroids", self.centroids.is_some()),
+            ("--nprobe", self.nprobe.is_some()),
+            ("--ndocs", self.ndocs.is_some()),
+        ];
+        if !self.compress {
+            if let Some((flag, _)) = compress_only.iter().find(|(_, given)| *given) {
+                return Err(Error::usage(*flag, "applies with --compress only"));
+            }
+        }
         if kind != ModelKind::Colbert {
             if let Some((flag, _)) = colbert_only.iter().find(|(_, given)| *given) {
                 return Err(Error::usage(*flag, "applies to ColBERT models only"));
@@ -246,6 +278,16 @@ impl EvalArgs {
         set(&mut opts.query_max_len, self.query_max_len);
         set(&mut opts.doc_max_len, self.doc_max_len);
         set(&mut opts.token_k, self.token_k);
+        if self.compress {
+            let d = crate::eval::options::Compression::default();
+            opts.compress = Some(crate::eval::options::Compression {
+                nbits: self.nbits.unwrap_or(d.nbits),
+                centroids: self.centroids.or(d.centroids),
+                nprobe: self.nprobe.unwrap_or(d.nprobe),
+                ndocs: self.ndocs.unwrap_or(d.ndocs),
+                ..d
+            });
+        }
         if self.beam.is_some() {
             opts.beam = self.beam;
         }

@@ -13,6 +13,7 @@ pub mod calibration;
 pub mod metrics;
 pub mod options;
 pub mod rerank;
+pub mod run_compressed;
 pub mod run_dense;
 pub mod run_eval;
 pub mod run_gr;

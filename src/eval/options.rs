@@ -31,6 +31,9 @@ pub struct EvalOptions {
     pub bf16_store: bool,
     /// ColBERT: pool tokens retrieved per query token in the candidate stage.
     pub token_k: usize,
+    /// ColBERT end to end: search a compressed token index (centroids + b-bit residuals,
+    /// PLAID's candidate stage) instead of the exact pool; none = exact.
+    pub compress: Option<Compression>,
     /// ColBERT: the token alignment of the final score (end to end and rerank) instead of
     /// the model's own (`model.alignment`, whose normalisation is kept); none = the model's.
     pub alignment: Option<Alignment>,
@@ -54,6 +57,30 @@ pub struct EvalOptions {
     pub ngram_len: usize,
     /// SEAL: the scoring's parameters (SEAL's defaults).
     pub seal: SealOptions,
+}
+
+/// The compressed ColBERT index (search/codec.rs, search/compressed.rs) and its search.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Compression {
+    /// Bits per residual dimension (1, 2, 4, 8). Default 2, as ColBERTv2.
+    pub nbits: i64,
+    /// k-means centroids; none = 2^⌊log2(2·√tokens)⌋ (tokens estimated from the sample).
+    pub centroids: Option<usize>,
+    /// Centroids probed per query token. Default 4.
+    pub nprobe: usize,
+    /// Candidates per query, over all shards, kept by centroid interaction for the final
+    /// MaxSim over decompressed vectors. Default 1024.
+    pub ndocs: usize,
+    /// Documents encoded to train the codec (drawn by a keyed hash of doc_idx). Default 4096.
+    pub sample_docs: usize,
+    /// Lloyd iterations. Default 10.
+    pub kmeans_iters: usize,
+}
+
+impl Default for Compression {
+    fn default() -> Self {
+        Compression { nbits: 2, centroids: None, nprobe: 4, ndocs: 1024, sample_docs: 4096, kmeans_iters: 10 }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -105,6 +132,7 @@ impl EvalOptions {
             device,
             bf16_store: false,
             token_k: 100,
+            compress: None,
             alignment: None,
             beam: e.beam,
             beam_rows: 1024,
@@ -142,6 +170,19 @@ impl EvalOptions {
         for (name, v) in positive {
             if v < 1 {
                 return Err(Error::usage(name, "must be at least 1"));
+            }
+        }
+        if let Some(c) = &self.compress {
+            let counts =
+                [("--nprobe", c.nprobe), ("--sample-docs", c.sample_docs), ("--centroids", c.centroids.unwrap_or(1))];
+            if let Some((flag, _)) = counts.iter().find(|(_, v)| *v < 1) {
+                return Err(Error::usage(*flag, "must be at least 1"));
+            }
+            if c.ndocs < self.k {
+                return Err(Error::usage("--ndocs", format!("{} candidates cannot fill k = {}", c.ndocs, self.k)));
+            }
+            if ![1, 2, 4, 8].contains(&c.nbits) {
+                return Err(Error::usage("--nbits", format!("{} bits per dimension: use 1, 2, 4 or 8", c.nbits)));
             }
         }
         if let Some(r) = &self.rerank {

@@ -9,9 +9,9 @@ use crate::eval::calibration::{self, SoftmaxAccumulator};
 use crate::eval::run_eval::{decode_hit_lists, encode_hit_lists, store_kind, Context};
 use crate::model::colbert::LateInteraction;
 use crate::model::task::Net;
-use crate::parallel::{parallel_map, Shared};
+use crate::parallel::{parallel_map, ForwardOnly, Shared};
 use crate::search::flat::{self, EmbeddingStore};
-use crate::search::maxsim::{self, TokenPool};
+use crate::search::maxsim::{self, TokenPool, TokenSource};
 use crate::search::topk::{Hit, TopK};
 
 type Info = serde_json::Map<String, serde_json::Value>;
@@ -116,16 +116,25 @@ pub fn dual(ctx: &Context, info: &mut Info, metrics: &mut Info) -> Result<Vec<Ve
     Ok(tops.into_iter().map(TopK::into_sorted_vec).collect())
 }
 
-/// ColBERT end to end (T5-ColBERT's procedure): candidates from per-token top-`token_k`
-/// over the token pools of all shards, then exact late interaction. Reports the recall of
-/// the candidate stage (relevant documents among the candidates).
 /// The token pool of this shard's documents that `keep` accepts (every document end to end,
 /// the candidates when reranking), in doc order.
 pub fn build_pool(ctx: &Context, keep: &(dyn Fn(i64) -> bool + Sync)) -> Result<TokenPool> {
     let Net::Colbert(m) = &ctx.task.net else { unreachable!("colbert only") };
+    let mut pool = TokenPool::new(m.head.config.dim, ctx.opts.device)?;
+    embed_colbert_docs(ctx, keep, |docs, v, vm| pool.push(docs, v, vm))?;
+    Ok(pool)
+}
+
+/// This shard's documents that `keep` accepts as ColBERT token vectors, one row group at a
+/// time in doc order: `sink(doc_idx, vecs (n, L, dim), mask (n, L))`.
+pub(super) fn embed_colbert_docs(
+    ctx: &Context,
+    keep: &(dyn Fn(i64) -> bool + Sync),
+    mut sink: impl FnMut(&[i64], &Tensor, &Tensor) -> Result<()>,
+) -> Result<()> {
+    let Net::Colbert(m) = &ctx.task.net else { unreachable!("colbert only") };
     let opts = ctx.opts;
     let dim = m.head.config.dim;
-    let mut pool = TokenPool::new(dim, opts.device)?;
     let net = Shared(m);
     ctx.for_each_group_of(keep, |g, batches| {
         // The kept documents' token vectors back in doc order, padded to the longest.
@@ -150,13 +159,12 @@ pub fn build_pool(ctx: &Context, keep: &(dyn Fn(i64) -> bool + Sync)) -> Result<
             all_m = all_m.index_copy(0, &at, &vm.to_kind(Kind::Int64).constant_pad_nd([0, pad]));
         }
         let docs: Vec<i64> = kept.iter().map(|&p| g.first_row as i64 + p as i64).collect();
-        pool.push(&docs, &all, &all_m)
-    })?;
-    Ok(pool)
+        sink(&docs, &all, &all_m)
+    })
 }
 
 /// ColBERT query token vectors of `ids` in batches of `batch_size`: ((B, Lq, dim), (B, Lq)).
-fn colbert_queries(ctx: &Context, ids: &[Vec<i64>]) -> (Tensor, Tensor) {
+pub(super) fn colbert_queries(ctx: &Context, ids: &[Vec<i64>]) -> (Tensor, Tensor) {
     let Net::Colbert(m) = &ctx.task.net else { unreachable!("colbert only") };
     let net = Shared(m);
     let sub: Vec<(Tensor, Tensor)> =
@@ -167,11 +175,11 @@ fn colbert_queries(ctx: &Context, ids: &[Vec<i64>]) -> (Tensor, Tensor) {
     (qv, qmask)
 }
 
-/// Exact late interaction of every query with its candidates that `pool` holds; per query
-/// the local top-k.
-fn rescore_all(
+/// Late interaction of every query with its candidates that `pool` holds (exact vectors, or
+/// decompressed ones); per query the local top-k.
+pub(super) fn rescore_all<P: TokenSource + ForwardOnly>(
     ctx: &Context,
-    pool: &TokenPool,
+    pool: &P,
     qv: &Tensor,
     qmask: &Tensor,
     cands: Vec<Vec<i64>>,
@@ -246,9 +254,16 @@ pub fn dual_rerank(ctx: &Context, cands: &[Vec<i64>]) -> Result<Vec<Vec<Hit>>> {
     }))
 }
 
+/// ColBERT end to end (T5-ColBERT's procedure): candidates from per-token top-`token_k`
+/// over the token pools of all shards, then exact late interaction. Reports the recall of
+/// the candidate stage (relevant documents among the candidates). With `--compress`, the
+/// compressed index instead (`run_compressed.rs`).
 pub fn colbert(ctx: &Context, info: &mut Info) -> Result<Vec<Vec<Hit>>> {
     let Net::Colbert(m) = &ctx.task.net else { unreachable!("colbert only") };
     let opts = ctx.opts;
+    if let Some(c) = &opts.compress {
+        return super::run_compressed::colbert(ctx, info, c);
+    }
     let dim = m.head.config.dim;
     let t_enc = std::time::Instant::now();
     let pool = build_pool(ctx, &|_| true)?;

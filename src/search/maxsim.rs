@@ -74,19 +74,6 @@ impl TokenPool {
         self.docs.len()
     }
 
-    /// Number of tokens of a local document.
-    pub fn len_of(&self, doc_idx: i64) -> Result<i64> {
-        let i = self
-            .docs
-            .binary_search_by_key(&doc_idx, |d| d.0)
-            .map_err(|_| Error::usage("doc_idx", format!("doc {doc_idx} is not in this shard")))?;
-        Ok(self.docs[i].2)
-    }
-
-    pub fn owns(&self, doc_idx: i64) -> bool {
-        self.docs.binary_search_by_key(&doc_idx, |d| d.0).is_ok()
-    }
-
     /// The local top-`token_k` pool tokens of every query token `q` (n, dim), as hits whose
     /// `doc_idx` is the token key.
     pub fn search_tokens(&self, q: &Tensor, token_k: usize, query_block: i64) -> Result<Vec<Vec<Hit>>> {
@@ -101,9 +88,33 @@ impl TokenPool {
             })
             .collect())
     }
+}
 
+/// Where late-interaction rescoring reads documents' token vectors: the exact pool or a
+/// compressed one (`compressed.rs`, decompressed on the fly).
+pub trait TokenSource {
+    /// Whether this shard holds the document.
+    fn owns(&self, doc_idx: i64) -> bool;
+    /// Number of tokens of a local document.
+    fn len_of(&self, doc_idx: i64) -> Result<i64>;
     /// Token vectors of local documents, padded: ((n, L, dim), mask (n, L)).
-    pub fn doc_tokens(&self, doc_idx: &[i64]) -> Result<(Tensor, Tensor)> {
+    fn doc_tokens(&self, doc_idx: &[i64]) -> Result<(Tensor, Tensor)>;
+}
+
+impl TokenSource for TokenPool {
+    fn len_of(&self, doc_idx: i64) -> Result<i64> {
+        let i = self
+            .docs
+            .binary_search_by_key(&doc_idx, |d| d.0)
+            .map_err(|_| Error::usage("doc_idx", format!("doc {doc_idx} is not in this shard")))?;
+        Ok(self.docs[i].2)
+    }
+
+    fn owns(&self, doc_idx: i64) -> bool {
+        self.docs.binary_search_by_key(&doc_idx, |d| d.0).is_ok()
+    }
+
+    fn doc_tokens(&self, doc_idx: &[i64]) -> Result<(Tensor, Tensor)> {
         let dim = self.store.dim;
         let mut spans = Vec::with_capacity(doc_idx.len());
         for &d in doc_idx {
@@ -159,7 +170,7 @@ pub fn merge_token_hits(parts: Vec<Vec<Vec<Hit>>>, token_k: usize) -> Vec<Vec<Hi
 /// Exact late-interaction scores of one query `q` (Lq, dim) with mask (Lq) against local
 /// documents `docs`, `batch` documents at a time.
 pub fn rescore(
-    pool: &TokenPool,
+    pool: &dyn TokenSource,
     q: &Tensor,
     q_mask: &Tensor,
     docs: &[i64],

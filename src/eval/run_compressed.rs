@@ -1,0 +1,206 @@
+//! ColBERT end to end over a compressed token index (`grdr eval --compress`): ColBERTv2's
+//! residual compression and PLAID's candidate stage, so that a corpus whose token vectors do
+//! not fit in memory as f32 can be searched.
+//!
+//! ```text
+//! 1. codec    the documents whose keyed hash falls under sample_docs / N, encoded on their
+//!             ranks, all-gathered and ordered by token key (the same sample on any number
+//!             of ranks) → k-means centroids + residual buckets (search/codec.rs)
+//! 2. index    every document of the shard encoded and compressed (search/compressed.rs);
+//!             no f32 vector outlives its row group
+//! 3. search   per query: each shard's candidates (centroid probing) scored by centroid
+//!             interaction → the best `ndocs` over all shards (all-gathered) → MaxSim over
+//!             their decompressed vectors on their shards → per-rank top-k, merged as usual
+//! ```
+use std::time::Instant;
+
+use serde_json::json;
+use tch::{Kind, Tensor};
+
+use super::options::Compression;
+use super::run_dense::{colbert_queries, embed_colbert_docs, rescore_all};
+use super::run_eval::{decode_hit_lists, encode_hit_lists, Context};
+use crate::error::Result;
+use crate::model::task::Net;
+use crate::parallel::{parallel_map, Shared};
+use crate::rng::SplitMix64;
+use crate::search::codec::Codec;
+use crate::search::compressed::CompressedPool;
+use crate::search::maxsim::MAX_TOKENS;
+use crate::search::topk::{Hit, TopK};
+
+type Info = serde_json::Map<String, serde_json::Value>;
+
+/// Keys the document sample and the k-means initialisation.
+const SEED: u64 = 0x70_6c61_6964; // "plaid"
+
+/// Sample rows per centroid that k-means trains on (ColBERTv2 uses a similar budget).
+const SAMPLE_PER_CENTROID: i64 = 32;
+
+pub fn colbert(ctx: &Context, info: &mut Info, c: &Compression) -> Result<Vec<Vec<Hit>>> {
+    let Net::Colbert(m) = &ctx.task.net else { unreachable!("colbert only") };
+    let opts = ctx.opts;
+    let dim = m.head.config.dim;
+
+    // 1. The codec.
+    let t_train = Instant::now();
+    let (sample, rate) = token_sample(ctx, c.sample_docs, dim)?; // (S, dim), by token key
+    let s = sample.size()[0];
+    let tokens_estimate = s as f64 / rate;
+    let k = c.centroids.unwrap_or_else(|| default_centroids(tokens_estimate)).min(s.max(1) as usize);
+    let train_rows = keyed_rows(s, SAMPLE_PER_CENTROID * k as i64);
+    let codec = Codec::train(
+        &sample.index_select(0, &train_rows.to_device(sample.device())),
+        k,
+        c.nbits,
+        c.kmeans_iters,
+        SEED,
+    )?;
+    drop(sample);
+    let train_secs = t_train.elapsed().as_secs_f64();
+
+    // 2. This shard's index.
+    let t_index = Instant::now();
+    let mut pool = CompressedPool::new(codec);
+    embed_colbert_docs(ctx, &|_| true, |docs, v, vm| pool.push(docs, v, vm))?;
+    pool.finish();
+    let index_secs = t_index.elapsed().as_secs_f64();
+
+    // 3. Search, a block of queries at a time.
+    let t_search = Instant::now();
+    let ids = ctx.query_ids()?;
+    let relevant = ctx.relevant()?;
+    let block = opts.query_block.max(1) as usize;
+    let mut results = Vec::with_capacity(ids.len());
+    let (mut recall_sum, mut recall_n, mut probed_sum, mut kept_sum) = (0.0f64, 0usize, 0usize, 0usize);
+    for (b, chunk) in ids.chunks(block).enumerate() {
+        let (qv, qmask) = colbert_queries(ctx, chunk); // (B, Lq, dim), (B, Lq)
+        let queries: Vec<Tensor> = (0..qv.size()[0])
+            .map(|i| qv.get(i).to_kind(Kind::Float).index(&[Some(qmask.get(i).to_kind(Kind::Bool))]))
+            .collect(); // each (Lq_real, dim)
+        let shared = Shared(&pool);
+        let local: Vec<Vec<Hit>> = parallel_map(opts.device, queries, |q| shared.get().candidates(&q, c.nprobe));
+        probed_sum += local.iter().map(Vec::len).sum::<usize>();
+        // The best `ndocs` by centroid interaction over every shard: the same set on every rank.
+        let best_local: Vec<Vec<Hit>> = local.into_iter().map(|h| top(h, c.ndocs)).collect();
+        let parts = ctx.comm.all_gather_bytes(&encode_hit_lists(&best_local))?;
+        let mut kept: Vec<Vec<i64>> = vec![Vec::new(); best_local.len()];
+        let mut merged: Vec<TopK> = (0..best_local.len()).map(|_| TopK::new(c.ndocs)).collect();
+        for part in parts.iter().map(|p| decode_hit_lists(p, best_local.len())) {
+            for (t, hits) in merged.iter_mut().zip(part) {
+                t.merge(hits);
+            }
+        }
+        for (i, t) in merged.into_iter().enumerate() {
+            let mut docs: Vec<i64> = t.into_sorted_vec().into_iter().map(|h| h.doc_idx).collect();
+            docs.sort_unstable();
+            let rel = &relevant[b * block + i];
+            if !rel.is_empty() {
+                recall_sum += rel.iter().filter(|d| docs.binary_search(d).is_ok()).count() as f64 / rel.len() as f64;
+                recall_n += 1;
+            }
+            kept_sum += docs.len();
+            kept[i] = docs;
+        }
+        results.extend(rescore_all(ctx, &pool, &qv, &qmask, kept)?);
+    }
+    let n_queries = ids.len().max(1) as f64;
+    info.insert("encode_seconds_rank0".into(), json!(index_secs));
+    info.insert("pool_tokens_rank0".into(), json!(pool.num_tokens()));
+    info.insert("search_seconds_rank0".into(), json!(t_search.elapsed().as_secs_f64()));
+    info.insert(
+        "compression".into(),
+        json!({
+            "nbits": c.nbits,
+            "centroids": pool.codec.num_centroids(),
+            "sample_tokens": s,
+            "kmeans_rows": train_rows.size()[0],
+            "kmeans_iters": c.kmeans_iters,
+            "bytes_per_token_rank0": pool.bytes_per_token(),
+            "f32_bytes_per_token": 4 * dim,
+            "train_seconds": train_secs,
+        }),
+    );
+    info.insert(
+        "candidate_stage".into(),
+        json!({
+            "nprobe": c.nprobe,
+            "ndocs": c.ndocs,
+            "recall": recall_sum / recall_n.max(1) as f64,
+            "mean_probed_rank0": probed_sum as f64 / n_queries,
+            "mean_candidates": kept_sum as f64 / n_queries,
+            "alignment": ctx.interaction().map(|i| i.describe()),
+        }),
+    );
+    Ok(results)
+}
+
+/// The token vectors of the sampled documents of every rank, ordered by token key
+/// (doc_idx · MAX_TOKENS + position), and the sampling rate.
+fn token_sample(ctx: &Context, sample_docs: usize, dim: i64) -> Result<(Tensor, f64)> {
+    let rate = (sample_docs as f64 / ctx.n_docs().max(1) as f64).min(1.0);
+    let sampled = |d: i64| SplitMix64::keyed(&[SEED, d as u64]).unit() < rate;
+    let (mut parts, mut keys) = (Vec::new(), Vec::new());
+    embed_colbert_docs(ctx, &sampled, |docs, v, vm| {
+        let lens: Vec<i64> =
+            Vec::try_from(vm.sum_dim_intlist(1, false, Kind::Int64).to_device(tch::Device::Cpu)).expect("i64 lengths");
+        for (&d, &len) in docs.iter().zip(&lens) {
+            keys.extend((0..len).map(|p| d * MAX_TOKENS + p));
+        }
+        parts.push(v.masked_select(&vm.to_kind(Kind::Bool).unsqueeze(-1)).view([-1, dim]));
+        Ok(())
+    })?;
+    let device = ctx.opts.device;
+    let local = if parts.is_empty() { Tensor::zeros([0, dim], (Kind::Float, device)) } else { Tensor::cat(&parts, 0) };
+    let (all, _) = ctx.comm.all_gather_varsize(&local)?;
+    let key_bytes: Vec<u8> = keys.iter().flat_map(|k| k.to_le_bytes()).collect();
+    let all_keys: Vec<i64> = ctx
+        .comm
+        .all_gather_bytes(&key_bytes)?
+        .iter()
+        .flat_map(|p| p.chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes"))).collect::<Vec<_>>())
+        .collect();
+    let mut order: Vec<i64> = (0..all_keys.len() as i64).collect();
+    order.sort_by_key(|&r| all_keys[r as usize]);
+    Ok((all.index_select(0, &Tensor::from_slice(&order).to_device(all.device())), rate))
+}
+
+/// 2^⌊log2(2·√tokens)⌋, at least 16: ColBERTv2's rule (16·√) scaled down for CPU k-means.
+fn default_centroids(tokens: f64) -> usize {
+    let target = (2.0 * tokens.sqrt()).max(16.0);
+    1usize << (target.log2().floor() as u32)
+}
+
+/// At most `max` of `0..n`, drawn by a keyed shuffle, in ascending order: (≤ max,) i64.
+fn keyed_rows(n: i64, max: i64) -> Tensor {
+    let mut rows: Vec<i64> = (0..n).collect();
+    if n > max {
+        SplitMix64::keyed(&[SEED, 1]).shuffle(&mut rows);
+        rows.truncate(max as usize);
+        rows.sort_unstable();
+    }
+    Tensor::from_slice(&rows)
+}
+
+/// The `k` best hits (ties by doc_idx, as everywhere).
+fn top(hits: Vec<Hit>, k: usize) -> Vec<Hit> {
+    let mut t = TopK::new(k);
+    t.merge(hits);
+    t.into_sorted_vec()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_centroids_follow_the_square_root_rule() {
+        assert_eq!(default_centroids(1.3e6), 2048); // SciFact's ~1.3M tokens: 2·1140 → 2048
+        assert_eq!(default_centroids(1e8), 16384);
+        assert_eq!(default_centroids(10.0), 16);
+        let rows: Vec<i64> = Vec::try_from(keyed_rows(10, 4)).unwrap();
+        assert_eq!(rows.len(), 4);
+        assert!(rows.windows(2).all(|w| w[0] < w[1]));
+        assert_eq!(Vec::<i64>::try_from(keyed_rows(3, 4)).unwrap(), [0, 1, 2]);
+    }
+}

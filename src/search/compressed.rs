@@ -1,0 +1,181 @@
+//! A shard's ColBERT token vectors, compressed (`codec.rs`: centroid id + b-bit residual per
+//! token), with PLAID's candidate stage (Santhanam et al. 2022, "PLAID"):
+//!
+//! ```text
+//! per query: qc = q · centroidsᵀ                                      (Lq, C)
+//!   probe      each query token's `nprobe` best centroids → the documents holding a
+//!              token of one of them (inverted lists: centroid → local documents)
+//!   approximate  Σ_i max_{t ∈ d} qc[i, code(t)]  (centroid interaction: no decompression)
+//!   → the caller keeps the best `ndocs` over every shard, then scores them by MaxSim over
+//!     decompressed vectors (maxsim::rescore through [`TokenSource`]).
+//! ```
+//! Memory per token: a 4-byte code and `d·b/8` residual bytes, plus the inverted lists
+//! (at most one 4-byte entry per token).
+use tch::{Device, Kind, Tensor};
+
+use crate::error::{Error, Result};
+use crate::search::codec::Codec;
+use crate::search::maxsim::TokenSource;
+use crate::search::topk::Hit;
+
+// SAFETY (ForwardOnly): once finished, the pool is only read (probing, decoding under
+// no-grad); workers never push to it.
+unsafe impl crate::parallel::ForwardOnly for CompressedPool {}
+
+pub struct CompressedPool {
+    pub codec: Codec,
+    /// Per push: codes (n,) i32 and packed residuals (n, d·b/8) u8; one tensor each after
+    /// `finish`.
+    codes: Vec<Tensor>,
+    packed: Vec<Tensor>,
+    /// The codes on the host, for probing and centroid interaction.
+    host_codes: Vec<i32>,
+    /// Per local document (ascending doc_idx): (doc_idx, first row, number of tokens).
+    docs: Vec<(i64, i64, i64)>,
+    /// Centroid → positions in `docs` of the documents holding a token of it, ascending.
+    lists: Vec<Vec<u32>>,
+    rows: i64,
+}
+
+impl CompressedPool {
+    pub fn new(codec: Codec) -> CompressedPool {
+        CompressedPool {
+            codec,
+            codes: Vec::new(),
+            packed: Vec::new(),
+            host_codes: Vec::new(),
+            docs: Vec::new(),
+            lists: Vec::new(),
+            rows: 0,
+        }
+    }
+
+    /// Adds documents `doc_idx` (ascending, after those already added) with their token
+    /// vectors `vecs (n, L, d)` and mask `(n, L)`: only real tokens are kept, compressed.
+    pub fn push(&mut self, doc_idx: &[i64], vecs: &Tensor, mask: &Tensor) -> Result<()> {
+        if let (Some(&(last, _, _)), Some(&first)) = (self.docs.last(), doc_idx.first()) {
+            if first <= last {
+                return Err(Error::usage("token pool", "documents must be added in ascending doc_idx order"));
+            }
+        }
+        let lens: Vec<i64> =
+            Vec::try_from(mask.to_kind(Kind::Int64).sum_dim_intlist(1, false, Kind::Int64).to_device(Device::Cpu))
+                .map_err(|e: tch::TchError| Error::usage("mask", e.to_string()))?;
+        let flat = vecs.masked_select(&mask.to_kind(Kind::Bool).unsqueeze(-1)).view([-1, self.codec.dim()]); // (T, d)
+        let (codes, packed) = self.codec.encode(&flat);
+        for (&d, &len) in doc_idx.iter().zip(&lens) {
+            self.docs.push((d, self.rows, len));
+            self.rows += len;
+        }
+        self.host_codes.extend(Vec::<i32>::try_from(codes.to_device(Device::Cpu)).expect("i32 codes"));
+        self.codes.push(codes);
+        self.packed.push(packed);
+        Ok(())
+    }
+
+    /// Joins the pushed blocks and builds the inverted lists; call once, after the last push.
+    pub fn finish(&mut self) {
+        let dev = self.codec.centroids.device();
+        let join = |parts: &mut Vec<Tensor>, empty: Tensor| {
+            let t = if parts.is_empty() { empty } else { Tensor::cat(parts, 0) };
+            *parts = vec![t];
+        };
+        join(&mut self.codes, Tensor::zeros([0], (Kind::Int, dev)));
+        join(&mut self.packed, Tensor::zeros([0, self.codec.residual_bytes()], (Kind::Uint8, dev)));
+        self.lists = vec![Vec::new(); self.codec.num_centroids() as usize];
+        for (p, &(_, first, len)) in self.docs.iter().enumerate() {
+            for &c in &self.host_codes[first as usize..(first + len) as usize] {
+                let list = &mut self.lists[c as usize];
+                if list.last() != Some(&(p as u32)) {
+                    list.push(p as u32);
+                }
+            }
+        }
+    }
+
+    pub fn num_tokens(&self) -> i64 {
+        self.rows
+    }
+
+    /// Bytes held per token: code, packed residual and inverted-list entries.
+    pub fn bytes_per_token(&self) -> f64 {
+        let lists: usize = self.lists.iter().map(Vec::len).sum();
+        let total = self.rows * (4 + self.codec.residual_bytes()) + 4 * lists as i64;
+        total as f64 / self.rows.max(1) as f64
+    }
+
+    /// The candidate documents of one query, `q (Lq, d)` its real tokens: those holding a
+    /// token of one of each query token's `nprobe` best centroids, scored by centroid
+    /// interaction. Hits name global doc_idx, in ascending order.
+    pub fn candidates(&self, q: &Tensor, nprobe: usize) -> Vec<Hit> {
+        let c = self.codec.num_centroids();
+        let lq = q.size()[0];
+        let qc = tch::no_grad(|| {
+            q.to_kind(Kind::Float).to_device(self.codec.centroids.device()).matmul(&self.codec.centroids.tr())
+        });
+        let (_, best) = qc.topk(nprobe.min(c as usize) as i64, 1, true, false); // (Lq, nprobe)
+        let best: Vec<i64> = Vec::try_from(best.reshape([-1]).to_device(Device::Cpu)).expect("i64");
+        let qc: Vec<f32> = Vec::try_from(qc.reshape([-1]).to_device(Device::Cpu)).expect("f32");
+        let mut hit = vec![false; self.docs.len()];
+        for &centroid in &best {
+            for &p in &self.lists[centroid as usize] {
+                hit[p as usize] = true;
+            }
+        }
+        hit.iter()
+            .enumerate()
+            .filter(|(_, &h)| h)
+            .map(|(p, _)| {
+                let (doc_idx, first, len) = self.docs[p];
+                let codes = &self.host_codes[first as usize..(first + len) as usize];
+                let score: f32 = (0..lq as usize)
+                    .map(|i| {
+                        let row = &qc[i * c as usize..(i + 1) * c as usize];
+                        codes.iter().map(|&t| row[t as usize]).fold(f32::NEG_INFINITY, f32::max)
+                    })
+                    .sum();
+                Hit { score, doc_idx }
+            })
+            .collect()
+    }
+
+    fn position(&self, doc_idx: i64) -> Result<usize> {
+        self.docs
+            .binary_search_by_key(&doc_idx, |d| d.0)
+            .map_err(|_| Error::usage("doc_idx", format!("doc {doc_idx} is not in this shard")))
+    }
+}
+
+impl TokenSource for CompressedPool {
+    fn owns(&self, doc_idx: i64) -> bool {
+        self.position(doc_idx).is_ok()
+    }
+
+    fn len_of(&self, doc_idx: i64) -> Result<i64> {
+        Ok(self.docs[self.position(doc_idx)?].2)
+    }
+
+    /// Decompressed token vectors of local documents, padded: ((n, L, d), mask (n, L)).
+    fn doc_tokens(&self, doc_idx: &[i64]) -> Result<(Tensor, Tensor)> {
+        let spans: Vec<(i64, i64)> = doc_idx
+            .iter()
+            .map(|&d| self.position(d).map(|p| (self.docs[p].1, self.docs[p].2)))
+            .collect::<Result<_>>()?;
+        let l = spans.iter().map(|s| s.1).max().unwrap_or(1).max(1);
+        let dev = self.codec.centroids.device();
+        let rows: Vec<i64> = spans.iter().flat_map(|&(first, len)| first..first + len).collect();
+        let rows = Tensor::from_slice(&rows).to_device(dev);
+        let flat = self.codec.decode(&self.codes[0].index_select(0, &rows), &self.packed[0].index_select(0, &rows)); // (T, d)
+        let (out, mask) = (
+            Tensor::zeros([doc_idx.len() as i64, l, self.codec.dim()], (Kind::Float, dev)),
+            Tensor::zeros([doc_idx.len() as i64, l], (Kind::Int64, dev)),
+        );
+        let mut at = 0;
+        for (i, &(_, len)) in spans.iter().enumerate() {
+            out.get(i as i64).narrow(0, 0, len).copy_(&flat.narrow(0, at, len));
+            let _ = mask.get(i as i64).narrow(0, 0, len).fill_(1);
+            at += len;
+        }
+        Ok((out, mask))
+    }
+}
