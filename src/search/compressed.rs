@@ -179,3 +179,77 @@ impl TokenSource for CompressedPool {
         Ok((out, mask))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Three documents of 2, 3 and 1 tokens (doc_idx 5, 7, 9) over a codec trained on them.
+    fn pool() -> (CompressedPool, Tensor) {
+        tch::manual_seed(11);
+        let tokens = Tensor::randn([6, 8], (Kind::Float, Device::Cpu));
+        let codec = Codec::train(&tokens, 4, 4, 5, 1).unwrap();
+        let mut pool = CompressedPool::new(codec);
+        let vecs = Tensor::zeros([3, 3, 8], (Kind::Float, Device::Cpu));
+        let mask = Tensor::from_slice2(&[[1i64, 1, 0], [1, 1, 1], [1, 0, 0]]);
+        for (d, (lo, len)) in [(0i64, 2i64), (2, 3), (5, 1)].into_iter().enumerate() {
+            vecs.get(d as i64).narrow(0, 0, len).copy_(&tokens.narrow(0, lo, len));
+        }
+        pool.push(&[5, 7, 9], &vecs, &mask).unwrap();
+        pool.finish();
+        (pool, tokens)
+    }
+
+    #[test]
+    fn candidates_are_the_documents_of_the_probed_centroids_scored_by_centroid_interaction() {
+        let (pool, tokens) = pool();
+        let q = Tensor::randn([2, 8], (Kind::Float, Device::Cpu));
+        let (codes, _) = pool.codec.encode(&tokens);
+        let codes: Vec<i32> = Vec::try_from(&codes).unwrap();
+        let owner = [5i64, 5, 7, 7, 7, 9];
+        let qc = q.matmul(&pool.codec.centroids.tr()); // (2, 4)
+        let qc: Vec<Vec<f32>> = (0..2).map(|i| Vec::try_from(qc.get(i)).unwrap()).collect();
+        for nprobe in 1..=4 {
+            // Brute force: each query token's nprobe best centroids; a document is a candidate
+            // when one of its tokens has one of them.
+            let probed: Vec<usize> = qc
+                .iter()
+                .flat_map(|row| {
+                    let mut order: Vec<usize> = (0..4).collect();
+                    order.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
+                    order.into_iter().take(nprobe)
+                })
+                .collect();
+            let mut expected: Vec<i64> =
+                (0..6).filter(|&t| probed.contains(&(codes[t] as usize))).map(|t| owner[t]).collect();
+            expected.dedup();
+            let got = pool.candidates(&q, nprobe);
+            assert_eq!(got.iter().map(|h| h.doc_idx).collect::<Vec<_>>(), expected, "nprobe {nprobe}");
+            for h in got {
+                let mine: Vec<usize> = (0..6).filter(|&t| owner[t] == h.doc_idx).collect();
+                let score: f32 = qc
+                    .iter()
+                    .map(|row| mine.iter().map(|&t| row[codes[t] as usize]).fold(f32::NEG_INFINITY, f32::max))
+                    .sum();
+                assert!((h.score - score).abs() < 1e-5, "doc {}: {} vs {score}", h.doc_idx, h.score);
+            }
+        }
+    }
+
+    #[test]
+    fn decompressed_tokens_are_the_codec_s_decoding_in_document_order() {
+        let (pool, tokens) = pool();
+        let (v, m) = pool.doc_tokens(&[9, 7]).unwrap();
+        assert_eq!(v.size(), [2, 3, 8]);
+        assert_eq!(Vec::<i64>::try_from(m.view([-1])).unwrap(), [1, 0, 0, 1, 1, 1]);
+        let (codes, packed) = pool.codec.encode(&tokens);
+        let decoded = pool.codec.decode(&codes, &packed);
+        assert!(v.get(0).get(0).allclose(&decoded.get(5), 0.0, 0.0, false));
+        assert!(v.get(1).allclose(&decoded.narrow(0, 2, 3), 0.0, 0.0, false));
+        assert_eq!((pool.len_of(7).unwrap(), pool.owns(8)), (3, false));
+        assert_eq!(
+            pool.bytes_per_token(),
+            4.0 + 4.0 + 4.0 * pool.lists.iter().map(Vec::len).sum::<usize>() as f64 / 6.0
+        );
+    }
+}
