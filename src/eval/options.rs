@@ -64,22 +64,23 @@ pub struct EvalOptions {
 pub struct Compression {
     /// Bits per residual dimension (1, 2, 4, 8). Default 2, as ColBERTv2.
     pub nbits: i64,
-    /// k-means centroids; none = 2^⌊log2(2·√tokens)⌋ (tokens estimated from the sample).
+    /// k-means centroids; none = 2^⌊log2(4·√tokens)⌋ (tokens estimated from the sample).
     pub centroids: Option<usize>,
     /// Centroids probed per query token. Default 4.
     pub nprobe: usize,
     /// Candidates per query, over all shards, kept by centroid interaction for the final
     /// MaxSim over decompressed vectors. Default 1024.
     pub ndocs: usize,
-    /// Documents encoded to train the codec (drawn by a keyed hash of doc_idx). Default 4096.
-    pub sample_docs: usize,
+    /// Documents encoded to train the codec (drawn by a keyed hash of doc_idx); none =
+    /// max(1024, 16·√documents), as ColBERTv2's sample grows.
+    pub sample_docs: Option<usize>,
     /// Lloyd iterations. Default 10.
     pub kmeans_iters: usize,
 }
 
 impl Default for Compression {
     fn default() -> Self {
-        Compression { nbits: 2, centroids: None, nprobe: 4, ndocs: 1024, sample_docs: 4096, kmeans_iters: 10 }
+        Compression { nbits: 2, centroids: None, nprobe: 4, ndocs: 1024, sample_docs: None, kmeans_iters: 10 }
     }
 }
 
@@ -174,7 +175,7 @@ impl EvalOptions {
         }
         if let Some(c) = &self.compress {
             let counts =
-                [("--nprobe", c.nprobe), ("--sample-docs", c.sample_docs), ("--centroids", c.centroids.unwrap_or(1))];
+                [("--nprobe", c.nprobe), ("--sample-docs", c.sample_docs.unwrap_or(1)), ("--centroids", c.centroids.unwrap_or(1))];
             if let Some((flag, _)) = counts.iter().find(|(_, v)| *v < 1) {
                 return Err(Error::usage(*flag, "must be at least 1"));
             }

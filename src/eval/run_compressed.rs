@@ -44,7 +44,9 @@ pub fn colbert(ctx: &Context, info: &mut Info, c: &Compression) -> Result<Vec<Ve
 
     // 1. The codec.
     let t_train = Instant::now();
-    let (sample, rate) = token_sample(ctx, c.sample_docs, dim)?; // (S, dim), by token key
+    let n_docs = ctx.n_docs();
+    let sample_docs = c.sample_docs.unwrap_or_else(|| default_sample_docs(n_docs));
+    let (sample, rate) = token_sample(ctx, sample_docs, dim)?; // (S, dim), by token key
     let s = sample.size()[0];
     let tokens_estimate = s as f64 / rate;
     let k = c.centroids.unwrap_or_else(|| default_centroids(tokens_estimate)).min(s.max(1) as usize);
@@ -113,6 +115,7 @@ pub fn colbert(ctx: &Context, info: &mut Info, c: &Compression) -> Result<Vec<Ve
         json!({
             "nbits": c.nbits,
             "centroids": pool.codec.num_centroids(),
+            "sample_docs": sample_docs,
             "sample_tokens": s,
             "kmeans_rows": train_rows.size()[0],
             "kmeans_iters": c.kmeans_iters,
@@ -165,10 +168,15 @@ fn token_sample(ctx: &Context, sample_docs: usize, dim: i64) -> Result<(Tensor, 
     Ok((all.index_select(0, &Tensor::from_slice(&order).to_device(all.device())), rate))
 }
 
-/// 2^⌊log2(2·√tokens)⌋, at least 16: ColBERTv2's rule (16·√) scaled down for CPU k-means.
+/// 2^⌊log2(4·√tokens)⌋, at least 16: ColBERTv2's rule (16·√) scaled down for CPU k-means.
 fn default_centroids(tokens: f64) -> usize {
-    let target = (2.0 * tokens.sqrt()).max(16.0);
+    let target = (4.0 * tokens.sqrt()).max(16.0);
     1usize << (target.log2().floor() as u32)
+}
+
+/// max(1024, 16·√documents): the documents whose tokens train the codec.
+fn default_sample_docs(n_docs: usize) -> usize {
+    ((16.0 * (n_docs as f64).sqrt()).ceil() as usize).max(1024)
 }
 
 /// At most `max` of `0..n`, drawn by a keyed shuffle, in ascending order: (≤ max,) i64.
@@ -195,8 +203,9 @@ mod tests {
 
     #[test]
     fn default_centroids_follow_the_square_root_rule() {
-        assert_eq!(default_centroids(1.3e6), 2048); // SciFact's ~1.3M tokens: 2·1140 → 2048
-        assert_eq!(default_centroids(1e8), 16384);
+        assert_eq!(default_centroids(1.3e6), 4096); // SciFact's ~1.3M tokens: 4·1140 → 4096
+        assert_eq!(default_centroids(1e8), 32768);
+        assert_eq!((default_sample_docs(5183), default_sample_docs(1_000_000)), (1152, 16000));
         assert_eq!(default_centroids(10.0), 16);
         let rows: Vec<i64> = Vec::try_from(keyed_rows(10, 4)).unwrap();
         assert_eq!(rows.len(), 4);

@@ -186,8 +186,7 @@ mod tests {
 
     /// Three documents of 2, 3 and 1 tokens (doc_idx 5, 7, 9) over a codec trained on them.
     fn pool() -> (CompressedPool, Tensor) {
-        tch::manual_seed(11);
-        let tokens = Tensor::randn([6, 8], (Kind::Float, Device::Cpu));
+        let tokens = crate::search::codec::tests::uniform(11, 6, 8);
         let codec = Codec::train(&tokens, 4, 4, 5, 1).unwrap();
         let mut pool = CompressedPool::new(codec);
         let vecs = Tensor::zeros([3, 3, 8], (Kind::Float, Device::Cpu));
@@ -203,7 +202,7 @@ mod tests {
     #[test]
     fn candidates_are_the_documents_of_the_probed_centroids_scored_by_centroid_interaction() {
         let (pool, tokens) = pool();
-        let q = Tensor::randn([2, 8], (Kind::Float, Device::Cpu));
+        let q = crate::search::codec::tests::uniform(12, 2, 8);
         let (codes, _) = pool.codec.encode(&tokens);
         let codes: Vec<i32> = Vec::try_from(&codes).unwrap();
         let owner = [5i64, 5, 7, 7, 7, 9];
