@@ -285,6 +285,20 @@ fn hard_bank_negatives_are_the_brute_force_top_k_of_a_fresh_encoding() {
     });
 }
 
+/// Each of `runs` ends with `reference`'s parameters (relative distance ≤ TOL) and logged
+/// the same losses (≤ 1e-5) after `steps` steps.
+fn same_training(reference: &std::path::Path, what: &str, runs: &[(&str, &std::path::PathBuf)], steps: u64) {
+    for (name, run) in runs {
+        let (rel, max_abs) = param_distance(&params(run, steps), &params(reference, steps));
+        assert!(rel <= TOL && max_abs <= 1e-4, "{name} vs {what}: parameter distance {rel:e} (largest {max_abs:e})");
+        let (a, b) = (losses(reference), losses(run));
+        assert_eq!(a.len(), b.len());
+        for ((s, x, _), (_, y, _)) in a.iter().zip(&b) {
+            assert!((x - y).abs() <= 1e-5 * x.abs().max(1.0), "{name}, step {s}: loss {x} vs {what} {y}");
+        }
+    }
+}
+
 /// GradCache (`train.grad_cache_chunk`) computes the gradient of the whole batch: chunked
 /// training on 1 rank and on 2 ranks ends with the parameters and losses of plain
 /// training at the same global batch (DR with a BM25 hard negative per query, so the
@@ -301,15 +315,7 @@ fn grad_cache_training_equals_plain_training() {
     ok(&train(&cfg, &plain, &["--set", "train.batch_size=16"]));
     ok(&train(&cfg, &one, &["--set", "train.batch_size=16", "--set", "train.grad_cache_chunk=5"]));
     ok(&train_ranks(2, &cfg, &two, &["--set", "train.batch_size=8", "--set", "train.grad_cache_chunk=3"]));
-    for (name, run) in [("1 rank, chunks of 5", &one), ("2 ranks, chunks of 3", &two)] {
-        let (rel, max_abs) = param_distance(&params(run, steps), &params(&plain, steps));
-        assert!(rel <= TOL && max_abs <= 1e-4, "{name} vs plain: parameter distance {rel:e} (largest {max_abs:e})");
-        let (a, b) = (losses(&plain), losses(run));
-        assert_eq!(a.len(), b.len());
-        for ((s, x, _), (_, y, _)) in a.iter().zip(&b) {
-            assert!((x - y).abs() <= 1e-5 * x.abs().max(1.0), "{name}, step {s}: loss {x} vs plain {y}");
-        }
-    }
+    same_training(&plain, "plain", &[("1 rank, chunks of 5", &one), ("2 ranks, chunks of 3", &two)], steps);
 }
 
 /// GradCache with dropout: a chunk's second pass draws the first pass's masks, so the
@@ -425,13 +431,5 @@ fn corpus_softmax_trains_as_in_batch_training_over_the_whole_corpus() {
     ok(&train(&cfg, &plain, &["--set", &all]));
     ok(&train(&cfg, &one, &[&corpus[..], &["train.grad_cache_chunk=5", "--set", &all]].concat()));
     ok(&train_ranks(2, &cfg, &two, &[&corpus[..], &["train.grad_cache_chunk=3", "--set", &half]].concat()));
-    for (name, run) in [("1 rank, chunks of 5", &one), ("2 ranks, chunks of 3", &two)] {
-        let (rel, max_abs) = param_distance(&params(run, steps), &params(&plain, steps));
-        assert!(rel <= TOL && max_abs <= 1e-4, "{name} vs in-batch: parameter distance {rel:e} (largest {max_abs:e})");
-        let (a, b) = (losses(&plain), losses(run));
-        assert_eq!(a.len(), b.len());
-        for ((s, x, _), (_, y, _)) in a.iter().zip(&b) {
-            assert!((x - y).abs() <= 1e-5 * x.abs().max(1.0), "{name}, step {s}: loss {x} vs in-batch {y}");
-        }
-    }
+    same_training(&plain, "in-batch", &[("1 rank, chunks of 5", &one), ("2 ranks, chunks of 3", &two)], steps);
 }
