@@ -53,6 +53,16 @@ pub fn all_gather_padded_with_grad(comm: &dyn Comm, tokens: &Tensor, mask: &Tens
     Ok((all_tokens, all_mask))
 }
 
+/// Every rank's values, concatenated in rank order (small host data).
+pub fn all_gather_i64(comm: &dyn Comm, local: &[i64]) -> Result<Vec<i64>> {
+    let bytes: Vec<u8> = local.iter().flat_map(|x| x.to_le_bytes()).collect();
+    let parts = comm.all_gather_bytes(&bytes)?;
+    Ok(parts
+        .iter()
+        .flat_map(|p| p.chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes"))))
+        .collect())
+}
+
 /// A count (tokens, queries) summed over all ranks. Pass the sum over every
 /// accumulation micro-batch of the step so that the step's loss is normalised once.
 pub fn global_count(comm: &dyn Comm, local: i64) -> Result<i64> {

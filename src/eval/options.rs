@@ -174,8 +174,11 @@ impl EvalOptions {
             }
         }
         if let Some(c) = &self.compress {
-            let counts =
-                [("--nprobe", c.nprobe), ("--sample-docs", c.sample_docs.unwrap_or(1)), ("--centroids", c.centroids.unwrap_or(1))];
+            let counts = [
+                ("--nprobe", c.nprobe),
+                ("--sample-docs", c.sample_docs.unwrap_or(1)),
+                ("--centroids", c.centroids.unwrap_or(1)),
+            ];
             if let Some((flag, _)) = counts.iter().find(|(_, v)| *v < 1) {
                 return Err(Error::usage(*flag, "must be at least 1"));
             }

@@ -20,6 +20,7 @@ use tch::{Kind, Tensor};
 use super::options::Compression;
 use super::run_dense::{colbert_queries, embed_colbert_docs, rescore_all};
 use super::run_eval::{decode_hit_lists, encode_hit_lists, Context};
+use crate::dist::gather::all_gather_i64;
 use crate::error::Result;
 use crate::model::task::Net;
 use crate::parallel::{parallel_map, Shared};
@@ -156,13 +157,7 @@ fn token_sample(ctx: &Context, sample_docs: usize, dim: i64) -> Result<(Tensor, 
     let device = ctx.opts.device;
     let local = if parts.is_empty() { Tensor::zeros([0, dim], (Kind::Float, device)) } else { Tensor::cat(&parts, 0) };
     let (all, _) = ctx.comm.all_gather_varsize(&local)?;
-    let key_bytes: Vec<u8> = keys.iter().flat_map(|k| k.to_le_bytes()).collect();
-    let all_keys: Vec<i64> = ctx
-        .comm
-        .all_gather_bytes(&key_bytes)?
-        .iter()
-        .flat_map(|p| p.chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes"))).collect::<Vec<_>>())
-        .collect();
+    let all_keys = all_gather_i64(ctx.comm, &keys)?; // in the same rank order as `all`
     let mut order: Vec<i64> = (0..all_keys.len() as i64).collect();
     order.sort_by_key(|&r| all_keys[r as usize]);
     Ok((all.index_select(0, &Tensor::from_slice(&order).to_device(all.device())), rate))

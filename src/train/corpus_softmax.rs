@@ -17,7 +17,7 @@ use tch::{Kind, Tensor};
 use super::bank::{doc_tokens, Dealing};
 use super::loss;
 use crate::data::batch::Batcher;
-use crate::dist::gather::all_gather_with_grad;
+use crate::dist::gather::{all_gather_i64, all_gather_with_grad};
 use crate::dist::Comm;
 use crate::error::Result;
 
@@ -55,7 +55,7 @@ impl CorpusSide {
     ) -> Result<Tensor> {
         let q = all_gather_with_grad(comm, q)?.to_kind(Kind::Float); // (Q, d)
         let d = all_gather_with_grad(comm, docs)?.index_select(0, &self.order).to_kind(Kind::Float); // (N, d)
-        let positives = Tensor::from_slice(&super::objective::all_gather_i64(comm, positives)?).to_device(q.device()); // (Q,)
+        let positives = Tensor::from_slice(&all_gather_i64(comm, positives)?).to_device(q.device()); // (Q,)
         Ok(loss::info_nce_from_scores(&q.matmul(&d.tr()), &positives, temperature))
         // scores (Q, N)
     }

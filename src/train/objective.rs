@@ -10,7 +10,7 @@ use super::{grad_cache, loss};
 use crate::config::{ContrastiveLoss, NegativeBank};
 use crate::data::batch::{GenBatch, PairBatch};
 use crate::data::shard::{tag, SplitMix64};
-use crate::dist::gather::{all_gather_padded_with_grad, all_gather_with_grad, global_mean_share};
+use crate::dist::gather::{all_gather_i64, all_gather_padded_with_grad, all_gather_with_grad, global_mean_share};
 use crate::dist::Comm;
 use crate::error::{Error, Result};
 use crate::model::colbert::late_interaction;
@@ -194,16 +194,6 @@ fn bank_loss(p: &PairStep, bank: &Bank, q: &Tensor, d: &Tensor, positives: &[i64
         }
         NegativeBank::None | NegativeBank::Corpus => unreachable!("no bank in these modes"),
     }
-}
-
-/// Every rank's values, concatenated in rank order (small host data).
-pub(super) fn all_gather_i64(comm: &dyn Comm, local: &[i64]) -> Result<Vec<i64>> {
-    let bytes: Vec<u8> = local.iter().flat_map(|x| x.to_le_bytes()).collect();
-    let parts = comm.all_gather_bytes(&bytes)?;
-    Ok(parts
-        .iter()
-        .flat_map(|p| p.chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes"))))
-        .collect())
 }
 
 /// GR micro-batch: (this rank's share to back-propagate, NLL sum / global tokens).
