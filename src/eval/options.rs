@@ -185,9 +185,8 @@ impl EvalOptions {
             if c.ndocs < self.k {
                 return Err(Error::usage("--ndocs", format!("{} candidates cannot fill k = {}", c.ndocs, self.k)));
             }
-            if ![1, 2, 4, 8].contains(&c.nbits) {
-                return Err(Error::usage("--nbits", format!("{} bits per dimension: use 1, 2, 4 or 8", c.nbits)));
-            }
+            // Before any document is encoded, rather than when the codec is trained.
+            crate::search::codec::check_nbits(c.nbits)?;
         }
         if let Some(r) = &self.rerank {
             if r.depth < 1 {

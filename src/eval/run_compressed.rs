@@ -27,7 +27,7 @@ use crate::parallel::{parallel_map, Shared};
 use crate::rng::SplitMix64;
 use crate::search::codec::Codec;
 use crate::search::compressed::CompressedPool;
-use crate::search::maxsim::MAX_TOKENS;
+use crate::search::maxsim::{real_tokens, MAX_TOKENS};
 use crate::search::topk::{Hit, TopK};
 
 type Info = serde_json::Map<String, serde_json::Value>;
@@ -146,12 +146,11 @@ fn token_sample(ctx: &Context, sample_docs: usize, dim: i64) -> Result<(Tensor, 
     let sampled = |d: i64| SplitMix64::keyed(&[SEED, d as u64]).unit() < rate;
     let (mut parts, mut keys) = (Vec::new(), Vec::new());
     embed_colbert_docs(ctx, &sampled, |docs, v, vm| {
-        let lens: Vec<i64> =
-            Vec::try_from(vm.sum_dim_intlist(1, false, Kind::Int64).to_device(tch::Device::Cpu)).expect("i64 lengths");
+        let (flat, lens) = real_tokens(v, vm)?;
         for (&d, &len) in docs.iter().zip(&lens) {
             keys.extend((0..len).map(|p| d * MAX_TOKENS + p));
         }
-        parts.push(v.masked_select(&vm.to_kind(Kind::Bool).unsqueeze(-1)).view([-1, dim]));
+        parts.push(flat);
         Ok(())
     })?;
     let device = ctx.opts.device;

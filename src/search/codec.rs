@@ -40,9 +40,7 @@ impl Codec {
     /// `k` sample rows drawn by `seed`, then the residual buckets. The same sample, in the
     /// same order, gives the same codec.
     pub fn train(sample: &Tensor, k: usize, nbits: i64, iters: usize, seed: u64) -> Result<Codec> {
-        if ![1, 2, 4, 8].contains(&nbits) {
-            return Err(Error::usage("--nbits", format!("{nbits} bits per dimension: use 1, 2, 4 or 8")));
-        }
+        check_nbits(nbits)?;
         let (s, d) = sample.size2().map_err(|e| Error::usage("sample", e.to_string()))?;
         if d % (8 / nbits) != 0 {
             return Err(Error::usage("--nbits", format!("{d} dimensions do not pack into bytes at {nbits} bits")));
@@ -129,6 +127,15 @@ impl Codec {
     fn shifts(&self, device: Device) -> Tensor {
         let per = 8 / self.nbits;
         Tensor::from_slice(&(0..per).map(|j| 1i64 << (j * self.nbits)).collect::<Vec<_>>()).to_device(device)
+    }
+}
+
+/// Residuals pack whole buckets into bytes: 1, 2, 4 or 8 bits each.
+pub fn check_nbits(nbits: i64) -> Result<()> {
+    if [1, 2, 4, 8].contains(&nbits) {
+        Ok(())
+    } else {
+        Err(Error::usage("--nbits", format!("{nbits} bits per dimension: use 1, 2, 4 or 8")))
     }
 }
 

@@ -15,7 +15,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::error::{Error, Result};
 use crate::search::codec::Codec;
-use crate::search::maxsim::TokenSource;
+use crate::search::maxsim::{check_ascending, real_tokens, TokenSource};
 use crate::search::topk::Hit;
 
 // SAFETY (ForwardOnly): once finished, the pool is only read (probing, decoding under
@@ -53,15 +53,8 @@ impl CompressedPool {
     /// Adds documents `doc_idx` (ascending, after those already added) with their token
     /// vectors `vecs (n, L, d)` and mask `(n, L)`: only real tokens are kept, compressed.
     pub fn push(&mut self, doc_idx: &[i64], vecs: &Tensor, mask: &Tensor) -> Result<()> {
-        if let (Some(&(last, _, _)), Some(&first)) = (self.docs.last(), doc_idx.first()) {
-            if first <= last {
-                return Err(Error::usage("token pool", "documents must be added in ascending doc_idx order"));
-            }
-        }
-        let lens: Vec<i64> =
-            Vec::try_from(mask.to_kind(Kind::Int64).sum_dim_intlist(1, false, Kind::Int64).to_device(Device::Cpu))
-                .map_err(|e: tch::TchError| Error::usage("mask", e.to_string()))?;
-        let flat = vecs.masked_select(&mask.to_kind(Kind::Bool).unsqueeze(-1)).view([-1, self.codec.dim()]); // (T, d)
+        check_ascending(self.docs.last().map(|d| d.0), doc_idx)?;
+        let (flat, lens) = real_tokens(vecs, mask)?; // (T, d)
         let (codes, packed) = self.codec.encode(&flat);
         for (&d, &len) in doc_idx.iter().zip(&lens) {
             self.docs.push((d, self.rows, len));

@@ -43,15 +43,8 @@ impl TokenPool {
     /// Adds documents `doc_idx` (ascending, after those already added) with their token
     /// vectors `vecs` (n, L, dim) and mask (n, L): only real tokens enter the pool.
     pub fn push(&mut self, doc_idx: &[i64], vecs: &Tensor, mask: &Tensor) -> Result<()> {
-        let lens: Vec<i64> =
-            Vec::try_from(mask.to_kind(Kind::Int64).sum_dim_intlist(1, false, Kind::Int64).to_device(Device::Cpu))
-                .map_err(|e: tch::TchError| Error::usage("mask", e.to_string()))?;
-        if let (Some(&(last, _, _)), Some(&first)) = (self.docs.last(), doc_idx.first()) {
-            if first <= last {
-                return Err(Error::usage("token pool", "documents must be added in ascending doc_idx order"));
-            }
-        }
-        let flat = vecs.masked_select(&mask.to_kind(Kind::Bool).unsqueeze(-1)).view([-1, self.store.dim]); // (T, dim) row-major = doc, position
+        check_ascending(self.docs.last().map(|d| d.0), doc_idx)?;
+        let (flat, lens) = real_tokens(vecs, mask)?; // (T, dim) row-major = doc, position
         let mut row = self.rows;
         for (&d, &len) in doc_idx.iter().zip(&lens) {
             if len >= MAX_TOKENS {
@@ -88,6 +81,26 @@ impl TokenPool {
             })
             .collect())
     }
+}
+
+/// Pools take documents in ascending doc_idx order, after `last` (the last one added).
+pub fn check_ascending(last: Option<i64>, doc_idx: &[i64]) -> Result<()> {
+    match (last, doc_idx.first()) {
+        (Some(last), Some(&first)) if first <= last => {
+            Err(Error::usage("token pool", "documents must be added in ascending doc_idx order"))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The real tokens of a padded batch `vecs (n, L, dim)`, `mask (n, L)`: their vectors
+/// `(T, dim)` in (document, position) order and each document's count.
+pub fn real_tokens(vecs: &Tensor, mask: &Tensor) -> Result<(Tensor, Vec<i64>)> {
+    let lens: Vec<i64> =
+        Vec::try_from(mask.to_kind(Kind::Int64).sum_dim_intlist(1, false, Kind::Int64).to_device(Device::Cpu))
+            .map_err(|e: tch::TchError| Error::usage("mask", e.to_string()))?;
+    let dim = vecs.size().last().copied().unwrap_or(0);
+    Ok((vecs.masked_select(&mask.to_kind(Kind::Bool).unsqueeze(-1)).view([-1, dim]), lens))
 }
 
 /// Where late-interaction rescoring reads documents' token vectors: the exact pool or a
