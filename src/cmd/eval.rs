@@ -90,7 +90,7 @@ pub struct EvalArgs {
     /// --compress: bits per residual dimension, 1, 2, 4 or 8 (default 2).
     #[arg(long)]
     pub nbits: Option<i64>,
-    /// --compress: k-means centroids (default 2^⌊log2(4·√tokens)⌋).
+    /// --compress: k-means centroids (default 2^⌊log2(16·√tokens)⌋, ColBERTv2's rule).
     #[arg(long)]
     pub centroids: Option<usize>,
     /// --compress: centroids probed per query token (default 4).

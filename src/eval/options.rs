@@ -64,7 +64,7 @@ pub struct EvalOptions {
 pub struct Compression {
     /// Bits per residual dimension (1, 2, 4, 8). Default 2, as ColBERTv2.
     pub nbits: i64,
-    /// k-means centroids; none = 2^⌊log2(4·√tokens)⌋ (tokens estimated from the sample).
+    /// k-means centroids; none = 2^⌊log2(16·√tokens)⌋, ColBERTv2's rule (tokens estimated from the sample).
     pub centroids: Option<usize>,
     /// Centroids probed per query token. Default 4.
     pub nprobe: usize,
