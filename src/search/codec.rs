@@ -17,8 +17,9 @@ use tch::{Device, Kind, Tensor};
 use crate::error::{Error, Result};
 use crate::rng::SplitMix64;
 
-/// Rows of `x` per block of the nearest-centroid search (bounds the (rows, C) scores).
-const ASSIGN_BLOCK: i64 = 8192;
+/// Scores per block of the nearest-centroid search: the (rows, C) block stays at 512 MB of
+/// f32 whatever C is (ColBERTv2's rule gives 131,072 centroids at 10⁸ tokens).
+const ASSIGN_SCORES: i64 = 1 << 27;
 
 /// Centroids and residual buckets, shared by every shard of an index.
 pub struct Codec {
@@ -143,10 +144,11 @@ pub fn check_nbits(nbits: i64) -> Result<()> {
 fn nearest(x: &Tensor, c: &Tensor) -> Tensor {
     let half_norms = c.square().sum_dim_intlist(1, false, Kind::Float) * 0.5; // (C,)
     let n = x.size()[0];
+    let block = (ASSIGN_SCORES / c.size()[0].max(1)).clamp(256, 8192);
     let parts: Vec<Tensor> = (0..n)
-        .step_by(ASSIGN_BLOCK as usize)
+        .step_by(block as usize)
         .map(|lo| {
-            let rows = x.narrow(0, lo, ASSIGN_BLOCK.min(n - lo));
+            let rows = x.narrow(0, lo, block.min(n - lo));
             (rows.matmul(&c.tr()) - &half_norms).argmax(1, false) // max x·c − ½‖c‖² = min ‖x − c‖²
         })
         .collect();
