@@ -45,6 +45,11 @@ const DEVICE_FANOUT: usize = 4096;
 /// Elements of vocabulary logits made and normalised at once (16 MB in f32): rows × V.
 const CHUNK_ELEMS: i64 = 1 << 22;
 
+/// The fewest rows per chunk, whatever V: each chunk's product reads the whole (V, d) output
+/// matrix, so with 1M atomic docids (4 rows in CHUNK_ELEMS) decoding was bound by reading
+/// that gigabyte 25 times per 100 beams (docs/BENCHMARKS.md, "GR at a million docids").
+const MIN_CHUNK_ROWS: i64 = 64;
+
 /// The fewest beams (over all queries of a batch) whose vocabulary rows one pruning round
 /// makes; measured on the shipped DSI model (docs/BENCHMARKS.md).
 const MIN_ROUND_ROWS: usize = 48;
@@ -380,7 +385,7 @@ impl<'a, C: Constraint> BeamSearch<'a, C> {
         let limit = scratch.limit;
         let dev = hidden.device();
         let v = self.model.lm_head_rows();
-        let max_chunk = (CHUNK_ELEMS / v).max(1) as usize;
+        let max_chunk = (CHUNK_ELEMS / v).max(MIN_CHUNK_ROWS) as usize;
         // Equal chunks of at most `max_chunk` rows (no small remainder product).
         let chunk = rows.len().div_ceil(rows.len().div_ceil(max_chunk).max(1)).max(1);
         let everything = rows.len() == beams.len();
