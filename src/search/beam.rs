@@ -42,7 +42,8 @@ use crate::search::trie::{DocidTrie, NodeId};
 /// device (e.g. the root of atomic docids: one token per document).
 const DEVICE_FANOUT: usize = 4096;
 
-/// Elements of vocabulary logits made and normalised at once (16 MB in f32): rows × V.
+/// Elements of vocabulary logits made and normalised at once (16 MB in f32): rows × V,
+/// unless V is so large that this is fewer than [`MIN_CHUNK_ROWS`] rows.
 const CHUNK_ELEMS: i64 = 1 << 22;
 
 /// The fewest rows per chunk, whatever V: each chunk's product reads the whole (V, d) output

@@ -17,8 +17,8 @@ use tch::{Device, Kind, Tensor};
 use crate::error::{Error, Result};
 use crate::rng::SplitMix64;
 
-/// Scores per block of the nearest-centroid search: the (rows, C) block stays at 512 MB of
-/// f32 whatever C is (ColBERTv2's rule gives 131,072 centroids at 10⁸ tokens).
+/// Scores per block of the nearest-centroid search: blocks of at most 8,192 rows hold at most
+/// 512 MB of f32 scores up to 524,288 centroids (ColBERTv2's rule gives 131,072 at 10⁸ tokens).
 const ASSIGN_SCORES: i64 = 1 << 27;
 
 /// Centroids and residual buckets, shared by every shard of an index.
