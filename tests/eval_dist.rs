@@ -120,15 +120,19 @@ fn two_ranks_write_the_one_rank_run_file() {
     // ColBERT end to end (untrained projection: only the plumbing is under test).
     let cb = [&base[..], &["--model", "minilm", "--kind", "colbert", "--token-k", "8", "--colbert-dim", "16"]].concat();
     same_runs(dir, "colbert", &cb);
-    // ColBERT over the compressed index: the codec's sample, k-means, probing and the
-    // global cut to `ndocs` candidates are the same on any number of ranks.
+    // ColBERT over the compressed index: the codec's sample, k-means, probing and the two
+    // global cuts (to `ndocs` by pruned, to `rescore` by exact centroid interaction) are the
+    // same on any number of ranks.
     let compressed = [&base[..], &["--model", "minilm", "--kind", "colbert", "--colbert-dim", "16"]].concat();
-    let compressed = [&compressed[..], &["--compress", "--nprobe", "2", "--ndocs", "60"]].concat();
+    let compressed = [&compressed[..], &["--compress", "--nprobe", "2", "--ndocs", "80", "--rescore", "60"]].concat();
     same_runs(dir, "colbert-compressed", &compressed);
     let info: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.join("colbert-compressed-2/run.json")).unwrap()).unwrap();
     assert_eq!(info["compression"]["nbits"], 2);
-    assert_eq!(info["candidate_stage"]["mean_candidates"], 60.0, "{info}");
+    let stage = &info["candidate_stage"];
+    assert_eq!((stage["mean_candidates"].as_f64(), stage["rescored"].as_u64()), (Some(60.0), Some(60)), "{info}");
+    // The second cut keeps a subset of the first's.
+    assert!(stage["recall"].as_f64().unwrap() <= stage["recall_ndocs"].as_f64().unwrap(), "{info}");
     let info: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.join("colbert-2/run.json")).unwrap()).unwrap();
     let recall = info["candidate_stage"]["recall"].as_f64().unwrap();

@@ -96,9 +96,17 @@ pub struct EvalArgs {
     /// --compress: centroids probed per query token (default 4).
     #[arg(long)]
     pub nprobe: Option<usize>,
-    /// --compress: candidates per query kept for the final MaxSim (default 1024).
+    /// --compress: PLAID's centroid pruning: in the first cut a token counts only when its
+    /// centroid's best query-token score reaches this (default 0.45; -inf keeps every one).
+    #[arg(long, allow_hyphen_values = true)]
+    pub centroid_threshold: Option<f32>,
+    /// --compress: candidates per query kept by the first (pruned) cut (default 1024).
     #[arg(long)]
     pub ndocs: Option<usize>,
+    /// --compress: of those, the best by exact centroid interaction that MaxSim rescores
+    /// over decompressed vectors (default max(k, ndocs / 4), PLAID's).
+    #[arg(long)]
+    pub rescore: Option<usize>,
     /// ColBERT: token alignment of the final score (default: the model's `model.alignment`).
     #[arg(long, value_enum)]
     pub alignment: Option<AlignArg>,
@@ -254,6 +262,8 @@ impl EvalArgs {
             ("--centroids", self.centroids.is_some()),
             ("--nprobe", self.nprobe.is_some()),
             ("--ndocs", self.ndocs.is_some()),
+            ("--centroid-threshold", self.centroid_threshold.is_some()),
+            ("--rescore", self.rescore.is_some()),
         ];
         if !self.compress {
             if let Some((flag, _)) = compress_only.iter().find(|(_, given)| *given) {
@@ -285,6 +295,8 @@ impl EvalArgs {
                 centroids: self.centroids.or(d.centroids),
                 nprobe: self.nprobe.unwrap_or(d.nprobe),
                 ndocs: self.ndocs.unwrap_or(d.ndocs),
+                threshold: self.centroid_threshold.unwrap_or(d.threshold),
+                rescore: self.rescore.or(d.rescore),
                 ..d
             });
         }

@@ -68,9 +68,15 @@ pub struct Compression {
     pub centroids: Option<usize>,
     /// Centroids probed per query token. Default 4.
     pub nprobe: usize,
-    /// Candidates per query, over all shards, kept by centroid interaction for the final
-    /// MaxSim over decompressed vectors. Default 1024.
+    /// PLAID's centroid pruning (t_cs): in the first cut, a document's tokens count only
+    /// when their centroid's best query-token score reaches this. Default 0.45, PLAID's
+    /// for k = 100; `-inf` keeps every centroid.
+    pub threshold: f32,
+    /// Candidates per query, over all shards, kept by pruned centroid interaction. Default 1024.
     pub ndocs: usize,
+    /// Of those, the best by exact centroid interaction that MaxSim scores over decompressed
+    /// vectors; none = max(k, ndocs / 4), PLAID's.
+    pub rescore: Option<usize>,
     /// Documents encoded to train the codec (drawn by a keyed hash of doc_idx); none =
     /// max(1024, 16·√documents), as ColBERTv2's sample grows.
     pub sample_docs: Option<usize>,
@@ -80,7 +86,23 @@ pub struct Compression {
 
 impl Default for Compression {
     fn default() -> Self {
-        Compression { nbits: 2, centroids: None, nprobe: 4, ndocs: 1024, sample_docs: None, kmeans_iters: 10 }
+        Compression {
+            nbits: 2,
+            centroids: None,
+            nprobe: 4,
+            threshold: 0.45,
+            ndocs: 1024,
+            rescore: None,
+            sample_docs: None,
+            kmeans_iters: 10,
+        }
+    }
+}
+
+impl Compression {
+    /// The documents per query that MaxSim scores, for top-`k` results.
+    pub fn rescored(&self, k: usize) -> usize {
+        self.rescore.unwrap_or(k.max(self.ndocs / 4))
     }
 }
 
@@ -182,8 +204,15 @@ impl EvalOptions {
             if let Some((flag, _)) = counts.iter().find(|(_, v)| *v < 1) {
                 return Err(Error::usage(*flag, "must be at least 1"));
             }
-            if c.ndocs < self.k {
-                return Err(Error::usage("--ndocs", format!("{} candidates cannot fill k = {}", c.ndocs, self.k)));
+            let rescore = c.rescored(self.k);
+            if rescore < self.k {
+                return Err(Error::usage("--rescore", format!("{rescore} candidates cannot fill k = {}", self.k)));
+            }
+            if c.ndocs < rescore {
+                return Err(Error::usage("--ndocs", format!("{} candidates cannot fill --rescore {rescore}", c.ndocs)));
+            }
+            if c.threshold.is_nan() {
+                return Err(Error::usage("--centroid-threshold", "must be a number (-inf keeps every centroid)"));
             }
             // Before any document is encoded, rather than when the codec is trained.
             crate::search::codec::check_nbits(c.nbits)?;
@@ -200,5 +229,37 @@ impl EvalOptions {
             return Err(Error::usage("--temperature", "must be positive"));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with(k: usize, c: Compression) -> Result<()> {
+        let mut opts = EvalOptions::for_model(32, Device::Cpu);
+        opts.k = k;
+        opts.compress = Some(c);
+        opts.validate()
+    }
+
+    fn option_of(r: Result<()>) -> String {
+        match r {
+            Err(Error::Usage { option, .. }) => option,
+            other => panic!("expected a usage error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_plaid_cuts_must_fill_k_and_nest() {
+        let d = Compression::default();
+        // PLAID's defaults: MaxSim over ndocs / 4, unless k needs more.
+        assert_eq!((d.rescored(100), d.rescored(1000)), (256, 1000));
+        with(100, d.clone()).unwrap();
+        assert_eq!(option_of(with(100, Compression { rescore: Some(99), ..d.clone() })), "--rescore");
+        assert_eq!(option_of(with(100, Compression { rescore: Some(300), ndocs: 299, ..d.clone() })), "--ndocs");
+        assert_eq!(option_of(with(2000, d.clone())), "--ndocs");
+        assert_eq!(option_of(with(10, Compression { threshold: f32::NAN, ..d.clone() })), "--centroid-threshold");
+        with(10, Compression { threshold: f32::NEG_INFINITY, ..d }).unwrap();
     }
 }

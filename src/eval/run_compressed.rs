@@ -8,9 +8,12 @@
 //!             of ranks) → k-means centroids + residual buckets (search/codec.rs)
 //! 2. index    every document of the shard encoded and compressed (search/compressed.rs);
 //!             no f32 vector outlives its row group
-//! 3. search   per query: each shard's candidates (centroid probing) scored by centroid
-//!             interaction → the best `ndocs` over all shards (all-gathered) → MaxSim over
-//!             their decompressed vectors on their shards → per-rank top-k, merged as usual
+//! 3. search   per query (PLAID's stages, search/compressed.rs):
+//!             each shard's probed documents scored by pruned centroid interaction → the best
+//!             `ndocs` over all shards (all-gathered) → their exact centroid interaction →
+//!             the best `rescore` over all shards → MaxSim over their decompressed vectors on
+//!             their shards → per-rank top-k, merged as usual. Each cut is global, so the
+//!             survivors are the same on any number of ranks.
 //! ```
 use std::time::Instant;
 
@@ -74,43 +77,43 @@ pub fn colbert(ctx: &Context, info: &mut Info, c: &Compression) -> Result<Vec<Ve
     let ids = ctx.query_ids()?;
     let relevant = ctx.relevant()?;
     let block = opts.query_block.max(1) as usize;
+    let rescore = c.rescored(opts.k);
     let mut results = Vec::with_capacity(ids.len());
-    let (mut recall_sum, mut recall_n, mut probed_sum, mut kept_sum) = (0.0f64, 0usize, 0usize, 0usize);
+    let mut recall = [Recall::default(), Recall::default()]; // after the pruned stage, after the exact one
+    let (mut probed_sum, mut kept_sum, mut candidate_secs) = (0usize, 0usize, 0.0f64);
     for (b, chunk) in ids.chunks(block).enumerate() {
+        let t_candidates = Instant::now();
         let (qv, qmask) = colbert_queries(ctx, chunk); // (B, Lq, dim), (B, Lq)
         let queries: Vec<Tensor> = (0..qv.size()[0])
             .map(|i| qv.get(i).to_kind(Kind::Float).index(&[Some(qmask.get(i).to_kind(Kind::Bool))]))
             .collect(); // each (Lq_real, dim)
         let shared = Shared(&pool);
-        let local: Vec<Vec<Hit>> = parallel_map(opts.device, queries, |q| shared.get().candidates(&q, c.nprobe));
-        probed_sum += local.iter().map(Vec::len).sum::<usize>();
-        // The best `ndocs` by centroid interaction over every shard: the same set on every rank.
-        let best_local: Vec<Vec<Hit>> = local.into_iter().map(|h| top(h, c.ndocs)).collect();
-        let parts = ctx.comm.all_gather_bytes(&encode_hit_lists(&best_local))?;
-        let mut kept: Vec<Vec<i64>> = vec![Vec::new(); best_local.len()];
-        let mut merged: Vec<TopK> = (0..best_local.len()).map(|_| TopK::new(c.ndocs)).collect();
-        for part in parts.iter().map(|p| decode_hit_lists(p, best_local.len())) {
-            for (t, hits) in merged.iter_mut().zip(part) {
-                t.merge(hits);
-            }
-        }
-        for (i, t) in merged.into_iter().enumerate() {
-            let mut docs: Vec<i64> = t.into_sorted_vec().into_iter().map(|h| h.doc_idx).collect();
-            docs.sort_unstable();
-            let rel = &relevant[b * block + i];
-            if !rel.is_empty() {
-                recall_sum += rel.iter().filter(|d| docs.binary_search(d).is_ok()).count() as f64 / rel.len() as f64;
-                recall_n += 1;
-            }
-            kept_sum += docs.len();
-            kept[i] = docs;
-        }
+        let relevant = &relevant[b * block..b * block + chunk.len()];
+        // Stages 1–2: probing and pruned centroid interaction → the best `ndocs` over every shard.
+        let local: Vec<(usize, Vec<Hit>)> =
+            parallel_map(opts.device, queries.iter().map(Tensor::shallow_clone).collect(), |q| {
+                let hits = shared.get().candidates(&shared.get().centroid_scores(&q), c.nprobe, c.threshold);
+                (hits.len(), top(hits, c.ndocs))
+            });
+        probed_sum += local.iter().map(|l| l.0).sum::<usize>();
+        let survivors = best_over_shards(ctx, local.into_iter().map(|l| l.1).collect(), c.ndocs)?;
+        recall[0].add(&survivors, relevant);
+        // Stage 3: exact centroid interaction of the survivors → the best `rescore` over every shard.
+        let units: Vec<(Tensor, Vec<i64>)> = queries.into_iter().zip(survivors).collect();
+        let local: Vec<Vec<Hit>> = parallel_map(opts.device, units, |(q, docs)| {
+            top(shared.get().interaction(&shared.get().centroid_scores(&q), &docs), rescore)
+        });
+        let kept = best_over_shards(ctx, local, rescore)?;
+        recall[1].add(&kept, relevant);
+        kept_sum += kept.iter().map(Vec::len).sum::<usize>();
+        candidate_secs += t_candidates.elapsed().as_secs_f64();
         results.extend(rescore_all(ctx, &pool, &qv, &qmask, kept)?);
     }
     let n_queries = ids.len().max(1) as f64;
     info.insert("encode_seconds_rank0".into(), json!(index_secs));
     info.insert("pool_tokens_rank0".into(), json!(pool.num_tokens()));
     info.insert("search_seconds_rank0".into(), json!(t_search.elapsed().as_secs_f64()));
+    info.insert("candidate_seconds_rank0".into(), json!(candidate_secs));
     info.insert(
         "compression".into(),
         json!({
@@ -129,8 +132,11 @@ pub fn colbert(ctx: &Context, info: &mut Info, c: &Compression) -> Result<Vec<Ve
         "candidate_stage".into(),
         json!({
             "nprobe": c.nprobe,
+            "centroid_threshold": c.threshold,
             "ndocs": c.ndocs,
-            "recall": recall_sum / recall_n.max(1) as f64,
+            "rescored": rescore,
+            "recall": recall[1].mean(),
+            "recall_ndocs": recall[0].mean(),
             "mean_probed_rank0": probed_sum as f64 / n_queries,
             "mean_candidates": kept_sum as f64 / n_queries,
             "alignment": ctx.interaction().map(|i| i.describe()),
@@ -184,6 +190,47 @@ fn keyed_rows(n: i64, max: i64) -> Tensor {
         rows.sort_unstable();
     }
     Tensor::from_slice(&rows)
+}
+
+/// Per query, the best `n` of the hits of every shard (all-gathered, so the same on every
+/// rank), as ascending doc_idx.
+fn best_over_shards(ctx: &Context, local: Vec<Vec<Hit>>, n: usize) -> Result<Vec<Vec<i64>>> {
+    let parts = ctx.comm.all_gather_bytes(&encode_hit_lists(&local))?;
+    let mut merged: Vec<TopK> = (0..local.len()).map(|_| TopK::new(n)).collect();
+    for part in parts.iter().map(|p| decode_hit_lists(p, local.len())) {
+        for (t, hits) in merged.iter_mut().zip(part) {
+            t.merge(hits);
+        }
+    }
+    Ok(merged
+        .into_iter()
+        .map(|t| {
+            let mut docs: Vec<i64> = t.into_sorted_vec().into_iter().map(|h| h.doc_idx).collect();
+            docs.sort_unstable();
+            docs
+        })
+        .collect())
+}
+
+/// The mean, over queries with relevant documents, of the share of them a cut kept.
+#[derive(Default)]
+struct Recall {
+    sum: f64,
+    queries: usize,
+}
+
+impl Recall {
+    /// `kept[i]` ascending doc_idx, `relevant[i]` query i's relevant documents.
+    fn add(&mut self, kept: &[Vec<i64>], relevant: &[Vec<i64>]) {
+        for (docs, rel) in kept.iter().zip(relevant).filter(|(_, rel)| !rel.is_empty()) {
+            self.sum += rel.iter().filter(|d| docs.binary_search(d).is_ok()).count() as f64 / rel.len() as f64;
+            self.queries += 1;
+        }
+    }
+
+    fn mean(&self) -> f64 {
+        self.sum / self.queries.max(1) as f64
+    }
 }
 
 /// The `k` best hits (ties by doc_idx, as everywhere).

@@ -1,13 +1,17 @@
 //! A shard's ColBERT token vectors, compressed (`codec.rs`: centroid id + b-bit residual per
-//! token), with PLAID's candidate stage (Santhanam et al. 2022, "PLAID"):
+//! token), with PLAID's candidate stages (Santhanam et al. 2022, "PLAID"):
 //!
 //! ```text
-//! per query: qc = q · centroidsᵀ                                      (Lq, C)
-//!   probe      each query token's `nprobe` best centroids → the documents holding a
-//!              token of one of them (inverted lists: centroid → local documents)
-//!   approximate  Σ_i max_{t ∈ d} qc[i, code(t)]  (centroid interaction: no decompression)
-//!   → the caller keeps the best `ndocs` over every shard, then scores them by MaxSim over
-//!     decompressed vectors (maxsim::rescore through [`TokenSource`]).
+//! per query: qc = q · centroidsᵀ, kept on the host centroid-major      (C, Lq)
+//!   1 probe       each query token's `nprobe` best centroids → the documents holding a
+//!                 token of one of them (inverted lists: centroid → local documents)
+//!   2 prune       Σ_i max_{t ∈ d, c(t) kept} qc[c(t), i], where a centroid is kept when its
+//!                 best query-token score reaches the threshold (PLAID's t_cs): most codes
+//!                 skip the Lq-wide max; a document with no kept code is dropped
+//!   3 interact    Σ_i max_{t ∈ d} qc[c(t), i] (centroid interaction, no decompression) of
+//!                 the documents the caller kept after stage 2
+//!   → the caller keeps the best over every shard after each stage, then scores the last
+//!     survivors by MaxSim over decompressed vectors (maxsim::rescore through [`TokenSource`]).
 //! ```
 //! Memory per token: a 4-byte code and `d·b/8` residual bytes, plus the inverted lists
 //! (at most one 4-byte entry per token).
@@ -97,37 +101,55 @@ impl CompressedPool {
         total as f64 / self.rows.max(1) as f64
     }
 
-    /// The candidate documents of one query, `q (Lq, d)` its real tokens: those holding a
-    /// token of one of each query token's `nprobe` best centroids, scored by centroid
-    /// interaction. Hits name global doc_idx, in ascending order.
-    pub fn candidates(&self, q: &Tensor, nprobe: usize) -> Vec<Hit> {
+    /// One query's scores against every centroid, `q (Lq, d)` its real tokens.
+    pub fn centroid_scores(&self, q: &Tensor) -> CentroidScores {
         let c = self.codec.num_centroids();
-        let lq = q.size()[0];
-        let qc = tch::no_grad(|| {
-            q.to_kind(Kind::Float).to_device(self.codec.centroids.device()).matmul(&self.codec.centroids.tr())
+        let lq = q.size()[0] as usize;
+        let by_centroid: Vec<f32> = tch::no_grad(|| {
+            let q = q.to_kind(Kind::Float).to_device(self.codec.centroids.device());
+            let qc = self.codec.centroids.matmul(&q.tr()); // (C, Lq)
+            Vec::try_from(qc.contiguous().reshape([-1]).to_device(Device::Cpu)).expect("f32")
         });
-        let (_, best) = qc.topk(nprobe.min(c as usize) as i64, 1, true, false); // (Lq, nprobe)
-        let best: Vec<i64> = Vec::try_from(best.reshape([-1]).to_device(Device::Cpu)).expect("i64");
-        let qc: Vec<f32> = Vec::try_from(qc.reshape([-1]).to_device(Device::Cpu)).expect("f32");
+        let best =
+            by_centroid.chunks(lq.max(1)).map(|row| row.iter().copied().fold(f32::NEG_INFINITY, f32::max)).collect();
+        debug_assert_eq!(by_centroid.len(), c as usize * lq);
+        CentroidScores { lq, by_centroid, best }
+    }
+
+    /// Stages 1 and 2: the documents holding a token of one of each query token's `nprobe`
+    /// best centroids, scored by centroid interaction over the codes whose centroid's best
+    /// query-token score reaches `threshold` (`f32::NEG_INFINITY`: every code, the exact
+    /// centroid interaction). Hits name global doc_idx, in ascending order.
+    pub fn candidates(&self, s: &CentroidScores, nprobe: usize, threshold: f32) -> Vec<Hit> {
         let mut hit = vec![false; self.docs.len()];
-        for &centroid in &best {
-            for &p in &self.lists[centroid as usize] {
+        for centroid in s.probed(nprobe) {
+            for &p in &self.lists[centroid] {
                 hit[p as usize] = true;
             }
         }
-        hit.iter()
-            .enumerate()
-            .filter(|(_, &h)| h)
-            .map(|(p, _)| {
+        let kept: Vec<bool> = s.best.iter().map(|&b| b >= threshold).collect();
+        let mut scratch = Vec::new();
+        (0..self.docs.len())
+            .filter(|&p| hit[p])
+            .filter_map(|p| {
                 let (doc_idx, first, len) = self.docs[p];
                 let codes = &self.host_codes[first as usize..(first + len) as usize];
-                let score: f32 = (0..lq as usize)
-                    .map(|i| {
-                        let row = &qc[i * c as usize..(i + 1) * c as usize];
-                        codes.iter().map(|&t| row[t as usize]).fold(f32::NEG_INFINITY, f32::max)
-                    })
-                    .sum();
-                Hit { score, doc_idx }
+                s.interaction(codes, Some(&kept), &mut scratch).map(|score| Hit { score, doc_idx })
+            })
+            .collect()
+    }
+
+    /// Stage 3: the exact centroid interaction of the documents of `doc_idx` this shard
+    /// holds (the others are skipped), in the order given.
+    pub fn interaction(&self, s: &CentroidScores, doc_idx: &[i64]) -> Vec<Hit> {
+        let mut scratch = Vec::new();
+        doc_idx
+            .iter()
+            .filter_map(|&d| self.position(d).ok())
+            .filter_map(|p| {
+                let (doc_idx, first, len) = self.docs[p];
+                let codes = &self.host_codes[first as usize..(first + len) as usize];
+                s.interaction(codes, None, &mut scratch).map(|score| Hit { score, doc_idx })
             })
             .collect()
     }
@@ -136,6 +158,59 @@ impl CompressedPool {
         self.docs
             .binary_search_by_key(&doc_idx, |d| d.0)
             .map_err(|_| Error::usage("doc_idx", format!("doc {doc_idx} is not in this shard")))
+    }
+}
+
+/// One query against every centroid, on the host and centroid-major, so that a token's code
+/// reads one contiguous row of Lq scores (the max over the query tokens vectorises).
+pub struct CentroidScores {
+    lq: usize,
+    /// (C, Lq): row c holds every query token's score against centroid c.
+    by_centroid: Vec<f32>,
+    /// (C,): each centroid's best query-token score, which pruning compares to the threshold.
+    best: Vec<f32>,
+}
+
+impl CentroidScores {
+    /// Each query token's `nprobe` best centroids (ties: the lower id), deduplicated.
+    fn probed(&self, nprobe: usize) -> Vec<usize> {
+        let c = self.best.len();
+        let n = nprobe.min(c);
+        let mut probed = Vec::with_capacity(self.lq * n);
+        let mut order: Vec<usize> = Vec::with_capacity(c);
+        for i in 0..self.lq {
+            if n == 0 {
+                break;
+            }
+            order.clear();
+            order.extend(0..c);
+            let score = |c: usize| self.by_centroid[c * self.lq + i];
+            order.select_nth_unstable_by(n - 1, |&a, &b| score(b).total_cmp(&score(a)).then(a.cmp(&b)));
+            probed.extend_from_slice(&order[..n]);
+        }
+        probed.sort_unstable();
+        probed.dedup();
+        probed
+    }
+
+    /// Σ_i max_t qc[code(t), i] over `codes` (only those `kept`, when given); None when no
+    /// code counts. `scratch` holds the Lq running maxima between calls.
+    fn interaction(&self, codes: &[i32], kept: Option<&[bool]>, scratch: &mut Vec<f32>) -> Option<f32> {
+        scratch.clear();
+        scratch.resize(self.lq, f32::NEG_INFINITY);
+        let mut any = false;
+        for &code in codes {
+            let code = code as usize;
+            if kept.is_some_and(|k| !k[code]) {
+                continue;
+            }
+            any = true;
+            let row = &self.by_centroid[code * self.lq..(code + 1) * self.lq];
+            for (m, &v) in scratch.iter_mut().zip(row) {
+                *m = m.max(v);
+            }
+        }
+        any.then(|| scratch.iter().sum())
     }
 }
 
@@ -193,7 +268,7 @@ mod tests {
     }
 
     #[test]
-    fn candidates_are_the_documents_of_the_probed_centroids_scored_by_centroid_interaction() {
+    fn candidates_are_the_probed_documents_scored_by_pruned_centroid_interaction() {
         let (pool, tokens) = pool();
         let q = crate::search::codec::tests::uniform(12, 2, 8);
         let (codes, _) = pool.codec.encode(&tokens);
@@ -201,9 +276,27 @@ mod tests {
         let owner = [5i64, 5, 7, 7, 7, 9];
         let qc = q.matmul(&pool.codec.centroids.tr()); // (2, 4)
         let qc: Vec<Vec<f32>> = (0..2).map(|i| Vec::try_from(qc.get(i)).unwrap()).collect();
+        let best = |c: usize| qc[0][c].max(qc[1][c]);
+        // Brute force, stage 3: Σ over query tokens of the max over the document's codes
+        // (those of kept centroids only, in stage 2); None when no code counts.
+        let interaction = |doc: i64, kept: &dyn Fn(usize) -> bool| -> Option<f32> {
+            let mine: Vec<usize> = (0..6).filter(|&t| owner[t] == doc && kept(codes[t] as usize)).collect();
+            (!mine.is_empty()).then(|| {
+                qc.iter()
+                    .map(|row| mine.iter().map(|&t| row[codes[t] as usize]).fold(f32::NEG_INFINITY, f32::max))
+                    .sum()
+            })
+        };
+        let s = pool.centroid_scores(&q);
+        // Between the centroids' best scores (not on them: the pool's GEMM may round them
+        // differently), below all (every centroid kept) and above all (none).
+        let mut bests: Vec<f32> = (0..4).map(best).collect();
+        bests.sort_by(f32::total_cmp);
+        let mut thresholds: Vec<f32> = bests.windows(2).map(|w| (w[0] + w[1]) / 2.0).collect();
+        thresholds.extend([f32::NEG_INFINITY, bests[3] + 1.0]);
         for nprobe in 1..=4 {
-            // Brute force: each query token's nprobe best centroids; a document is a candidate
-            // when one of its tokens has one of them.
+            // Stage 1: each query token's nprobe best centroids; a document is probed when one
+            // of its tokens has one of them.
             let probed: Vec<usize> = qc
                 .iter()
                 .flat_map(|row| {
@@ -212,19 +305,29 @@ mod tests {
                     order.into_iter().take(nprobe)
                 })
                 .collect();
-            let mut expected: Vec<i64> =
+            let mut probed_docs: Vec<i64> =
                 (0..6).filter(|&t| probed.contains(&(codes[t] as usize))).map(|t| owner[t]).collect();
-            expected.dedup();
-            let got = pool.candidates(&q, nprobe);
-            assert_eq!(got.iter().map(|h| h.doc_idx).collect::<Vec<_>>(), expected, "nprobe {nprobe}");
-            for h in got {
-                let mine: Vec<usize> = (0..6).filter(|&t| owner[t] == h.doc_idx).collect();
-                let score: f32 = qc
+            probed_docs.dedup();
+            for &threshold in &thresholds {
+                let kept = |c: usize| best(c) >= threshold;
+                let expected: Vec<Hit> = probed_docs
                     .iter()
-                    .map(|row| mine.iter().map(|&t| row[codes[t] as usize]).fold(f32::NEG_INFINITY, f32::max))
-                    .sum();
-                assert!((h.score - score).abs() < 1e-5, "doc {}: {} vs {score}", h.doc_idx, h.score);
+                    .filter_map(|&d| interaction(d, &kept).map(|score| Hit { score, doc_idx: d }))
+                    .collect();
+                let got = pool.candidates(&s, nprobe, threshold);
+                let ids = |h: &[Hit]| h.iter().map(|h| h.doc_idx).collect::<Vec<_>>();
+                assert_eq!(ids(&got), ids(&expected), "nprobe {nprobe}, threshold {threshold}");
+                for (g, e) in got.iter().zip(&expected) {
+                    assert!((g.score - e.score).abs() < 1e-5, "doc {}: {} vs {}", g.doc_idx, g.score, e.score);
+                }
             }
+        }
+        // Stage 3: every code counts; documents of other shards are skipped.
+        let got = pool.interaction(&s, &[9, 6, 5]);
+        assert_eq!(got.iter().map(|h| h.doc_idx).collect::<Vec<_>>(), [9, 5]);
+        for h in got {
+            let score = interaction(h.doc_idx, &|_| true).unwrap();
+            assert!((h.score - score).abs() < 1e-5, "doc {}: {} vs {score}", h.doc_idx, h.score);
         }
     }
 
