@@ -208,6 +208,9 @@ fn report_tables_and_plots() {
     for needle in ["nDCG@10", "Brier (dashed)", "dr", "gr-atomic", "train.num_negatives (log2 scale)"] {
         assert!(texts.iter().any(|t| t == needle), "SVG lacks the text {needle:?}: {texts:?}");
     }
+    // On categories no line is drawn: the right-hand metric is told by its hollow markers.
+    let texts = svg_texts(&fs::read_to_string(report.join("nDCG@10+Brier-vs-kind.svg")).unwrap());
+    assert!(texts.iter().any(|t| t == "Brier (hollow markers)"), "{texts:?}");
     // Against the categorical axis, the lines are (family, negatives) combinations.
     let texts = svg_texts(&fs::read_to_string(report.join("nDCG@10-vs-kind.svg")).unwrap());
     for needle in ["dr, num_negatives=16", "gr-atomic, num_negatives=4", "generative", "dual"] {

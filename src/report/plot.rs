@@ -188,7 +188,8 @@ pub fn plan(results: &Results, columns: &[Column], metrics: &[String]) -> Vec<Fi
                     axis: x_title,
                     stem: file_safe(&format!("{metric}+{SECONDARY_METRIC}-vs-{name}")),
                     title: format!(
-                        "{metric} and {SECONDARY_METRIC} (dashed) vs {name} (sweep {}{over_seeds})",
+                        "{metric} and {SECONDARY_METRIC} ({}) vs {name} (sweep {}{over_seeds})",
+                        twin_style(&x),
                         results.sweep
                     ),
                     x,
@@ -328,6 +329,16 @@ fn y_range(fig: &Figure) -> (f64, f64) {
     series_y_range(&fig.series, fig.series.len())
 }
 
+/// How the right-hand metric is told apart: dashed lines, or on categories (no lines) its
+/// hollow markers.
+fn twin_style(x: &XAxis) -> &'static str {
+    if matches!(x.scale, Scale::Categorical(_)) {
+        "hollow markers"
+    } else {
+        "dashed"
+    }
+}
+
 /// The y range of `series`, with head room for a legend of `legend_lines` lines.
 fn series_y_range(series: &[Series], legend_lines: usize) -> (f64, f64) {
     // The ends of the error bars count as data.
@@ -411,7 +422,7 @@ fn draw<DB: DrawingBackend>(
     draw_primary(&mut chart, fig)?;
     chart
         .configure_secondary_axes()
-        .y_desc(format!("{} (dashed)", twin.metric))
+        .y_desc(format!("{} ({})", twin.metric, twin_style(&fig.x)))
         .axis_desc_style((FAMILY, 17))
         .label_style((FAMILY, 14))
         .draw()?;
