@@ -99,12 +99,12 @@ pub struct EvalArgs {
     /// --compress: PLAID's centroid pruning: in the first cut a token counts only when its
     /// centroid's best query-token score reaches this (default 0.45; -inf keeps every one).
     #[arg(long, allow_hyphen_values = true)]
-    pub centroid_threshold: Option<f32>,
+    pub centroid_threshold: Option<f64>,
     /// --compress: candidates per query kept by the first (pruned) cut (default 1024).
     #[arg(long)]
     pub ndocs: Option<usize>,
     /// --compress: of those, the best by exact centroid interaction that MaxSim rescores
-    /// over decompressed vectors (default max(k, ndocs / 4), PLAID's).
+    /// over decompressed vectors (default all; PLAID's ndocs / 4 is faster, recalls less).
     #[arg(long)]
     pub rescore: Option<usize>,
     /// ColBERT: token alignment of the final score (default: the model's `model.alignment`).

@@ -77,33 +77,39 @@ pub fn colbert(ctx: &Context, info: &mut Info, c: &Compression) -> Result<Vec<Ve
     let ids = ctx.query_ids()?;
     let relevant = ctx.relevant()?;
     let block = opts.query_block.max(1) as usize;
-    let rescore = c.rescored(opts.k);
+    let rescore = c.rescored();
     let mut results = Vec::with_capacity(ids.len());
     let mut recall = [Recall::default(), Recall::default()]; // after the pruned stage, after the exact one
     let (mut probed_sum, mut kept_sum, mut candidate_secs) = (0usize, 0usize, 0.0f64);
     for (b, chunk) in ids.chunks(block).enumerate() {
-        let t_candidates = Instant::now();
         let (qv, qmask) = colbert_queries(ctx, chunk); // (B, Lq, dim), (B, Lq)
         let queries: Vec<Tensor> = (0..qv.size()[0])
             .map(|i| qv.get(i).to_kind(Kind::Float).index(&[Some(qmask.get(i).to_kind(Kind::Bool))]))
             .collect(); // each (Lq_real, dim)
+        let t_candidates = Instant::now();
         let shared = Shared(&pool);
         let relevant = &relevant[b * block..b * block + chunk.len()];
         // Stages 1–2: probing and pruned centroid interaction → the best `ndocs` over every shard.
         let local: Vec<(usize, Vec<Hit>)> =
             parallel_map(opts.device, queries.iter().map(Tensor::shallow_clone).collect(), |q| {
-                let hits = shared.get().candidates(&shared.get().centroid_scores(&q), c.nprobe, c.threshold);
+                // As f32, the scores' type: 0.45 compares as it reads.
+                let hits = shared.get().candidates(&shared.get().centroid_scores(&q), c.nprobe, c.threshold as f32);
                 (hits.len(), top(hits, c.ndocs))
             });
         probed_sum += local.iter().map(|l| l.0).sum::<usize>();
         let survivors = best_over_shards(ctx, local.into_iter().map(|l| l.1).collect(), c.ndocs)?;
         recall[0].add(&survivors, relevant);
-        // Stage 3: exact centroid interaction of the survivors → the best `rescore` over every shard.
-        let units: Vec<(Tensor, Vec<i64>)> = queries.into_iter().zip(survivors).collect();
-        let local: Vec<Vec<Hit>> = parallel_map(opts.device, units, |(q, docs)| {
-            top(shared.get().interaction(&shared.get().centroid_scores(&q), &docs), rescore)
-        });
-        let kept = best_over_shards(ctx, local, rescore)?;
+        // Stage 3: exact centroid interaction of the survivors → the best `rescore` over every
+        // shard (nothing to cut when MaxSim takes them all, the default).
+        let kept = if rescore < c.ndocs {
+            let units: Vec<(Tensor, Vec<i64>)> = queries.into_iter().zip(survivors).collect();
+            let local: Vec<Vec<Hit>> = parallel_map(opts.device, units, |(q, docs)| {
+                top(shared.get().interaction(&shared.get().centroid_scores(&q), &docs), rescore)
+            });
+            best_over_shards(ctx, local, rescore)?
+        } else {
+            survivors
+        };
         recall[1].add(&kept, relevant);
         kept_sum += kept.iter().map(Vec::len).sum::<usize>();
         candidate_secs += t_candidates.elapsed().as_secs_f64();
@@ -132,7 +138,7 @@ pub fn colbert(ctx: &Context, info: &mut Info, c: &Compression) -> Result<Vec<Ve
         "candidate_stage".into(),
         json!({
             "nprobe": c.nprobe,
-            "centroid_threshold": c.threshold,
+            "centroid_threshold": c.threshold, // -inf (every centroid kept) as null
             "ndocs": c.ndocs,
             "rescored": rescore,
             "recall": recall[1].mean(),

@@ -145,7 +145,7 @@ impl CompressedPool {
         let mut scratch = Vec::new();
         doc_idx
             .iter()
-            .filter_map(|&d| self.position(d).ok())
+            .filter_map(|&d| self.find(d))
             .filter_map(|p| {
                 let (doc_idx, first, len) = self.docs[p];
                 let codes = &self.host_codes[first as usize..(first + len) as usize];
@@ -154,10 +154,13 @@ impl CompressedPool {
             .collect()
     }
 
+    /// The position in `docs` of a document of this shard.
+    fn find(&self, doc_idx: i64) -> Option<usize> {
+        self.docs.binary_search_by_key(&doc_idx, |d| d.0).ok()
+    }
+
     fn position(&self, doc_idx: i64) -> Result<usize> {
-        self.docs
-            .binary_search_by_key(&doc_idx, |d| d.0)
-            .map_err(|_| Error::usage("doc_idx", format!("doc {doc_idx} is not in this shard")))
+        self.find(doc_idx).ok_or_else(|| Error::usage("doc_idx", format!("doc {doc_idx} is not in this shard")))
     }
 }
 
@@ -216,7 +219,7 @@ impl CentroidScores {
 
 impl TokenSource for CompressedPool {
     fn owns(&self, doc_idx: i64) -> bool {
-        self.position(doc_idx).is_ok()
+        self.find(doc_idx).is_some()
     }
 
     fn len_of(&self, doc_idx: i64) -> Result<i64> {
