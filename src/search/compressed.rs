@@ -6,10 +6,10 @@
 //!   1 probe       each query token's `nprobe` best centroids → the documents holding a
 //!                 token of one of them (inverted lists: centroid → local documents)
 //!   2 prune       Σ_i max_{t ∈ d, c(t) kept} qc[c(t), i], where a centroid is kept when its
-//!                 best query-token score reaches the threshold (PLAID's t_cs): most codes
-//!                 skip the Lq-wide max; a document with no kept code is dropped
+//!                 best query-token score reaches the threshold (PLAID's t_cs): the other
+//!                 codes skip the Lq-wide max; a document with no kept code is dropped
 //!   3 interact    Σ_i max_{t ∈ d} qc[c(t), i] (centroid interaction, no decompression) of
-//!                 the documents the caller kept after stage 2
+//!                 the documents the caller kept after stage 2, when it cuts again (`--rescore`)
 //!   → the caller keeps the best over every shard after each stage, then scores the last
 //!     survivors by MaxSim over decompressed vectors (maxsim::rescore through [`TokenSource`]).
 //! ```
