@@ -75,7 +75,7 @@ pub struct Compression {
     /// Candidates per query, over all shards, kept by pruned centroid interaction. Default 1024.
     pub ndocs: usize,
     /// Of those, the best by exact centroid interaction that MaxSim scores over decompressed
-    /// vectors; none = all `ndocs`. PLAID's ndocs / 4 searches ~7× faster on SciFact but
+    /// vectors; none = all `ndocs`. PLAID's ndocs / 4 searches 3.2× faster on SciFact but
     /// keeps 0.916 of the relevant documents where all keep 0.980 (docs/BENCHMARKS.md).
     pub rescore: Option<usize>,
     /// Documents encoded to train the codec (drawn by a keyed hash of doc_idx); none =

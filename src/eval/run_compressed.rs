@@ -10,10 +10,10 @@
 //!             no f32 vector outlives its row group
 //! 3. search   per query (PLAID's stages, search/compressed.rs):
 //!             each shard's probed documents scored by pruned centroid interaction → the best
-//!             `ndocs` over all shards (all-gathered) → their exact centroid interaction →
-//!             the best `rescore` over all shards → MaxSim over their decompressed vectors on
-//!             their shards → per-rank top-k, merged as usual. Each cut is global, so the
-//!             survivors are the same on any number of ranks.
+//!             `ndocs` over all shards (all-gathered) → with `--rescore` below `ndocs`, their
+//!             exact centroid interaction and the best `rescore` over all shards → MaxSim over
+//!             the survivors' decompressed vectors on their shards → per-rank top-k, merged as
+//!             usual. Each cut is global, so the survivors are the same on any number of ranks.
 //! ```
 use std::time::Instant;
 
@@ -103,6 +103,8 @@ pub fn colbert(ctx: &Context, info: &mut Info, c: &Compression) -> Result<Vec<Ve
         // shard (nothing to cut when MaxSim takes them all, the default).
         let kept = if rescore < c.ndocs {
             let units: Vec<(Tensor, Vec<i64>)> = queries.into_iter().zip(survivors).collect();
+            // The centroid scores are made again rather than kept from stage 2: a block's worth
+            // of them is queries × C × Lq floats (16 MB a query at 131,072 centroids).
             let local: Vec<Vec<Hit>> = parallel_map(opts.device, units, |(q, docs)| {
                 top(shared.get().interaction(&shared.get().centroid_scores(&q), &docs), rescore)
             });
